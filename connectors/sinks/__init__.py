@@ -1,0 +1,1 @@
+"""Sink connectors: CRM writers, notification channels and the delivery runtime."""

@@ -1,0 +1,1 @@
+"""Stream processors: pure functions of (state, event, time) run on Faust tables."""

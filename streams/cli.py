@@ -1,0 +1,124 @@
+"""The ``switchboard`` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+import schemas
+from streams.registry import check_released, register_catalog
+from streams.serde import registry_client
+from streams.settings import CONFIG_ENV, Settings
+from streams.topics import CATALOG, ensure_topics
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid settings:\n{exc}") from None
+
+
+@click.group()
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help=f"TOML settings file (same as {CONFIG_ENV}); environment variables override it.",
+)
+def main(config: Path | None) -> None:
+    """Switchboard: the orchestration layer between a CRM and the systems around it."""
+    if config is not None:
+        os.environ[CONFIG_ENV] = str(config)
+
+
+@main.group()
+def topics() -> None:
+    """The topic catalog."""
+
+
+@topics.command("create")
+def topics_create() -> None:
+    """Create the catalog's topics, or bring existing ones to the catalog's settings."""
+    settings = _settings()
+    problems = 0
+    for change in ensure_topics(settings):
+        click.echo(
+            f"{change.action:9} {change.topic}{'  ' + change.detail if change.detail else ''}"
+        )
+        problems += change.action == "mismatch"
+    if problems:
+        raise click.ClickException(f"{problems} topic(s) differ from the catalog; see above")
+
+
+@topics.command("list")
+def topics_list() -> None:
+    """Print the catalog: name, key, value schema, cleanup and retention."""
+    settings = _settings()
+    for spec in CATALOG:
+        days = spec.retention_ms / 86_400_000
+        click.echo(
+            f"{spec.full_name(settings):36} partitions={settings.partitions} "
+            f"rf={settings.replication_factor} {spec.cleanup_policy} retention={days:g}d "
+            f"schema={spec.schema}  key: {spec.key}"
+        )
+
+
+@main.group("schemas")
+def schemas_group() -> None:
+    """The Avro contract in the Schema Registry."""
+
+
+@schemas_group.command("register")
+def schemas_register() -> None:
+    """Register each catalog topic's value schema (idempotent)."""
+    settings = _settings()
+    for done in register_catalog(registry_client(settings.schema_registry_url), settings):
+        click.echo(f"{done.subject:42} id={done.schema_id} version={done.version}")
+
+
+@schemas_group.command("check")
+def schemas_check() -> None:
+    """Fail if a schema is not BACKWARD compatible with its released versions."""
+    settings = _settings()
+    client = registry_client(settings.schema_registry_url)
+    failed = 0
+    for name in schemas.names():
+        for result in check_released(client, schemas.schema_text(name), name):
+            verdict = "compatible" if result.compatible else "INCOMPATIBLE"
+            click.echo(f"{name:16} vs v{result.against_version}: {verdict}")
+            for message in result.messages:
+                click.echo(f"    {message}")
+            failed += not result.compatible
+    if failed:
+        raise click.ClickException(f"{failed} schema change(s) break BACKWARD compatibility")
+
+
+@main.command()
+def worker() -> None:
+    """Run a processor worker (Faust) until SIGINT/SIGTERM."""
+    from faust.worker import Worker
+
+    from processors.worker import build_app
+
+    settings = _settings()
+    app = build_app(settings)
+    logging.captureWarnings(True)
+    Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+
+@main.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Prepare topics and schemas, then run a worker: the embedded default pipeline."""
+    ctx.invoke(topics_create)
+    ctx.invoke(schemas_register)
+    ctx.invoke(worker)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

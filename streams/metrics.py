@@ -1,0 +1,33 @@
+"""Prometheus metrics shared by every component. Names follow Prometheus conventions
+(``switchboard_`` prefix, base units, ``_total`` counters) and labels are bounded sets
+only: never a contact id, e-mail or phone.
+
+Each process exposes one ``/metrics``: Faust workers on their web port (next to
+Faust's own sensor metrics), other processes through :func:`serve`."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+
+EVENTS = Counter(
+    "switchboard_events_total",
+    "Events a stage has accepted and processed.",
+    ["stage", "event_type", "source"],
+)
+DEAD_LETTERS = Counter(
+    "switchboard_dead_letters_total",
+    "Inputs sent to the dead-letter topic, by the stage that gave up and the error type.",
+    ["stage", "error_type"],
+)
+EVENT_AGE = Histogram(
+    "switchboard_event_age_seconds",
+    "Time from an event's event_time until a stage processed it.",
+    ["stage"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+)
+
+
+def serve(port: int, addr: str = "127.0.0.1") -> None:
+    """Expose this process's metrics on http://addr:port/metrics (a daemon thread)."""
+    if port:
+        start_http_server(port, addr=addr, registry=REGISTRY)

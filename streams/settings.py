@@ -1,0 +1,83 @@
+"""Runtime settings: environment variables with the ``SWITCHBOARD_`` prefix, optionally
+over a TOML file named by ``SWITCHBOARD_CONFIG`` (or ``switchboard --config FILE``).
+
+Precedence, highest first: explicit arguments, environment, the config file, defaults.
+Secrets (webhook signing keys, CRM tokens) only ever come from the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "SWITCHBOARD_CONFIG"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHBOARD_", extra="forbid")
+
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers."
+    )
+    schema_registry_url: str = Field(
+        "http://127.0.0.1:8081/apis/ccompat/v7",
+        description="Base URL of the Confluent-compatible Schema Registry API.",
+    )
+    topic_prefix: str = Field("switchboard.", description="Prepended to every catalog topic name.")
+    partitions: int = Field(6, ge=1, description="Partitions of each catalog topic.")
+    replication_factor: int = Field(1, ge=1)
+    min_insync_replicas: int = Field(1, ge=1)
+    app_id: str = Field("switchboard", description="Faust app id: consumer group and state prefix.")
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    store: str = Field("memory://", description="Faust table store: memory:// or rocksdict://.")
+    data_dir: Path = Field(Path(".run/worker"), description="Worker state (tables) directory.")
+    web_port: int = Field(6066, ge=1, le=65535, description="Worker web port; serves /metrics.")
+    web_bind: str = Field("127.0.0.1", description="Worker web address; 0.0.0.0 in containers.")
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="/metrics port of non-worker processes; 0 disables it."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_has_ports(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _isr_fits(self) -> Settings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"min_insync_replicas ({self.min_insync_replicas}) exceeds "
+                f"replication_factor ({self.replication_factor})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file:
+            path = Path(config_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"{CONFIG_ENV}={config_file}: no such file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)

@@ -1,0 +1,172 @@
+"""The topic catalog: every topic Switchboard owns, with its partitions, replication,
+cleanup policy, retention, key and value schema. ``switchboard topics create`` makes
+the cluster match it, and running it again changes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
+
+from streams.settings import Settings
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    schema: str
+    key: str
+    description: str
+    retention_ms: int
+    cleanup_policy: Literal["delete", "compact"] = "delete"
+    discriminator: str | None = None
+
+    def full_name(self, settings: Settings) -> str:
+        return f"{settings.topic_prefix}{self.name}"
+
+    def configs(self, settings: Settings) -> dict[str, str]:
+        return {
+            "cleanup.policy": self.cleanup_policy,
+            "retention.ms": str(self.retention_ms),
+            "min.insync.replicas": str(settings.min_insync_replicas),
+        }
+
+
+CONTACT_EVENTS = TopicSpec(
+    "contact-events",
+    schema="contact_event",
+    discriminator="event_type",
+    key="strongest identifier of the person (crm:, email:, phone:, ext:)",
+    description="Canonical events from every source connector.",
+    retention_ms=7 * DAY_MS,
+)
+CRM_COMMANDS = TopicSpec(
+    "crm-commands",
+    schema="crm_command",
+    discriminator="command_type",
+    key="contact id",
+    description="Changes the processors decided to make in the CRM.",
+    retention_ms=7 * DAY_MS,
+)
+NOTIFICATIONS = TopicSpec(
+    "notifications",
+    schema="notification",
+    key="contact id",
+    description="Messages to reps, managers and contacts.",
+    retention_ms=7 * DAY_MS,
+)
+AUDIT = TopicSpec(
+    "audit",
+    schema="audit_entry",
+    key="contact id",
+    description="Every decision with the inputs that caused it.",
+    retention_ms=90 * DAY_MS,
+)
+DEAD_LETTERS = TopicSpec(
+    "dead-letters",
+    schema="dead_letter",
+    key="the original message's key",
+    description="Input that could not be parsed, validated or delivered, with the reason.",
+    retention_ms=30 * DAY_MS,
+)
+
+CATALOG: tuple[TopicSpec, ...] = (CONTACT_EVENTS, CRM_COMMANDS, NOTIFICATIONS, AUDIT, DEAD_LETTERS)
+
+
+@dataclass(frozen=True)
+class TopicChange:
+    topic: str
+    action: Literal["created", "updated", "unchanged", "mismatch"]
+    detail: str = ""
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    # log_level 4: keep librdkafka's informational shutdown chatter out of CLI output.
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 4})
+
+
+def ensure_topics(
+    settings: Settings,
+    catalog: tuple[TopicSpec, ...] = CATALOG,
+    *,
+    admin: AdminClient | None = None,
+    timeout: float = 30.0,
+) -> list[TopicChange]:
+    """Create missing topics and bring the configs of existing ones to the catalog's.
+
+    Partition counts are never changed on an existing topic: adding partitions moves
+    keys to other partitions and would break per-contact order, so a difference is
+    reported as a mismatch for a person to resolve."""
+    admin = admin or admin_client(settings)
+    existing = admin.list_topics(timeout=timeout).topics
+    changes: list[TopicChange] = []
+
+    missing = [spec for spec in catalog if spec.full_name(settings) not in existing]
+    if missing:
+        futures = admin.create_topics(
+            [
+                NewTopic(
+                    spec.full_name(settings),
+                    num_partitions=settings.partitions,
+                    replication_factor=settings.replication_factor,
+                    config=spec.configs(settings),
+                )
+                for spec in missing
+            ],
+            request_timeout=timeout,
+        )
+        for name, future in futures.items():
+            try:
+                future.result()
+                changes.append(TopicChange(name, "created"))
+            except Exception as exc:
+                # Another process created it between our look and our create.
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+                changes.append(TopicChange(name, "unchanged", "created concurrently"))
+
+    present = [spec for spec in catalog if spec.full_name(settings) in existing]
+    for spec in present:
+        partitions = len(existing[spec.full_name(settings)].partitions)
+        changes.append(_reconcile(admin, settings, spec, partitions, timeout))
+    return changes
+
+
+def _reconcile(
+    admin: AdminClient,
+    settings: Settings,
+    spec: TopicSpec,
+    partitions: int,
+    timeout: float,
+) -> TopicChange:
+    name = spec.full_name(settings)
+    if partitions != settings.partitions:
+        return TopicChange(
+            name,
+            "mismatch",
+            f"has {partitions} partitions, catalog wants {settings.partitions}; not changed "
+            "(re-partitioning moves keys and breaks per-contact order)",
+        )
+    resource = ConfigResource(ResourceType.TOPIC, name)
+    current = admin.describe_configs([resource], request_timeout=timeout)[resource].result()
+    wanted = spec.configs(settings)
+    drift = {k: v for k, v in wanted.items() if current[k].value != v}
+    if not drift:
+        return TopicChange(name, "unchanged")
+    entries = [
+        ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in drift.items()
+    ]
+    update = ConfigResource(ResourceType.TOPIC, name, incremental_configs=entries)
+    admin.incremental_alter_configs([update], request_timeout=timeout)[update].result()
+    detail = ", ".join(f"{k}={current[k].value}->{v}" for k, v in drift.items())
+    return TopicChange(name, "updated", detail)
