@@ -1,0 +1,169 @@
+"""Benchmarks of the streaming spine on this machine: Avro encode/decode, producing to
+the real broker (idempotent, acks=all) and the intake stage's end-to-end throughput in
+a real worker. Prints medians and writes bench-results/spine-<time>.json.
+
+    make bench            (or: .venv/bin/python -m tests.bench.bench_spine --events 20000)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from streams.registry import register_catalog
+from streams.serde import AvroSerde, registry_client
+from streams.settings import Settings
+from streams.topics import CONTACT_EVENTS, ensure_topics
+from tests.conftest import free_port
+from tests.kafka_helpers import get, producer, running_worker
+from tests.records import contact_event
+
+
+def events(count: int) -> list[dict[str, Any]]:
+    start = datetime.now(UTC)
+    return [
+        contact_event(
+            event_id=f"bench:{i}",
+            event_time=start + timedelta(milliseconds=i),
+            received_time=start + timedelta(milliseconds=i),
+            identity={
+                "email": f"person{i % 5000}@example.com",
+                "phone": None,
+                "crm_id": None,
+                "external_ids": {},
+            },
+        )
+        for i in range(count)
+    ]
+
+
+def rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds else float("inf")
+
+
+def bench_serde(serde: AvroSerde, records: list[dict[str, Any]], rounds: int) -> dict[str, float]:
+    encode_rates, decode_rates = [], []
+    encoded: list[bytes] = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        encoded = [serde.encode(r) for r in records]
+        encode_rates.append(rate(len(records), time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for data in encoded:
+            serde.decode(data)
+        decode_rates.append(rate(len(records), time.perf_counter() - t0))
+    return {
+        "encode_per_s_median": statistics.median(encode_rates),
+        "decode_per_s_median": statistics.median(decode_rates),
+        "bytes_per_event": statistics.mean(len(e) for e in encoded),
+    }
+
+
+def bench_produce(settings: Settings, topic: str, payloads: list[bytes], rounds: int) -> float:
+    rates = []
+    for _ in range(rounds):
+        out = producer(settings)
+        t0 = time.perf_counter()
+        for i, value in enumerate(payloads):
+            while True:
+                try:
+                    out.produce(topic, key=f"email:person{i % 5000}".encode(), value=value)
+                    break
+                except BufferError:
+                    out.poll(0.05)
+        out.flush(60)
+        rates.append(rate(len(payloads), time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def processed(settings: Settings) -> float:
+    body = get(f"http://127.0.0.1:{settings.web_port}/metrics")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith("switchboard_events_total{")
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    run_id = uuid.uuid4().hex[:8]
+    work = Path(".run/bench") / run_id
+    work.mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        topic_prefix=f"bench-{run_id}.",
+        app_id=f"switchboard-bench-{run_id}",
+        web_port=free_port(),
+        data_dir=work / "worker",
+    )
+    ensure_topics(settings)
+    registry = registry_client(settings.schema_registry_url)
+    register_catalog(registry, settings)
+    topic = CONTACT_EVENTS.full_name(settings)
+    serde = AvroSerde(registry, "contact_event", topic, discriminator="event_type")
+    records = events(args.events)
+
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "events": args.events,
+        "partitions": settings.partitions,
+        "serde": bench_serde(serde, records, args.rounds),
+    }
+    payloads = [serde.encode(r) for r in records]
+    results["produce_per_s_median"] = bench_produce(settings, topic, payloads, args.rounds)
+
+    # The topic now holds rounds x events; one worker drains them through the intake stage.
+    total = args.events * args.rounds
+    t0 = time.perf_counter()
+    with running_worker(settings, work / "worker.log"):
+        ready = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        while processed(settings) < total:
+            time.sleep(0.1)
+        results["intake_worker"] = {
+            "events": total,
+            "events_per_s": rate(total, time.perf_counter() - t1),
+            "startup_to_ready_s": ready,
+            "processing_guarantee": settings.processing_guarantee,
+            "workers": 1,
+        }
+    results["bench_process_peak_rss_mib"] = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+
+    print(
+        f"spine benchmark, {args.events} events x {args.rounds} rounds, "
+        f"{settings.partitions} partitions (medians)"
+    )
+    print(f"  avro encode      {results['serde']['encode_per_s_median']:>10,.0f} events/s")
+    print(f"  avro decode      {results['serde']['decode_per_s_median']:>10,.0f} events/s")
+    print(f"  event size       {results['serde']['bytes_per_event']:>10,.0f} bytes")
+    print(f"  produce (acks=all, idempotent) {results['produce_per_s_median']:>10,.0f} events/s")
+    intake = results["intake_worker"]
+    print(
+        f"  intake, 1 worker, {intake['processing_guarantee']}: "
+        f"{intake['events_per_s']:,.0f} events/s over {intake['events']:,} events "
+        f"(ready after {intake['startup_to_ready_s']:.1f}s)"
+    )
+    print(f"  bench process peak RSS {results['bench_process_peak_rss_mib']:.0f} MiB")
+
+    out_dir = Path("bench-results")
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / f"spine-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"  written to {out}")
+
+
+if __name__ == "__main__":
+    main()

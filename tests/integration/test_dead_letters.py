@@ -1,0 +1,74 @@
+"""Bytes that are not valid Avro reach the dead-letter topic with the reason, and the
+worker goes on processing what comes after them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from streams.registry import register_catalog
+from streams.serde import AvroSerde
+from streams.settings import Settings
+from streams.topics import CONTACT_EVENTS, DEAD_LETTERS, ensure_topics
+from tests.kafka_helpers import consume, get, producer, running_worker
+from tests.records import contact_event
+
+pytestmark = pytest.mark.integration
+
+KEY = b"email:ana.silva@example.com"
+
+
+def metric(settings: Settings, line_start: str) -> float:
+    body = get(f"http://127.0.0.1:{settings.web_port}/metrics")
+    values = [
+        float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(line_start)
+    ]
+    return sum(values)
+
+
+def test_undecodable_bytes_are_dead_lettered_and_the_worker_carries_on(
+    settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
+) -> None:
+    ensure_topics(settings)
+    register_catalog(registry, settings)
+    events_topic = CONTACT_EVENTS.full_name(settings)
+    events = AvroSerde(registry, "contact_event", events_topic, discriminator="event_type")
+    letters = AvroSerde(registry, "dead_letter", DEAD_LETTERS.full_name(settings))
+    wrong_schema_id = b"\x00\x7f\xff\xff\xff" + b"\x02xy"
+    bad_values = [b'{"email": "ana@example.com"}', wrong_schema_id]
+
+    out = producer(settings)
+    # All on one key, so one partition keeps the order: good, bad, bad, good.
+    out.produce(events_topic, key=KEY, value=events.encode(contact_event(event_id="e-1")))
+    for value in bad_values:
+        out.produce(events_topic, key=KEY, value=value, headers={"origin": b"test"})
+    out.produce(events_topic, key=KEY, value=events.encode(contact_event(event_id="e-2")))
+    assert out.flush(30) == 0
+
+    with running_worker(settings, tmp_path / "worker.log") as worker:
+        dead = consume(settings, DEAD_LETTERS.full_name(settings), 2)
+        decoded = [letters.decode(message.value()) for message in dead]
+
+        assert [d["original_value"] for d in decoded] == bad_values
+        assert all(m.key() == KEY for m in dead)
+        first, second = decoded
+        assert first["stage"] == "intake"
+        assert first["error_type"] == "UndecodableMessage"
+        assert first["original_topic"] == events_topic
+        assert first["original_offset"] == 1 and second["original_offset"] == 2
+        assert first["original_headers"] == {"origin": b"test"}
+        assert "not Confluent-framed Avro: first byte is 0x7b" in first["reason"]
+        assert "schema id 2147483647" in second["reason"]
+        assert first["dead_letter_id"] != second["dead_letter_id"]
+
+        # Both good events, the one after the bad bytes included, were processed.
+        processed = 'switchboard_events_total{event_type="FORM_SUBMITTED"'
+        deadline = time.monotonic() + 30
+        while metric(settings, processed) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert metric(settings, processed) == 2
+        assert metric(settings, "switchboard_dead_letters_total{") == 2
+        assert worker.poll() is None
