@@ -1,0 +1,75 @@
+# Switchboard: `make run` starts the embedded default pipeline, `make test` passes the tests.
+# Everything runs natively: Kafka and the schema registry come from Maven Central (infra/).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: help install run test unit lint bench infra-up infra-down infra-status \
+        cluster-up cluster-down topics schemas clean
+
+help:
+	@echo "make run          start Kafka + registry + the pipeline (Ctrl-C stops it all)"
+	@echo "make test         run the tests against the real broker and registry"
+	@echo "make bench        print serde and producer throughput on this machine"
+	@echo "make lint         ruff + mypy"
+	@echo "make infra-up     start the single-node Kafka and the schema registry"
+	@echo "make infra-down   stop them"
+	@echo "make cluster-up   start the 3-broker KRaft cluster (19092-19094)"
+	@echo "make cluster-down stop it"
+	@echo "make clean        stop everything and delete broker/registry data"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --constraint constraints.txt --editable ".[dev]"
+	touch $@
+
+infra-up:
+	@bash infra/kafka/kafka.sh start single & kafka=$$!; \
+	 bash infra/registry/registry.sh start & registry=$$!; \
+	 wait $$kafka && wait $$registry
+
+infra-down:
+	@bash infra/registry/registry.sh stop
+	@bash infra/kafka/kafka.sh stop single
+
+infra-status:
+	@bash infra/kafka/kafka.sh status single; bash infra/registry/registry.sh status
+
+cluster-up:
+	@bash infra/kafka/kafka.sh start cluster
+
+cluster-down:
+	@bash infra/kafka/kafka.sh stop cluster
+
+topics: install
+	$(BIN)/switchboard topics create
+
+schemas: install
+	$(BIN)/switchboard schemas register
+
+run: install
+	@bash infra/run.sh
+
+test: install infra-up
+	$(BIN)/pytest
+
+unit: install
+	$(BIN)/pytest tests/unit
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: install infra-up
+	$(BIN)/python -m tests.bench.bench_spine
+
+clean:
+	-@bash infra/registry/registry.sh stop
+	-@bash infra/kafka/kafka.sh stop single
+	-@bash infra/kafka/kafka.sh stop cluster
+	rm -rf .run
