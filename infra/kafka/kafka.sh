@@ -13,6 +13,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+source "$root/infra/maven.sh"
 action="${1:-status}"
 mode="${2:-single}"
 
@@ -36,18 +37,8 @@ bootstrap() {
 }
 
 resolve_jars() {
-  local key
-  key="$(sha256sum "$here/pom.xml" | cut -c1-12)"
-  libs="$root/.cache/kafka/$key/libs"
-  if [ ! -f "$libs/.complete" ]; then
-    echo "kafka: resolving broker jars from Maven Central into ${libs#"$root"/} (once)"
-    rm -rf "$libs"
-    mkdir -p "$libs"
-    mvn -B -Dstyle.color=never -f "$here/pom.xml" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$libs" >"$libs/.mvn.log" 2>&1 ||
-      { tail -n 40 "$libs/.mvn.log" >&2; exit 1; }
-    touch "$libs/.complete"
-  fi
+  libs="$root/.cache/kafka/$(file_key "$here/pom.xml")/libs"
+  maven_resolve kafka "$here/pom.xml" "$libs" dependency:copy-dependencies -DincludeScope=runtime
 }
 
 write_config() {

@@ -11,6 +11,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+source "$root/infra/maven.sh"
 action="${1:-status}"
 port="${REGISTRY_PORT:-8081}"
 run_dir="${SWITCHBOARD_RUN_DIR:-$root/.run}/registry"
@@ -39,18 +40,10 @@ find_java() {
 }
 
 resolve_app() {
-  local key
-  key="$(sha256sum "$here/pom.xml" | cut -c1-12)"
-  app="$root/.cache/registry/$key"
-  if [ ! -f "$app/.complete" ]; then
-    echo "registry: resolving Apicurio Registry from Maven Central into ${app#"$root"/} (once)"
-    rm -rf "$app"
-    mkdir -p "$app"
-    mvn -B -Dstyle.color=never -f "$here/pom.xml" dependency:unpack-dependencies \
-      -DoutputDirectory="$app" -DmarkersDirectory="$app/.markers" >"$app/.mvn.log" 2>&1 ||
-      { tail -n 40 "$app/.mvn.log" >&2; exit 1; }
-    touch "$app/.complete"
-  fi
+  app="$root/.cache/registry/$(file_key "$here/pom.xml")"
+  # Markers inside the cache: with the default (target/), a re-resolve would skip unpacking.
+  maven_resolve registry "$here/pom.xml" "$app" dependency:unpack-dependencies \
+    -DmarkersDirectory="$app/.markers"
 }
 
 running_pid() {
