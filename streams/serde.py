@@ -94,13 +94,6 @@ class AvroSerde:
             self._schema_id = found.schema_id
         return self._schema_id
 
-    def register(self) -> int:
-        """Register the contract under this topic's subject; returns the schema id."""
-        schema_id: int = self._registry.register_schema(
-            subject_for(self.topic), Schema(self._schema_text, "AVRO")
-        )
-        return schema_id
-
     def _with_branch(self, record: dict[str, Any]) -> dict[str, Any]:
         if self.discriminator is None:
             return record

@@ -11,7 +11,7 @@ from fastavro import parse_schema, schemaless_writer
 
 import schemas
 from streams.registry import register_catalog
-from streams.serde import MAGIC_BYTE, AvroSerde
+from streams.serde import MAGIC_BYTE, AvroSerde, SerdeError
 from streams.settings import Settings
 from streams.topics import CONTACT_EVENTS, ensure_topics
 from tests.kafka_helpers import consume, producer
@@ -79,3 +79,11 @@ def test_data_from_a_newer_producer_decodes_with_the_current_contract(
     framed = bytes([MAGIC_BYTE]) + newer_id.to_bytes(4, "big") + body.getvalue()
 
     assert serde.decode(framed) == record
+
+
+def test_encoding_for_a_topic_whose_schema_is_not_registered_says_what_to_run(
+    settings: Settings, registry: SchemaRegistryClient
+) -> None:
+    serde = AvroSerde(registry, "contact_event", f"{settings.topic_prefix}never-registered")
+    with pytest.raises(SerdeError, match=r"run `switchboard schemas register`"):
+        serde.encode(contact_event())
