@@ -112,6 +112,18 @@ def worker() -> None:
 
 
 @main.command()
+def gateway() -> None:
+    """Run the webhook gateway (POST /webhooks/<source>) until SIGINT/SIGTERM.
+
+    Each source is served only when its signing secret is set in
+    SWITCHBOARD_SECRET_<SOURCE> (e.g. SWITCHBOARD_SECRET_STRIPE)."""
+    from connectors.sources.gateway import run as run_gateway
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    run_gateway(_settings())
+
+
+@main.command()
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Prepare topics and schemas, then run a worker: the embedded default pipeline."""

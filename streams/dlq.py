@@ -21,6 +21,7 @@ def dead_letter(
     offset: int | None = None,
     headers: dict[str, bytes] | None = None,
     source: str | None = None,
+    error_type: str | None = None,
     attempts: int = 1,
     now: datetime | None = None,
 ) -> dict[str, Any]:
@@ -34,7 +35,8 @@ def dead_letter(
         origin = f"{stage}|{topic}|{partition}|{offset}".encode()
     else:
         origin = f"{stage}|{source}|".encode() + value
-    error_type = type(error).__name__ if isinstance(error, BaseException) else "Rejected"
+    if error_type is None:
+        error_type = type(error).__name__ if isinstance(error, BaseException) else "Rejected"
     metrics.DEAD_LETTERS.labels(stage=stage, error_type=error_type).inc()
     return {
         "dead_letter_id": hashlib.sha256(origin).hexdigest()[:32],

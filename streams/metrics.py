@@ -26,6 +26,29 @@ EVENT_AGE = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
 )
 
+GATEWAY_REQUESTS = Counter(
+    "switchboard_gateway_requests_total",
+    "Webhook requests answered by the gateway, by source and HTTP status.",
+    ["source", "status"],
+)
+GATEWAY_SECONDS = Histogram(
+    "switchboard_gateway_request_seconds",
+    "Time from a webhook request's arrival to its answer (including the Kafka write).",
+    ["source"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+SOURCE_EVENTS = Counter(
+    "switchboard_source_events_total",
+    "Canonical events a source connector published to Kafka.",
+    ["source", "event_type"],
+)
+SOURCE_REJECTED = Counter(
+    "switchboard_source_rejected_total",
+    "Inputs a source connector refused, by reason (bad_signature, stale_timestamp, "
+    "malformed_body, invalid_payload, too_large, kafka_unavailable).",
+    ["source", "reason"],
+)
+
 
 def serve(port: int, addr: str = "127.0.0.1") -> None:
     """Expose this process's metrics on http://addr:port/metrics (a daemon thread)."""

@@ -46,6 +46,18 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    gateway_bind: str = Field("127.0.0.1", description="Webhook gateway address.")
+    gateway_port: int = Field(8787, ge=1, le=65535, description="Webhook gateway port.")
+    gateway_public_url: str | None = Field(
+        None,
+        description="The gateway's URL as providers call it (behind a proxy); Twilio and "
+        "HubSpot sign the URL, so it must match what they called.",
+    )
+    gateway_max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger bodies get 413.")
+    gateway_delivery_timeout_ms: int = Field(
+        10_000, ge=100, description="How long a webhook waits for Kafka before a 503."
+    )
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _bootstrap_has_ports(cls, value: str) -> str:

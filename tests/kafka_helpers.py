@@ -7,11 +7,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
 from streams.settings import Settings
 
@@ -52,7 +52,8 @@ def consume(settings: Settings, topic: str, count: int, timeout: float = 30.0) -
 def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
     for name, value in settings.model_dump().items():
-        env[f"SWITCHBOARD_{name.upper()}"] = str(value)
+        if value is not None:
+            env[f"SWITCHBOARD_{name.upper()}"] = str(value)
     return env
 
 
@@ -67,17 +68,60 @@ def running_worker(
     settings: Settings, log_path: Path, ready_timeout: float = 90.0
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``switchboard worker`` process, ready (partitions assigned, recovery done)."""
-    env = settings_env(settings) | {"SWITCHBOARD_LOG_LEVEL": "info"}
+
+    def ready() -> bool:
+        return b"Worker ready" in log_path.read_bytes()
+
+    with _running(
+        ["worker"],
+        settings_env(settings) | {"SWITCHBOARD_LOG_LEVEL": "info"},
+        log_path,
+        ready,
+        ready_timeout,
+    ) as process:
+        yield process
+
+
+@contextmanager
+def running_gateway(
+    settings: Settings, log_path: Path, secrets: dict[str, str], ready_timeout: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``switchboard gateway`` process, answering on its port."""
+    env = settings_env(settings) | {
+        "SWITCHBOARD_SECRET_" + name.upper().replace("-", "_"): value
+        for name, value in secrets.items()
+    }
+
+    def ready() -> bool:
+        try:
+            get(f"http://127.0.0.1:{settings.gateway_port}/healthz", timeout=1)
+        except OSError:
+            return False
+        return True
+
+    with _running(["gateway"], env, log_path, ready, ready_timeout) as process:
+        yield process
+
+
+@contextmanager
+def _running(
+    args: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    ready: Callable[[], bool],
+    ready_timeout: float,
+) -> Iterator[subprocess.Popen[bytes]]:
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "streams.cli", *args], env=env, stdout=log, stderr=log
         )
     try:
         deadline = time.monotonic() + ready_timeout
-        while b"Worker ready" not in log_path.read_bytes():
+        while not ready():
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"worker did not become ready:\n{log_path.read_text(errors='replace')[-4000:]}"
+                    f"{args[0]} did not become ready:\n"
+                    f"{log_path.read_text(errors='replace')[-4000:]}"
                 )
             time.sleep(0.2)
         yield process
@@ -88,3 +132,36 @@ def running_worker(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> list[Message]:
+    """Every committed message now in ``topic``, read by partition assignment (no group)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": "unused",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        found: list[Message] = []
+        done = {p for p, end in ends.items() if end == 0}
+        deadline = time.monotonic() + timeout
+        while len(done) < len(ends) and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is None or message.error():
+                continue
+            found.append(message)
+            partition, offset = message.partition(), message.offset()
+            if partition is not None and offset is not None and offset + 1 >= ends[partition]:
+                done.add(partition)
+        return found
+    finally:
+        consumer.close()

@@ -1,0 +1,128 @@
+"""Switchboard's own documented webhooks, for systems without a public webhook format of
+their own: web forms (any site builder that can POST JSON) and field-service jobs.
+Both are signed like Stripe: ``X-Switchboard-Signature: t=<unix>,v1=<hex HMAC-SHA256 of
+"<t>.<body>">``, five minutes' tolerance. The formats are the models below."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from connectors.sources import canonical, identity, signatures
+from connectors.sources.base import Event, Source, WebhookRequest, validated
+
+HEADER = "X-Switchboard-Signature"
+
+
+def verify(request: WebhookRequest, secret: bytes, now: float) -> None:
+    signatures.timestamped_hmac(
+        request.header(HEADER), request.body, secret, now, signatures.DEFAULT_TOLERANCE_S
+    )
+
+
+class FormSubmission(BaseModel):
+    """POST /webhooks/forms"""
+
+    submission_id: str
+    form_id: str
+    submitted_at: datetime
+    form_name: str | None = None
+    page_url: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    fields: dict[str, str] = Field(default_factory=dict)
+    utm: dict[str, str] = Field(default_factory=dict)
+
+
+def parse_form(request: WebhookRequest, received: datetime) -> list[Event]:
+    form = validated(FormSubmission, request.json())
+    return [
+        canonical.event(
+            system="webform",
+            provider_event_id=form.submission_id,
+            event_type="FORM_SUBMITTED",
+            event_time=form.submitted_at,
+            received=received,
+            identity=identity.identity(email_address=form.email, phone_number=form.phone),
+            payload={
+                "form_id": form.form_id,
+                "form_name": form.form_name,
+                "page_url": form.page_url,
+                "fields": form.fields,
+                "utm": form.utm,
+            },
+        )
+    ]
+
+
+class Job(BaseModel):
+    id: str
+    type: str
+    status: str
+    previous_status: str | None = None
+    technician: str | None = None
+    scheduled_for: datetime | None = None
+    completed_at: datetime | None = None
+
+
+class JobCustomer(BaseModel):
+    id: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    crm_id: str | None = None
+
+
+class JobEvent(BaseModel):
+    """POST /webhooks/jobs: a job was created, changed status or was completed."""
+
+    event_id: str
+    occurred_at: datetime
+    job: Job
+    customer: JobCustomer
+    system: str = "fieldservice"
+
+
+def parse_job(request: WebhookRequest, received: datetime) -> list[Event]:
+    hook = validated(JobEvent, request.json())
+    job, customer = hook.job, hook.customer
+    return [
+        canonical.event(
+            system=hook.system,
+            provider_event_id=hook.event_id,
+            event_type="JOB_STATUS_CHANGED",
+            event_time=hook.occurred_at,
+            received=received,
+            identity=identity.identity(
+                email_address=customer.email,
+                phone_number=customer.phone,
+                crm_id=customer.crm_id,
+                external_ids={hook.system: customer.id or ""},
+            ),
+            payload={
+                "job_id": job.id,
+                "job_type": job.type,
+                "status": job.status,
+                "previous_status": job.previous_status,
+                "technician": job.technician,
+                "scheduled_for": job.scheduled_for,
+                "completed_at": job.completed_at,
+            },
+        )
+    ]
+
+
+FORMS = Source(
+    name="forms",
+    system="webform",
+    description="generic web-form submission (Switchboard format)",
+    verify=verify,
+    parse=parse_form,
+)
+JOBS = Source(
+    name="jobs",
+    system="fieldservice",
+    description="field-service job created / status changed / completed (Switchboard format)",
+    verify=verify,
+    parse=parse_job,
+)

@@ -1,0 +1,129 @@
+"""Voice AI: Vapi's ``end-of-call-report`` server message (caller, transcript summary,
+structured outcome from the assistant's analysis plan, requested service, next step).
+Vapi authenticates with the secret itself in ``X-Vapi-Secret``; other message types
+(status updates, transcripts) are acknowledged and ignored."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from connectors.sources import canonical, identity, signatures
+from connectors.sources.base import Event, Source, WebhookRequest, validated
+
+SYSTEM = "vapi"
+
+
+class Customer(BaseModel):
+    number: str | None = None
+    name: str | None = None
+
+
+class Call(BaseModel):
+    id: str
+    type: str = "inboundPhoneCall"
+    customer: Customer = Field(default_factory=Customer)
+
+
+class Analysis(BaseModel):
+    summary: str | None = None
+    structuredData: dict[str, Any] = Field(default_factory=dict)
+    successEvaluation: Any = None
+
+
+class Assistant(BaseModel):
+    name: str | None = None
+
+
+class EndOfCallReport(BaseModel):
+    type: str
+    call: Call
+    endedReason: str | None = None
+    startedAt: datetime | None = None
+    endedAt: datetime | None = None
+    durationSeconds: float | None = None
+    recordingUrl: str | None = None
+    analysis: Analysis = Field(default_factory=Analysis)
+    assistant: Assistant = Field(default_factory=Assistant)
+
+
+class ServerMessage(BaseModel):
+    message: dict[str, Any]
+
+
+def verify(request: WebhookRequest, secret: bytes, now: float) -> None:
+    signatures.shared_secret(request.header("X-Vapi-Secret"), secret)
+
+
+def _text(data: dict[str, Any], *names: str) -> str | None:
+    for name in names:
+        value = data.get(name)
+        if value not in (None, ""):
+            return str(value)
+    return None
+
+
+def parse(request: WebhookRequest, received: datetime) -> list[Event]:
+    envelope = validated(ServerMessage, request.json())
+    if envelope.message.get("type") != "end-of-call-report":
+        return []
+    report = validated(_Report, {"message": envelope.message}).message
+    data = report.analysis.structuredData
+    status = (
+        "completed"
+        if report.endedReason not in ("customer-did-not-answer", "voicemail")
+        else ("no-answer" if report.endedReason == "customer-did-not-answer" else "voicemail")
+    )
+    duration = report.durationSeconds
+    if duration is None and report.startedAt and report.endedAt:
+        duration = (report.endedAt - report.startedAt).total_seconds()
+    inbound = report.call.type != "outboundPhoneCall"
+    return [
+        canonical.event(
+            system=SYSTEM,
+            provider_event_id=f"{report.call.id}:end-of-call-report",
+            event_type="CALL_COMPLETED",
+            event_time=report.endedAt or received,
+            received=received,
+            identity=identity.identity(
+                phone_number=report.call.customer.number,
+                email_address=_text(data, "email", "customer_email"),
+                external_ids={SYSTEM: report.call.id},
+            ),
+            payload={
+                "call_id": report.call.id,
+                "direction": "INBOUND" if inbound else "OUTBOUND",
+                "status": status,
+                "duration_seconds": round(duration or 0),
+                "from_number": identity.phone(
+                    report.call.customer.number, field="call.customer.number"
+                )
+                if inbound
+                else None,
+                "to_number": None if inbound else identity.phone(report.call.customer.number),
+                "handled_by": report.assistant.name or "vapi-assistant",
+                "outcome": _text(data, "outcome", "qualification") or report.endedReason,
+                "transcript_summary": report.analysis.summary,
+                "requested_service": _text(data, "requested_service", "service"),
+                "next_step": _text(data, "next_step", "nextStep"),
+                "recording_url": report.recordingUrl,
+            },
+        )
+    ]
+
+
+class _Report(BaseModel):
+    """Validating through this names fields by their path under ``message``."""
+
+    message: EndOfCallReport
+
+
+SOURCE = Source(
+    name="vapi",
+    system=SYSTEM,
+    description="Vapi end-of-call-report",
+    verify=verify,
+    parse=parse,
+)
