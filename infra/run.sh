@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # `make run`: the embedded default. Starts the native Kafka and schema registry (unless
-# they are already up), creates the catalog's topics, registers the contract and runs a
-# worker in the foreground. Ctrl-C stops the worker, then whatever this script started.
+# they are already up), creates the catalog's topics, registers the contract, then runs
+# the webhook gateway, a load generator feeding it signed provider webhooks, and a
+# worker in the foreground. Ctrl-C stops all of it, then whatever services it started.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+sb=.venv/bin/switchboard
 started=()
+children=()
 
 cleanup() {
-  local status=$?
+  local status=$? pid
   trap - EXIT INT TERM
+  # Background children of a script ignore the terminal's Ctrl-C: stop them here.
+  for pid in "${children[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${children[@]}"; do wait "$pid" 2>/dev/null || true; done
   for ((i = ${#started[@]} - 1; i >= 0; i--)); do
     case "${started[$i]}" in
       kafka) bash infra/kafka/kafka.sh stop single ;;
@@ -30,7 +36,30 @@ if ! bash infra/registry/registry.sh status >/dev/null 2>&1; then
   started+=(registry)
   bash infra/registry/registry.sh start
 fi
+"$sb" topics create
+"$sb" schemas register
 
-echo "switchboard: worker metrics on http://127.0.0.1:${SWITCHBOARD_WEB_PORT:-6066}/metrics; Ctrl-C stops everything"
-# Not exec: this shell must outlive the worker to stop the services after it.
-.venv/bin/switchboard run
+# Fresh signing secrets for this run only, shared by the gateway and the load generator;
+# a real deployment sets each SWITCHBOARD_SECRET_<SOURCE> to the provider's secret.
+for source in STRIPE TWILIO VAPI CALENDLY TYPEFORM FORMS JOBS MAILGUN MAILGUN_INBOUND HUBSPOT; do
+  export "SWITCHBOARD_SECRET_$source=demo-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+done
+export SWITCHBOARD_SECRET_MAILGUN_INBOUND="$SWITCHBOARD_SECRET_MAILGUN"
+
+mkdir -p .run
+"$sb" gateway >.run/gateway.log 2>&1 &
+children+=($!)
+port="${SWITCHBOARD_GATEWAY_PORT:-8787}"
+until curl -sf -o /dev/null "http://127.0.0.1:$port/healthz"; do
+  kill -0 "${children[0]}" 2>/dev/null || { cat .run/gateway.log >&2; exit 1; }
+  sleep 0.2
+done
+"$sb" loadgen --rate "${SWITCHBOARD_DEMO_RATE:-20}" --duration 86400 >.run/loadgen.log 2>&1 &
+children+=($!)
+
+echo "switchboard: gateway http://127.0.0.1:$port/webhooks/<source> (log .run/gateway.log),"
+echo "             load generator at ${SWITCHBOARD_DEMO_RATE:-20} webhooks/s (.run/loadgen.log),"
+echo "             worker metrics http://127.0.0.1:${SWITCHBOARD_WEB_PORT:-6066}/metrics."
+echo "             Ctrl-C stops everything."
+# Not exec: this shell must outlive the worker to stop the rest after it.
+SWITCHBOARD_LOG_LEVEL="${SWITCHBOARD_LOG_LEVEL:-warning}" "$sb" worker

@@ -36,7 +36,7 @@ class Publisher:
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 2,
-                "compression.type": "lz4",
+                # Uncompressed: events are small, and any consumer can read them.
                 "message.timeout.ms": settings.gateway_delivery_timeout_ms,
                 "log_level": 4,
             }
