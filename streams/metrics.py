@@ -42,6 +42,12 @@ SOURCE_EVENTS = Counter(
     "Canonical events a source connector published to Kafka.",
     ["source", "event_type"],
 )
+SOURCE_PUBLISH_SECONDS = Histogram(
+    "switchboard_source_publish_seconds",
+    "Time a source connector waited for Kafka to acknowledge (acks=all) a request's events.",
+    ["source"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
 SOURCE_REJECTED = Counter(
     "switchboard_source_rejected_total",
     "Inputs a source connector refused, by reason (bad_signature, stale_timestamp, "

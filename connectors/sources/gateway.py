@@ -101,7 +101,8 @@ def create_gateway(
             return await _reject(name, exc.status, exc.reason, str(exc), body, request, exc.field)
 
         try:
-            await request.app[PUBLISHER].publish_events(keyed)
+            with metrics.SOURCE_PUBLISH_SECONDS.labels(source=name).time():
+                await request.app[PUBLISHER].publish_events(keyed)
         except SchemaViolation as exc:
             return await _reject(name, 400, "invalid_payload", str(exc), body, request)
         except PublishFailed as exc:

@@ -19,7 +19,7 @@ from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
 from streams.topics import CONTACT_EVENTS, DEAD_LETTERS, ensure_topics
 from tests.conftest import Infra, free_port
-from tests.kafka_helpers import read_all, running_gateway
+from tests.kafka_helpers import get, read_all, running_gateway
 from tests.webhooks import SECRETS, Answer, fixture, post, signed
 
 pytestmark = pytest.mark.integration
@@ -478,3 +478,19 @@ def test_kafka_unavailable_is_503_with_retry_after(
     assert answer.status == 503
     assert answer.headers["Retry-After"] == "30"
     assert answer.body["error"].startswith("events could not be written durably, retry later")
+
+
+def test_per_source_metrics_are_exported(gateway: Gateway) -> None:
+    gateway.send("stripe", fixture("stripe_invoice_paid.json"))
+    post(gateway.url("forms"), b"{}", {"X-Switchboard-Signature": "t=1,v1=00"})
+    body = get(f"http://127.0.0.1:{gateway.settings.gateway_port}/metrics")
+    lines = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith("switchboard_")
+    }
+    assert lines['switchboard_gateway_requests_total{source="stripe",status="200"}'] >= 1
+    assert lines['switchboard_source_events_total{event_type="INVOICE_PAID",source="stripe"}'] >= 1
+    assert lines['switchboard_source_rejected_total{reason="stale_timestamp",source="forms"}'] >= 1
+    assert lines['switchboard_source_publish_seconds_count{source="stripe"}'] >= 1
+    assert lines['switchboard_gateway_request_seconds_count{source="forms"}'] >= 1
