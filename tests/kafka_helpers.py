@@ -57,6 +57,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def worker_metric(settings: Settings, line_start: str) -> float:
+    """The sum of the worker's /metrics samples whose line starts with ``line_start``."""
+    body = get(f"http://127.0.0.1:{settings.web_port}/metrics")
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(line_start)
+    )
+
+
 def get(url: str, timeout: float = 5.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         body: bytes = response.read()

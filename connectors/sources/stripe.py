@@ -60,6 +60,19 @@ class CheckoutSession(BaseModel):
     invoice: str | None = None
 
 
+T = TypeVar("T", bound=BaseModel)
+
+
+class _Object(BaseModel, Generic[T]):
+    object: T
+
+
+class _Wrapped(BaseModel, Generic[T]):
+    """Validating ``data.object`` through this names fields by their path in the event."""
+
+    data: _Object[T]
+
+
 def verify(request: WebhookRequest, secret: bytes, now: float) -> None:
     signatures.timestamped_hmac(
         request.header("Stripe-Signature"),
@@ -138,19 +151,6 @@ def parse(request: WebhookRequest, received: datetime) -> list[Event]:
             )
         ]
     return []
-
-
-T = TypeVar("T", bound=BaseModel)
-
-
-class _Object(BaseModel, Generic[T]):
-    object: T
-
-
-class _Wrapped(BaseModel, Generic[T]):
-    """Validating ``data.object`` through this names fields by their path in the event."""
-
-    data: _Object[T]
 
 
 SOURCE = Source(

@@ -14,6 +14,8 @@ from connectors.sources import canonical, identity, signatures
 from connectors.sources.base import Event, Source, WebhookRequest, validated
 
 SYSTEM = "vapi"
+# Vapi's endedReason values that mean nobody talked to the assistant.
+ENDED_STATUS = {"customer-did-not-answer": "no-answer", "voicemail": "voicemail"}
 
 
 class Customer(BaseModel):
@@ -71,11 +73,7 @@ def parse(request: WebhookRequest, received: datetime) -> list[Event]:
         return []
     report = validated(_Report, {"message": envelope.message}).message
     data = report.analysis.structuredData
-    status = (
-        "completed"
-        if report.endedReason not in ("customer-did-not-answer", "voicemail")
-        else ("no-answer" if report.endedReason == "customer-did-not-answer" else "voicemail")
-    )
+    status = ENDED_STATUS.get(report.endedReason or "", "completed")
     duration = report.durationSeconds
     if duration is None and report.startedAt and report.endedAt:
         duration = (report.endedAt - report.startedAt).total_seconds()

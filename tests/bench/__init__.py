@@ -1,0 +1,18 @@
+"""Benchmarks run by `make bench`: they print figures and keep them as JSON."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path("bench-results")
+
+
+def write_results(kind: str, results: dict[str, Any]) -> Path:
+    """Keep ``results`` as bench-results/<kind>-<UTC time>.json, to compare over time."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps(results, indent=2))
+    return out

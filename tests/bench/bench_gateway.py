@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ from streams.registry import register_catalog
 from streams.serde import registry_client
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from tests.bench import write_results
 from tests.conftest import free_port
 from tests.kafka_helpers import running_gateway
 from tests.webhooks import SECRETS
@@ -90,11 +90,7 @@ def main() -> None:
             f"p50 {row['p50_ms']:6.1f} ms  p95 {row['p95_ms']:6.1f} ms  "
             f"p99 {row['p99_ms']:6.1f} ms   answers {row['answers']}"
         )
-    out_dir = Path("bench-results")
-    out_dir.mkdir(exist_ok=True)
-    out = out_dir / f"gateway-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"  written to {out}")
+    print(f"  written to {write_results('gateway', results)}")
 
 
 if __name__ == "__main__":

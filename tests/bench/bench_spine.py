@@ -8,7 +8,6 @@ a real worker. Prints medians and writes bench-results/spine-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import time
@@ -21,8 +20,9 @@ from streams.registry import register_catalog
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
 from streams.topics import CONTACT_EVENTS, ensure_topics
+from tests.bench import write_results
 from tests.conftest import free_port
-from tests.kafka_helpers import get, producer, running_worker
+from tests.kafka_helpers import producer, running_worker, worker_metric
 from tests.records import contact_event
 
 
@@ -83,15 +83,6 @@ def bench_produce(settings: Settings, topic: str, payloads: list[bytes], rounds:
     return statistics.median(rates)
 
 
-def processed(settings: Settings) -> float:
-    body = get(f"http://127.0.0.1:{settings.web_port}/metrics")
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in body.splitlines()
-        if line.startswith("switchboard_events_total{")
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=20_000)
@@ -129,7 +120,7 @@ def main() -> None:
     with running_worker(settings, work / "worker.log"):
         ready = time.perf_counter() - t0
         t1 = time.perf_counter()
-        while processed(settings) < total:
+        while worker_metric(settings, "switchboard_events_total{") < total:
             time.sleep(0.1)
         results["intake_worker"] = {
             "events": total,
@@ -158,11 +149,7 @@ def main() -> None:
     )
     print(f"  bench process peak RSS {results['bench_process_peak_rss_mib']:.0f} MiB")
 
-    out_dir = Path("bench-results")
-    out_dir.mkdir(exist_ok=True)
-    out = out_dir / f"spine-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"  written to {out}")
+    print(f"  written to {write_results('spine', results)}")
 
 
 if __name__ == "__main__":

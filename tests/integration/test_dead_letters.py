@@ -13,20 +13,12 @@ from streams.registry import register_catalog
 from streams.serde import AvroSerde
 from streams.settings import Settings
 from streams.topics import CONTACT_EVENTS, DEAD_LETTERS, ensure_topics
-from tests.kafka_helpers import consume, get, producer, running_worker
+from tests.kafka_helpers import consume, producer, running_worker, worker_metric
 from tests.records import contact_event
 
 pytestmark = pytest.mark.integration
 
 KEY = b"email:ana.silva@example.com"
-
-
-def metric(settings: Settings, line_start: str) -> float:
-    body = get(f"http://127.0.0.1:{settings.web_port}/metrics")
-    values = [
-        float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(line_start)
-    ]
-    return sum(values)
 
 
 def test_undecodable_bytes_are_dead_lettered_and_the_worker_carries_on(
@@ -67,8 +59,8 @@ def test_undecodable_bytes_are_dead_lettered_and_the_worker_carries_on(
         # Both good events, the one after the bad bytes included, were processed.
         processed = 'switchboard_events_total{event_type="FORM_SUBMITTED"'
         deadline = time.monotonic() + 30
-        while metric(settings, processed) < 2 and time.monotonic() < deadline:
+        while worker_metric(settings, processed) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert metric(settings, processed) == 2
-        assert metric(settings, "switchboard_dead_letters_total{") == 2
+        assert worker_metric(settings, processed) == 2
+        assert worker_metric(settings, "switchboard_dead_letters_total{") == 2
         assert worker.poll() is None

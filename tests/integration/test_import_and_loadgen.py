@@ -22,7 +22,13 @@ from streams.serde import AvroSerde
 from streams.settings import Settings
 from streams.topics import CONTACT_EVENTS, ensure_topics
 from tests.conftest import free_port
-from tests.kafka_helpers import get, read_all, running_gateway, running_worker, settings_env
+from tests.kafka_helpers import (
+    read_all,
+    running_gateway,
+    running_worker,
+    settings_env,
+    worker_metric,
+)
 from tests.webhooks import SECRETS, fixture
 
 pytestmark = pytest.mark.integration
@@ -165,17 +171,11 @@ def test_a_worker_takes_in_every_event_the_gateway_published(
 
     with running_worker(settings, tmp_path / "worker.log") as worker:
         deadline = time.monotonic() + 60
-        while intake_count(settings) < published and time.monotonic() < deadline:
+        while (
+            worker_metric(settings, "switchboard_events_total{") < published
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.3)
-        assert intake_count(settings) == published
+        assert worker_metric(settings, "switchboard_events_total{") == published
         assert worker.poll() is None
     assert b"Traceback" not in (tmp_path / "worker.log").read_bytes()
-
-
-def intake_count(settings: Settings) -> float:
-    body = get(f"http://127.0.0.1:{settings.web_port}/metrics")
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in body.splitlines()
-        if line.startswith("switchboard_events_total{")
-    )
