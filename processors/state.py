@@ -1,0 +1,167 @@
+"""Per-contact state: what Switchboard knows about one person, and how each canonical
+event changes it. Pure: ``apply_event(state, event)`` returns the new state, so it is
+unit-tested without Kafka and replayed identically."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+RECENT_EVENT_IDS = 500  # enough to ignore any redelivery Kafka can produce
+
+
+class Deal(BaseModel):
+    deal_id: str
+    stage: str
+    updated_at: datetime
+    amount_minor: int | None = None
+    currency: str | None = None
+
+
+class Consent(BaseModel):
+    email_opt_out: bool = False
+    sms_opt_out: bool = False
+    email_bounced: bool = False
+
+
+class Award(BaseModel):
+    rule: str
+    points: float
+    at: datetime
+    decays: bool
+
+
+class ScoringState(BaseModel):
+    """The behavioural history scoring needs: awards, and recent matches per frequency rule."""
+
+    awards: list[Award] = Field(default_factory=list)
+    matches: dict[str, list[datetime]] = Field(default_factory=dict)
+
+
+class ContactState(BaseModel):
+    contact_id: str
+    identifiers: list[str] = Field(default_factory=list)
+    profile: dict[str, str] = Field(default_factory=dict)
+    lifecycle_stage: str | None = None
+    owner_id: str | None = None
+    score: float = 0.0
+    score_components: dict[str, float] = Field(default_factory=dict)
+    band: str | None = None
+    scoring: ScoringState = Field(default_factory=ScoringState)
+    last_inbound: dict[str, datetime] = Field(default_factory=dict)
+    last_outbound: dict[str, datetime] = Field(default_factory=dict)
+    open_deals: dict[str, Deal] = Field(default_factory=dict)
+    consent: Consent = Field(default_factory=Consent)
+    workflows: dict[str, str] = Field(default_factory=dict)
+    recent_event_ids: list[str] = Field(default_factory=list)
+    first_seen: datetime | None = None
+    last_event_time: datetime | None = None
+
+    def has_seen(self, event_id: str) -> bool:
+        return event_id in self.recent_event_ids
+
+
+CLOSED_STAGES = {"closedwon", "closedlost", "closed_won", "closed_lost"}
+
+# (channel, direction) of each event type; CALL_COMPLETED depends on its direction.
+_TOUCH = {
+    "FORM_SUBMITTED": ("web", "in"),
+    "PAGE_VIEWED": ("web", "in"),
+    "EMAIL_SENT": ("email", "out"),
+    "EMAIL_OPENED": ("email", "in"),
+    "EMAIL_CLICKED": ("email", "in"),
+    "EMAIL_REPLIED": ("email", "in"),
+    "MEETING_BOOKED": ("meeting", "in"),
+    "MEETING_COMPLETED": ("meeting", "out"),
+    "PAYMENT_RECEIVED": ("billing", "in"),
+    "INVOICE_PAID": ("billing", "in"),
+    "JOB_STATUS_CHANGED": ("field", "out"),
+}
+
+
+def _identifiers(identity: dict[str, Any]) -> list[str]:
+    found = []
+    if identity.get("crm_id"):
+        found.append(f"crm:{identity['crm_id']}")
+    if identity.get("email"):
+        found.append(f"email:{identity['email']}")
+    if identity.get("phone"):
+        found.append(f"phone:{identity['phone']}")
+    found += [f"ext:{k}:{v}" for k, v in sorted((identity.get("external_ids") or {}).items())]
+    return found
+
+
+def apply_event(state: ContactState, event: dict[str, Any]) -> ContactState:
+    """The state after ``event``. An event already seen changes nothing (invariant 2)."""
+    if state.has_seen(event["event_id"]):
+        return state
+    new = state.model_copy(deep=True)
+    at: datetime = event["event_time"]
+    payload: dict[str, Any] = event["payload"]
+    kind: str = event["event_type"]
+
+    new.recent_event_ids = [*new.recent_event_ids, event["event_id"]][-RECENT_EVENT_IDS:]
+    for identifier in _identifiers(event["identity"]):
+        if identifier not in new.identifiers:
+            new.identifiers.append(identifier)
+    email = event["identity"].get("email")
+    if email and "email_domain" not in new.profile:
+        new.profile["email_domain"] = email.rpartition("@")[2]
+    new.first_seen = min(filter(None, (new.first_seen, at)))
+    new.last_event_time = max(filter(None, (new.last_event_time, at)))
+
+    channel_direction = _TOUCH.get(kind)
+    if kind == "CALL_COMPLETED":
+        channel_direction = ("phone", "in" if payload["direction"] == "INBOUND" else "out")
+    elif kind == "REP_ACTIVITY_LOGGED":
+        channel_direction = (payload["activity_type"], "out")
+    if channel_direction is not None:
+        channel, direction = channel_direction
+        touches = new.last_inbound if direction == "in" else new.last_outbound
+        if channel not in touches or touches[channel] < at:
+            touches[channel] = at
+
+    if kind == "CONTACT_UPDATED":
+        properties = payload["properties"]
+        if "lifecyclestage" in properties:
+            new.lifecycle_stage = properties["lifecyclestage"]
+        new.profile.update(
+            {k: v for k, v in properties.items() if k not in ("lifecyclestage", "email", "phone")}
+        )
+    elif kind == "FORM_SUBMITTED":
+        new.profile.update({k: v for k, v in payload["fields"].items() if k in _PROFILE_FIELDS})
+    elif kind == "DEAL_STAGE_CHANGED":
+        deal_id = payload["deal_id"]
+        if payload["stage"] in CLOSED_STAGES:
+            new.open_deals.pop(deal_id, None)
+        else:
+            new.open_deals[deal_id] = Deal(
+                deal_id=deal_id,
+                stage=payload["stage"],
+                updated_at=at,
+                amount_minor=payload.get("amount_minor"),
+                currency=payload.get("currency"),
+            )
+    elif kind == "EMAIL_UNSUBSCRIBED":
+        new.consent.email_opt_out = True
+    elif kind == "EMAIL_BOUNCED" and payload["bounce_type"] == "hard":
+        new.consent.email_bounced = True
+    return new
+
+
+# Form answers that describe the person or their company, kept for scoring and routing.
+_PROFILE_FIELDS = {
+    "first_name",
+    "last_name",
+    "company",
+    "title",
+    "industry",
+    "company_size",
+    "country",
+    "region",
+    "postcode",
+    "service",
+    "deal_size",
+}
