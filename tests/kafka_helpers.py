@@ -13,13 +13,12 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
+from streams.kafka import producer_config
 from streams.settings import Settings
 
 
 def producer(settings: Settings) -> Producer:
-    return Producer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "acks": "all"}
-    )
+    return Producer(producer_config(settings))
 
 
 def consume(settings: Settings, topic: str, count: int, timeout: float = 30.0) -> list[Message]:

@@ -31,6 +31,7 @@ from connectors.sources import canonical, identity
 from connectors.sources.base import Event, Rejected, WebhookRequest
 from connectors.sources.identity import strongest_key
 from connectors.sources.registry import SOURCES
+from streams.kafka import producer_config
 from streams.serde import AvroSerde, SchemaViolation, registry_client
 from streams.settings import Settings
 from streams.topics import CONTACT_EVENTS
@@ -131,14 +132,7 @@ def run_import(
         topic,
         discriminator="event_type",
     )
-    producer = Producer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 20,
-        }
-    )
+    producer = Producer(producer_config(settings, **{"linger.ms": 20}))
     report = report or path.with_name(path.name + ".rejected.jsonl")
     summary = ImportSummary(report=report)
     total = sum(1 for _ in _rows(path.open(newline=""), source))

@@ -12,6 +12,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from streams.kafka import producer_config
 from streams.serde import AvroSerde, SerdeError, registry_client
 from streams.settings import Settings
 from streams.topics import CONTACT_EVENTS, DEAD_LETTERS
@@ -31,15 +32,10 @@ class Publisher:
         )
         self.dead_letters = AvroSerde(registry, DEAD_LETTERS.schema, self.dead_letters_topic)
         self._producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 2,
-                # Uncompressed: events are small, and any consumer can read them.
-                "message.timeout.ms": settings.gateway_delivery_timeout_ms,
-                "log_level": 4,
-            }
+            producer_config(
+                settings,
+                **{"linger.ms": 2, "message.timeout.ms": settings.gateway_delivery_timeout_ms},
+            )
         )
         self._stop = threading.Event()
         # Delivery callbacks run inside poll(); a thread keeps calling it.
