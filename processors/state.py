@@ -81,7 +81,8 @@ _TOUCH = {
 }
 
 
-def _identifiers(identity: dict[str, Any]) -> list[str]:
+def identifiers_of(identity: dict[str, Any]) -> list[str]:
+    """Every identifier of an identity block, strongest first (the event's key is first)."""
     found = []
     if identity.get("crm_id"):
         found.append(f"crm:{identity['crm_id']}")
@@ -103,7 +104,7 @@ def apply_event(state: ContactState, event: dict[str, Any]) -> ContactState:
     kind: str = event["event_type"]
 
     new.recent_event_ids = [*new.recent_event_ids, event["event_id"]][-RECENT_EVENT_IDS:]
-    for identifier in _identifiers(event["identity"]):
+    for identifier in identifiers_of(event["identity"]):
         if identifier not in new.identifiers:
             new.identifiers.append(identifier)
     email = event["identity"].get("email")
