@@ -25,6 +25,7 @@ def create_app(settings: Settings) -> faust.App:
         web_bind=settings.web_bind,
         web_in_thread=False,
         producer_acks=-1,
+        broker_commit_interval=settings.commit_interval_s,
         autodiscover=False,
         # Agents read the catalog's topics, which `switchboard topics create` owns.
         topic_allow_declare=True,
@@ -35,8 +36,14 @@ def create_app(settings: Settings) -> faust.App:
 
 
 def catalog_topic(app: faust.App, settings: Settings, spec: TopicSpec) -> faust.TopicT:
+    return raw_topic(app, settings, spec.full_name(settings))
+
+
+def raw_topic(app: faust.App, settings: Settings, *names: str) -> faust.TopicT:
+    """One Faust topic over one or more catalog topics, as raw bytes (the Avro serde
+    decodes them). Several names must be co-partitioned: same key, same partition count."""
     return app.topic(
-        spec.full_name(settings),
+        *names,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",

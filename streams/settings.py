@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     min_insync_replicas: int = Field(1, ge=1)
     app_id: str = Field("switchboard", description="Faust app id: consumer group and state prefix.")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    commit_interval_s: float = Field(
+        0.5,
+        gt=0,
+        description="How often a worker commits its transaction: under exactly-once, what "
+        "a stage sends is visible downstream only then, so every hop waits for it.",
+    )
     store: str = Field("memory://", description="Faust table store: memory:// or rocksdict://.")
     data_dir: Path = Field(Path(".run/worker"), description="Worker state (tables) directory.")
     web_port: int = Field(6066, ge=1, le=65535, description="Worker web port; serves /metrics.")

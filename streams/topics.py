@@ -80,7 +80,39 @@ DEAD_LETTERS = TopicSpec(
     retention_ms=30 * DAY_MS,
 )
 
-CATALOG: tuple[TopicSpec, ...] = (CONTACT_EVENTS, CRM_COMMANDS, NOTIFICATIONS, AUDIT, DEAD_LETTERS)
+IDENTITY_CLAIMS = TopicSpec(
+    "identity-claims",
+    schema="identity_claim",
+    key="identifier",
+    description="Repartition: identifiers claimed for a contact, to the identifier's partition.",
+    retention_ms=7 * DAY_MS,
+)
+EVENTS_BY_CONTACT = TopicSpec(
+    "events-by-contact",
+    schema="contact_event",
+    discriminator="event_type",
+    key="contact id",
+    description="Repartition: contact events re-keyed by their resolved contact id.",
+    retention_ms=7 * DAY_MS,
+)
+CONTACT_MERGES = TopicSpec(
+    "contact-merges",
+    schema="contact_merge",
+    key="contact id",
+    description="Repartition: the steps of merging two contacts that proved to be one person.",
+    retention_ms=7 * DAY_MS,
+)
+
+CATALOG: tuple[TopicSpec, ...] = (
+    CONTACT_EVENTS,
+    CRM_COMMANDS,
+    NOTIFICATIONS,
+    AUDIT,
+    DEAD_LETTERS,
+    IDENTITY_CLAIMS,
+    EVENTS_BY_CONTACT,
+    CONTACT_MERGES,
+)
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,10 @@ def _running(
 
 
 def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> list[Message]:
-    """Every committed message now in ``topic``, read by partition assignment (no group)."""
+    """Every committed message now in ``topic``, read by partition assignment (no group).
+
+    Done when the consumer's position reaches each partition's end as it was at the
+    start; positions, unlike message offsets, move past transaction markers."""
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -157,18 +160,18 @@ def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> list[Mess
             p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
             for p in partitions
         }
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        assigned = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
+        consumer.assign(assigned)
         found: list[Message] = []
-        done = {p for p, end in ends.items() if end == 0}
         deadline = time.monotonic() + timeout
-        while len(done) < len(ends) and time.monotonic() < deadline:
-            message = consumer.poll(0.2)
-            if message is None or message.error():
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.1)
+            if message is not None and not message.error():
+                found.append(message)
                 continue
-            found.append(message)
-            partition, offset = message.partition(), message.offset()
-            if partition is not None and offset is not None and offset + 1 >= ends[partition]:
-                done.add(partition)
+            positions = consumer.position([TopicPartition(topic, p) for p in partitions])
+            if all(tp.offset >= ends[tp.partition] for tp in positions if ends[tp.partition]):
+                break
         return found
     finally:
         consumer.close()

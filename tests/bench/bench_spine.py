@@ -1,5 +1,6 @@
 """Benchmarks of the streaming spine on this machine: Avro encode/decode, producing to
-the real broker (idempotent, acks=all) and the intake stage's end-to-end throughput in
+the real broker (idempotent, acks=all) and the identity stage's throughput (the contact
+stage behind it) in
 a real worker. Prints medians and writes bench-results/spine-<time>.json.
 
     make bench            (or: .venv/bin/python -m tests.bench.bench_spine --events 20000)
@@ -114,7 +115,7 @@ def main() -> None:
     payloads = [serde.encode(r) for r in records]
     results["produce_per_s_median"] = bench_produce(settings, topic, payloads, args.rounds)
 
-    # The topic now holds rounds x events; one worker drains them through the intake stage.
+    # The topic now holds rounds x events; one worker drains them through the stateful stages.
     total = args.events * args.rounds
     t0 = time.perf_counter()
     with running_worker(settings, work / "worker.log"):
@@ -122,7 +123,7 @@ def main() -> None:
         t1 = time.perf_counter()
         while worker_metric(settings, "switchboard_events_total{") < total:
             time.sleep(0.1)
-        results["intake_worker"] = {
+        results["worker"] = {
             "events": total,
             "events_per_s": rate(total, time.perf_counter() - t1),
             "startup_to_ready_s": ready,
@@ -141,11 +142,11 @@ def main() -> None:
     print(f"  avro decode      {results['serde']['decode_per_s_median']:>10,.0f} events/s")
     print(f"  event size       {results['serde']['bytes_per_event']:>10,.0f} bytes")
     print(f"  produce (acks=all, idempotent) {results['produce_per_s_median']:>10,.0f} events/s")
-    intake = results["intake_worker"]
+    worker = results["worker"]
     print(
-        f"  intake, 1 worker, {intake['processing_guarantee']}: "
-        f"{intake['events_per_s']:,.0f} events/s over {intake['events']:,} events "
-        f"(ready after {intake['startup_to_ready_s']:.1f}s)"
+        f"  identity stage, 1 worker, {worker['processing_guarantee']}: "
+        f"{worker['events_per_s']:,.0f} events/s over {worker['events']:,} events "
+        f"(ready after {worker['startup_to_ready_s']:.1f}s)"
     )
     print(f"  bench process peak RSS {results['bench_process_peak_rss_mib']:.0f} MiB")
 

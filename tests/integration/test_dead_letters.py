@@ -47,7 +47,7 @@ def test_undecodable_bytes_are_dead_lettered_and_the_worker_carries_on(
         assert [d["original_value"] for d in decoded] == bad_values
         assert all(m.key() == KEY for m in dead)
         first, second = decoded
-        assert first["stage"] == "intake"
+        assert first["stage"] == "identity"
         assert first["error_type"] == "UndecodableMessage"
         assert first["original_topic"] == events_topic
         assert first["original_offset"] == 1 and second["original_offset"] == 2

@@ -1,0 +1,325 @@
+"""The stateful stages on Faust tables, wired to their topics.
+
+identity (keyed by identifier)     contact-events + identity-claims  -> table identity
+    resolves each event to a contact id, claims the event's other identifiers, starts
+    merges, and re-keys the event by contact id onto events-by-contact.
+contact (keyed by contact id)      events-by-contact + contact-merges -> tables contacts, aliases
+    keeps the contact's state and score (processors.contact), runs merges step by step,
+    forwards a retired contact's events to its survivor, and writes CRM commands and
+    audit entries.
+
+Everything a stage sends is in the Kafka transaction of the message it is processing
+(processing_guarantee=exactly_once), together with its table writes."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import faust
+
+from processors.contact import advance
+from processors.decoding import decode_or_dead_letter
+from processors.identity import claim, merge_states, resolve
+from processors.scoring import ScoringModel, components_at, is_meaningful, total
+from processors.state import ContactState, identifiers_of
+from streams import metrics
+from streams.app import raw_topic
+from streams.serde import AvroSerde
+from streams.settings import Settings
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A topic and the serde of its records."""
+
+    topic: faust.TopicT
+    serde: AvroSerde
+
+    @property
+    def name(self) -> str:
+        return self.serde.topic
+
+    async def send(self, key: str, record: dict[str, Any]) -> None:
+        await self.topic.send(key=key.encode(), value=self.serde.encode(record))
+
+
+@dataclass(frozen=True)
+class Channels:
+    events: Channel
+    claims: Channel
+    by_contact: Channel
+    merges: Channel
+    commands: Channel
+    audit: Channel
+    dead_letters: Channel
+
+
+def _id(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def audit_entry(
+    contact_id: str,
+    stage: str,
+    decision: str,
+    reason: str,
+    inputs: dict[str, Any],
+    causes: list[str],
+    at: datetime,
+) -> dict[str, Any]:
+    return {
+        "audit_id": _id(contact_id, stage, decision, *causes),
+        "contact_id": contact_id,
+        "recorded_at": at,
+        "stage": stage,
+        "decision": decision,
+        "reason": reason,
+        "inputs": {k: str(v) for k, v in inputs.items()},
+        "causation_event_ids": causes,
+    }
+
+
+def register(app: faust.App, settings: Settings, channels: Channels, model: ScoringModel) -> None:
+    identity = app.Table("identity", partitions=settings.partitions, key_type=str, value_type=str)
+    contacts = app.Table("contacts", partitions=settings.partitions, key_type=str, value_type=str)
+    aliases = app.Table("aliases", partitions=settings.partitions, key_type=str, value_type=str)
+    c = channels
+
+    @app.agent(c.events.topic, name="identity")
+    async def identity_stage(stream: faust.StreamT[bytes]) -> None:
+        async for item in decode_or_dead_letter(
+            stream, c.events.serde, c.dead_letters.topic, c.dead_letters.serde, "identity"
+        ):
+            event = item.record
+            ids = identifiers_of(event["identity"])
+            key = (item.key or b"").decode() or ids[0]
+            found = resolve(key, identity.get(key), ids)
+            if found.minted:
+                identity[key] = found.contact_id
+            for identifier in found.claims:
+                await c.claims.send(
+                    identifier,
+                    {
+                        "identifier": identifier,
+                        "contact_id": found.contact_id,
+                        "event_id": event["event_id"],
+                        "claimed_at": event["event_time"],
+                    },
+                )
+            await c.by_contact.send(found.contact_id, {**event, "contact_id": found.contact_id})
+            metrics.EVENTS.labels(
+                stage="identity", event_type=event["event_type"], source=event["source_system"]
+            ).inc()
+
+    @app.agent(c.claims.topic, name="identity-claims")
+    async def claims_stage(stream: faust.StreamT[bytes]) -> None:
+        async for item in decode_or_dead_letter(
+            stream, c.claims.serde, c.dead_letters.topic, c.dead_letters.serde, "identity"
+        ):
+            request = item.record
+            identifier = request["identifier"]
+            outcome = claim(identifier, identity.get(identifier), request["contact_id"])
+            if outcome.linked or outcome.merge:
+                identity[identifier] = outcome.owner
+            if outcome.merge is not None:
+                merge = outcome.merge
+                await c.merges.send(
+                    merge.loser,
+                    {
+                        "step": "REQUEST",
+                        "target": merge.loser,
+                        "other": merge.survivor,
+                        "identifier": identifier,
+                        "state": None,
+                        "at": request["claimed_at"],
+                    },
+                )
+
+    def load(contact_id: str) -> ContactState | None:
+        stored = contacts.get(contact_id)
+        return None if stored is None else ContactState.model_validate_json(stored)
+
+    async def upsert_command(state: ContactState, cause: str, at: datetime) -> None:
+        properties = {
+            "lead_score": f"{state.score:g}",
+            **({"lead_band": state.band} if state.band else {}),
+        }
+        email = next((i[6:] for i in state.identifiers if i.startswith("email:")), None)
+        phone = next((i[6:] for i in state.identifiers if i.startswith("phone:")), None)
+        crm = next((i[4:] for i in state.identifiers if i.startswith("crm:")), None)
+        await c.commands.send(
+            state.contact_id,
+            {
+                "command_id": _id("upsert", state.contact_id, cause),
+                "command_type": "UPSERT_CONTACT",
+                "contact_id": state.contact_id,
+                "issued_at": at,
+                "causation_event_id": cause,
+                "payload": {
+                    "email": email,
+                    "phone": phone,
+                    "crm_id": crm,
+                    "first_name": state.profile.get("first_name"),
+                    "last_name": state.profile.get("last_name"),
+                    "company": state.profile.get("company"),
+                    "title": state.profile.get("title"),
+                    "properties": properties,
+                },
+            },
+        )
+
+    async def on_event(contact_id: str, event: dict[str, Any]) -> None:
+        survivor = aliases.get(contact_id)
+        if survivor is not None:  # retired by a merge: its survivor takes the event
+            await c.by_contact.send(survivor, {**event, "contact_id": survivor})
+            return
+        before = load(contact_id)
+        outcome = advance(before or ContactState(contact_id=contact_id), event, model)
+        decision = outcome.score
+        if decision is None:
+            return  # seen before: nothing changes, nothing is sent again
+        state = outcome.state
+        contacts[contact_id] = state.model_dump_json()
+        at = event["event_time"]
+        causes = [event["event_id"]]
+        if before is None:
+            await c.audit.send(
+                contact_id,
+                audit_entry(
+                    contact_id,
+                    "identity",
+                    "contact_created",
+                    f"first seen through {event['source_system']} {event['event_type']}",
+                    {"identifiers": ",".join(state.identifiers)},
+                    causes,
+                    at,
+                ),
+            )
+            await upsert_command(state, event["event_id"], at)
+        if is_meaningful(decision, model):
+            inputs = {
+                "previous": decision.previous,
+                "score": decision.score,
+                "rules": ",".join(decision.rules),
+                "band": decision.band,
+                **{f"component.{k}": round(v, 2) for k, v in decision.components.items()},
+            }
+            await c.audit.send(
+                contact_id,
+                audit_entry(
+                    contact_id,
+                    "scoring",
+                    "score_changed",
+                    f"score {decision.previous:g} -> {decision.score:g}"
+                    + (f" by {', '.join(decision.rules)}" if decision.rules else ""),
+                    inputs,
+                    causes,
+                    at,
+                ),
+            )
+            if decision.crossed_band:
+                await c.audit.send(
+                    contact_id,
+                    audit_entry(
+                        contact_id,
+                        "scoring",
+                        "band_crossed",
+                        f"band {decision.previous_band} -> {decision.band}",
+                        inputs,
+                        causes,
+                        at,
+                    ),
+                )
+                if before is not None:
+                    await upsert_command(state, event["event_id"], at)
+
+    async def on_merge_step(contact_id: str, step: dict[str, Any]) -> None:
+        kind, other, at = step["step"], step["other"], step["at"]
+        alias = aliases.get(contact_id)
+        if kind in ("REQUEST", "RESOLVE", "TRANSFER") and alias is not None:
+            await c.merges.send(alias, {**step, "target": alias})  # follow to the survivor
+        elif kind == "REQUEST":
+            await c.merges.send(
+                other, {**step, "step": "RESOLVE", "target": other, "other": contact_id}
+            )
+        elif kind == "RESOLVE":
+            if other != contact_id:
+                survivor, loser = sorted((contact_id, other))
+                await c.merges.send(
+                    loser, {**step, "step": "RETIRE", "target": loser, "other": survivor}
+                )
+        elif kind == "RETIRE":
+            if alias is not None:  # retired meanwhile: merge what it has become instead
+                await c.merges.send(alias, {**step, "step": "REQUEST", "target": alias})
+                return
+            aliases[contact_id] = other
+            state = load(contact_id)
+            if state is not None:
+                del contacts[contact_id]
+            await c.merges.send(
+                other,
+                {
+                    **step,
+                    "step": "TRANSFER",
+                    "target": other,
+                    "other": contact_id,
+                    "state": state.model_dump_json() if state else None,
+                },
+            )
+            await c.audit.send(
+                contact_id,
+                audit_entry(
+                    contact_id,
+                    "identity",
+                    "merged_into",
+                    f"shares {step['identifier']} with {other}; {other} continues as the contact",
+                    {"survivor": other, "identifier": step["identifier"]},
+                    [],
+                    at,
+                ),
+            )
+        elif kind == "TRANSFER":
+            retired = ContactState.model_validate_json(step["state"]) if step["state"] else None
+            current = load(contact_id) or ContactState(contact_id=contact_id)
+            merged = merge_states(current, retired) if retired else current
+            if merged.last_event_time is not None:
+                components = components_at(
+                    merged.scoring, merged.profile, model, merged.last_event_time
+                )
+                merged = merged.model_copy(
+                    update={
+                        "score": total(components, model),
+                        "score_components": components,
+                        "band": model.band_for(total(components, model)),
+                    }
+                )
+            contacts[contact_id] = merged.model_dump_json()
+            await c.audit.send(
+                contact_id,
+                audit_entry(
+                    contact_id,
+                    "identity",
+                    "merged",
+                    f"{other} proved to be the same person (shared {step['identifier']})",
+                    {"retired": other, "identifier": step["identifier"], "score": merged.score},
+                    [],
+                    at,
+                ),
+            )
+
+    source = raw_topic(app, settings, c.by_contact.name, c.merges.name)
+
+    @app.agent(source, name="contact")
+    async def contact_stage(stream: faust.StreamT[bytes]) -> None:
+        serdes = {c.by_contact.name: c.by_contact.serde, c.merges.name: c.merges.serde}
+        async for item in decode_or_dead_letter(
+            stream, serdes, c.dead_letters.topic, c.dead_letters.serde, "contact"
+        ):
+            contact_id = (item.key or b"").decode()
+            if item.topic == c.by_contact.name:
+                await on_event(contact_id, item.record)
+            else:
+                await on_merge_step(contact_id, item.record)
