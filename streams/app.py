@@ -26,6 +26,8 @@ def create_app(settings: Settings) -> faust.App:
         web_in_thread=False,
         producer_acks=-1,
         broker_commit_interval=settings.commit_interval_s,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 4,
         autodiscover=False,
         # Agents read the catalog's topics, which `switchboard topics create` owns.
         topic_allow_declare=True,

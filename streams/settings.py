@@ -43,6 +43,12 @@ class Settings(BaseSettings):
         description="How often a worker commits its transaction: under exactly-once, what "
         "a stage sends is visible downstream only then, so every hop waits for it.",
     )
+    session_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A worker that stops heartbeating (killed, hung) loses its partitions "
+        "after this long; a restarted or standby worker takes them over then.",
+    )
     store: str = Field("memory://", description="Faust table store: memory:// or rocksdict://.")
     data_dir: Path = Field(Path(".run/worker"), description="Worker state (tables) directory.")
     web_port: int = Field(6066, ge=1, le=65535, description="Worker web port; serves /metrics.")

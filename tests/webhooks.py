@@ -13,9 +13,14 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
+
+from connectors.sources.base import WebhookRequest
+from connectors.sources.loadgen import Stories
+from connectors.sources.registry import SOURCES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
 
@@ -102,3 +107,13 @@ def signed(
 
         return urlencode(fields).encode(), {"Content-Type": "application/x-www-form-urlencoded"}
     raise KeyError(source)
+
+
+def expected_event_ids(seed: int, count: int) -> set[str]:
+    stories, ids = Stories(seed), set()
+    for _ in range(count):
+        webhook = stories.next()
+        content_type = "application/x-www-form-urlencoded" if webhook.form else "application/json"
+        request = WebhookRequest(webhook.body, {"Content-Type": content_type})
+        ids |= {e["event_id"] for e in SOURCES[webhook.source].parse(request, datetime.now(UTC))}
+    return ids

@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from connectors.sources.base import WebhookRequest
-from connectors.sources.loadgen import Stories, run_load
-from connectors.sources.registry import SOURCES
+from connectors.sources.loadgen import run_load
 from streams.registry import register_catalog
 from streams.serde import AvroSerde
 from streams.settings import Settings
@@ -29,7 +27,7 @@ from tests.kafka_helpers import (
     settings_env,
     worker_metric,
 )
-from tests.webhooks import SECRETS, fixture
+from tests.webhooks import SECRETS, expected_event_ids, fixture
 
 pytestmark = pytest.mark.integration
 
@@ -120,16 +118,6 @@ def test_a_jsonl_of_provider_payloads_imports_like_the_gateway_maps(
         "stripe:evt_1NG8Du2eZvKYlo2CUI79vXWy",
         "stripe:evt_3MtwBwLkdIwHu7ix0dAqGwPc",
     }
-
-
-def expected_event_ids(seed: int, count: int) -> set[str]:
-    stories, ids = Stories(seed), set()
-    for _ in range(count):
-        webhook = stories.next()
-        content_type = "application/x-www-form-urlencoded" if webhook.form else "application/json"
-        request = WebhookRequest(webhook.body, {"Content-Type": content_type})
-        ids |= {e["event_id"] for e in SOURCES[webhook.source].parse(request, datetime.now(UTC))}
-    return ids
 
 
 def test_the_load_generator_feeds_the_gateway_reproducibly(

@@ -1,0 +1,71 @@
+"""Exactly-once: a worker killed with SIGKILL in the middle of a stream and restarted
+leaves state and outputs as if nothing had happened: every event in exactly one
+contact, no audit entry or CRM command twice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from connectors.sources.loadgen import run_load
+from streams.registry import register_catalog
+from streams.serde import AvroSerde
+from streams.settings import Settings
+from streams.topics import AUDIT, CRM_COMMANDS, ensure_topics
+from tests.integration.test_stateful_core import live_contacts
+from tests.kafka_helpers import read_all, running_worker, worker_metric
+from tests.webhooks import expected_event_ids
+
+pytestmark = pytest.mark.integration
+
+SEED, COUNT = 21, 400
+
+
+def event_ids_in_contacts(settings: Settings) -> Counter[str]:
+    return Counter(e for c in live_contacts(settings).values() for e in c.recent_event_ids)
+
+
+def test_sigkill_mid_stream_then_restart_changes_nothing_twice(
+    settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
+) -> None:
+    ensure_topics(settings)
+    register_catalog(registry, settings)
+    report = asyncio.run(run_load(settings, rate=0, count=COUNT, seed=SEED, target="kafka"))
+    assert report.statuses == {"published": COUNT}
+    expected = expected_event_ids(SEED, COUNT)
+
+    with running_worker(settings, tmp_path / "first.log") as first:
+        deadline = time.monotonic() + 60
+        while worker_metric(settings, "switchboard_events_total{") < len(expected) / 3:
+            assert time.monotonic() < deadline, "the first worker made no progress"
+            time.sleep(0.05)
+        first.kill()  # SIGKILL: no shutdown, open transactions abandoned
+        first.wait()
+
+    with running_worker(settings, tmp_path / "second.log"):
+        deadline = time.monotonic() + 120
+        seen: Counter[str] = Counter()
+        while set(seen) != expected:
+            assert time.monotonic() < deadline, f"{len(expected - set(seen))} events missing"
+            time.sleep(1)
+            seen = event_ids_in_contacts(settings)
+
+    # Each event in exactly one contact, once.
+    assert seen == Counter(expected)
+    audit = AvroSerde(registry, "audit_entry", AUDIT.full_name(settings))
+    audit_ids = Counter(
+        audit.decode(m.value())["audit_id"] for m in read_all(settings, audit.topic)
+    )
+    commands = AvroSerde(
+        registry, "crm_command", CRM_COMMANDS.full_name(settings), discriminator="command_type"
+    )
+    command_ids = Counter(
+        commands.decode(m.value())["command_id"] for m in read_all(settings, commands.topic)
+    )
+    assert audit_ids and max(audit_ids.values()) == 1
+    assert command_ids and max(command_ids.values()) == 1
