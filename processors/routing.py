@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime, time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -135,6 +135,11 @@ class RoutingRules(Strict):
         description="When no eligible rep is working now: assign among those with room, "
         "or hold the lead until someone is.",
     )
+    route_from_band: str | None = Field(
+        "MQL",
+        description="A lead without an owner is routed once its score reaches this "
+        "band (a band of the scoring model); null routes every new lead.",
+    )
     rules: list[Rule] = Field(min_length=1)
 
     @field_validator("rules")
@@ -241,6 +246,25 @@ def smooth_weighted_pick(
     chosen = max(candidates, key=lambda rep: (current[rep.rep_id], rep.rep_id))
     current[chosen.rep_id] -= sum(rep.weight for rep in candidates)
     return chosen, current
+
+
+def rep_from_record(record: dict[str, Any]) -> Rep:
+    """A roster record (schemas/rep.avsc) as a Rep."""
+    hours = WorkingHours.model_validate(
+        {"start": record["work_start"], "end": record["work_end"], "days": record["work_days"]}
+    )
+    fields = {k: v for k, v in record.items() if not k.startswith("work_")}
+    return Rep.model_validate(fields | {"working_hours": hours})
+
+
+def rep_record(rep: Rep) -> dict[str, Any]:
+    fields = rep.model_dump(exclude={"working_hours"})
+    hours = rep.working_hours
+    return fields | {
+        "work_start": hours.start.strftime("%H:%M"),
+        "work_end": hours.end.strftime("%H:%M"),
+        "work_days": list(hours.days),
+    }
 
 
 DEFAULT_RULES = Path(__file__).parent / "rules" / "routing.yaml"

@@ -151,6 +151,11 @@ class ScoringModel(Strict):
             raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
         return self
 
+    def band_rank(self, band: str | None) -> int:
+        """0 for no band, then 1, 2, ... from the lowest band up."""
+        names = [b.name for b in self.bands]
+        return names.index(band) + 1 if band in names else 0
+
     def band_for(self, score: float) -> str | None:
         band = None
         for candidate in self.bands:

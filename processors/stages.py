@@ -23,12 +23,16 @@ import faust
 from processors.contact import advance
 from processors.decoding import decode_or_dead_letter
 from processors.identity import claim, merge_states, resolve
+from processors.routing import RoutingRules
 from processors.scoring import ScoringModel, components_at, is_meaningful, total
 from processors.state import ContactState, identifiers_of
 from streams import metrics
 from streams.app import raw_topic
 from streams.serde import AvroSerde
 from streams.settings import Settings
+
+# Every routing message goes to one partition, where the router decides in one order.
+ROUTER_KEY = "router"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,10 @@ class Channel:
     async def send(self, key: str, record: dict[str, Any]) -> None:
         await self.topic.send(key=key.encode(), value=self.serde.encode(record))
 
+    async def send_raw(self, message: Any, record: dict[str, Any]) -> None:
+        """``record`` keyed like the original ``message`` (for dead letters)."""
+        await self.topic.send(key=message.key, value=self.serde.encode(record))
+
 
 @dataclass(frozen=True)
 class Channels:
@@ -55,6 +63,10 @@ class Channels:
     commands: Channel
     audit: Channel
     dead_letters: Channel
+    notifications: Channel
+    roster: Channel
+    routing: Channel
+    assignments: Channel
 
 
 def _id(*parts: str) -> str:
@@ -82,7 +94,13 @@ def audit_entry(
     }
 
 
-def register(app: faust.App, settings: Settings, channels: Channels, model: ScoringModel) -> None:
+def register(
+    app: faust.App,
+    settings: Settings,
+    channels: Channels,
+    model: ScoringModel,
+    routing_rules: RoutingRules,
+) -> None:
     identity = app.Table("identity", partitions=settings.partitions, key_type=str, value_type=str)
     contacts = app.Table("contacts", partitions=settings.partitions, key_type=str, value_type=str)
     aliases = app.Table("aliases", partitions=settings.partitions, key_type=str, value_type=str)
@@ -235,6 +253,40 @@ def register(app: faust.App, settings: Settings, channels: Channels, model: Scor
                 )
                 if before is not None:
                     await upsert_command(state, event["event_id"], at)
+        if routable(state):
+            state = state.model_copy(update={"routing": "requested"})
+            contacts[contact_id] = state.model_dump_json()
+            await c.routing.send(
+                ROUTER_KEY,
+                {
+                    "kind": "ROUTE",
+                    "contact_id": contact_id,
+                    "contact": state.model_dump_json(),
+                    "rep_id": None,
+                    "rep": None,
+                    "cause": event["event_id"],
+                    "at": at,
+                },
+            )
+
+    def routable(state: ContactState) -> bool:
+        if state.owner_id is not None or state.routing is not None:
+            return False
+        wanted = routing_rules.route_from_band
+        return wanted is None or model.band_rank(state.band) >= model.band_rank(wanted)
+
+    async def on_assignment(contact_id: str, assignment: dict[str, Any]) -> None:
+        survivor = aliases.get(contact_id)
+        if survivor is not None:
+            await c.assignments.send(survivor, {**assignment, "contact_id": survivor})
+            return
+        state = load(contact_id)
+        if state is None:
+            return
+        rep_id = assignment["rep_id"]
+        outcome = "assigned" if rep_id else ("held" if assignment["held"] else "unassigned")
+        update = {"routing": outcome, "owner_id": rep_id or state.owner_id}
+        contacts[contact_id] = state.model_copy(update=update).model_dump_json()
 
     async def on_merge_step(contact_id: str, step: dict[str, Any]) -> None:
         kind, other, at = step["step"], step["other"], step["at"]
@@ -310,16 +362,20 @@ def register(app: faust.App, settings: Settings, channels: Channels, model: Scor
                 ),
             )
 
-    source = raw_topic(app, settings, c.by_contact.name, c.merges.name)
+    source = raw_topic(app, settings, c.by_contact.name, c.merges.name, c.assignments.name)
 
     @app.agent(source, name="contact")
     async def contact_stage(stream: faust.StreamT[bytes]) -> None:
-        serdes = {c.by_contact.name: c.by_contact.serde, c.merges.name: c.merges.serde}
+        serdes = {
+            channel.name: channel.serde for channel in (c.by_contact, c.merges, c.assignments)
+        }
         async for item in decode_or_dead_letter(
             stream, serdes, c.dead_letters.topic, c.dead_letters.serde, "contact"
         ):
             contact_id = (item.key or b"").decode()
             if item.topic == c.by_contact.name:
                 await on_event(contact_id, item.record)
-            else:
+            elif item.topic == c.merges.name:
                 await on_merge_step(contact_id, item.record)
+            else:
+                await on_assignment(contact_id, item.record)

@@ -55,6 +55,7 @@ class ContactState(BaseModel):
     open_deals: dict[str, Deal] = Field(default_factory=dict)
     consent: Consent = Field(default_factory=Consent)
     workflows: dict[str, str] = Field(default_factory=dict)
+    routing: str | None = None  # requested, assigned, held or unassigned
     recent_event_ids: list[str] = Field(default_factory=list)
     first_seen: datetime | None = None
     last_event_time: datetime | None = None

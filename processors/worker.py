@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import faust
 
-from processors import stages
+from processors import router, stages
+from processors.routing import load_rules
 from processors.scoring import load_model
 from streams.app import catalog_topic, create_app
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
 from streams.topics import (
+    ASSIGNMENTS,
     AUDIT,
     CONTACT_EVENTS,
     CONTACT_MERGES,
@@ -17,12 +19,17 @@ from streams.topics import (
     DEAD_LETTERS,
     EVENTS_BY_CONTACT,
     IDENTITY_CLAIMS,
+    NOTIFICATIONS,
+    REP_ROSTER,
+    ROUTING,
     TopicSpec,
 )
 
 
 def build_app(settings: Settings) -> faust.App:
-    model = load_model()  # an invalid scoring model stops the worker before it starts
+    # Invalid rule files stop the worker before it starts.
+    model = load_model()
+    routing_rules = load_rules()
     app = create_app(settings)
     registry = registry_client(settings.schema_registry_url)
 
@@ -32,18 +39,19 @@ def build_app(settings: Settings) -> faust.App:
         )
         return stages.Channel(catalog_topic(app, settings, spec), serde)
 
-    stages.register(
-        app,
-        settings,
-        stages.Channels(
-            events=channel(CONTACT_EVENTS),
-            claims=channel(IDENTITY_CLAIMS),
-            by_contact=channel(EVENTS_BY_CONTACT),
-            merges=channel(CONTACT_MERGES),
-            commands=channel(CRM_COMMANDS),
-            audit=channel(AUDIT),
-            dead_letters=channel(DEAD_LETTERS),
-        ),
-        model,
+    channels = stages.Channels(
+        events=channel(CONTACT_EVENTS),
+        claims=channel(IDENTITY_CLAIMS),
+        by_contact=channel(EVENTS_BY_CONTACT),
+        merges=channel(CONTACT_MERGES),
+        commands=channel(CRM_COMMANDS),
+        audit=channel(AUDIT),
+        dead_letters=channel(DEAD_LETTERS),
+        notifications=channel(NOTIFICATIONS),
+        roster=channel(REP_ROSTER),
+        routing=channel(ROUTING),
+        assignments=channel(ASSIGNMENTS),
     )
+    stages.register(app, settings, channels, model, routing_rules)
+    router.register(app, settings, channels, routing_rules)
     return app

@@ -103,6 +103,29 @@ CONTACT_MERGES = TopicSpec(
     retention_ms=7 * DAY_MS,
 )
 
+REP_ROSTER = TopicSpec(
+    "rep-roster",
+    schema="rep",
+    key="rep id",
+    description="The rep roster: the latest record per rep (compacted; null removes a rep).",
+    retention_ms=-1,
+    cleanup_policy="compact",
+)
+ROUTING = TopicSpec(
+    "routing",
+    schema="routing_message",
+    key='"router": one partition, so capacity and round-robin are exact',
+    description="Leads to route and roster changes, in one order, to the router.",
+    retention_ms=7 * DAY_MS,
+)
+ASSIGNMENTS = TopicSpec(
+    "assignments",
+    schema="assignment",
+    key="contact id",
+    description="The router's decisions, back to the contact stage.",
+    retention_ms=7 * DAY_MS,
+)
+
 CATALOG: tuple[TopicSpec, ...] = (
     CONTACT_EVENTS,
     CRM_COMMANDS,
@@ -112,6 +135,9 @@ CATALOG: tuple[TopicSpec, ...] = (
     IDENTITY_CLAIMS,
     EVENTS_BY_CONTACT,
     CONTACT_MERGES,
+    REP_ROSTER,
+    ROUTING,
+    ASSIGNMENTS,
 )
 
 

@@ -1,0 +1,238 @@
+"""The router stage: leads to route and roster changes arrive on one partition of the
+routing topic, in one order, so capacity and the weighted round-robin are exact.
+
+For each lead it decides (processors.routing) and sends the assignment back to the
+contact stage, a SET_OWNER CRM command, a notification to the rep with the context
+they need (who, why now, score, recent activity, recommended first action), and an
+audit entry with the rule that matched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from pydantic import BaseModel, Field
+
+from processors.decoding import decode_or_dead_letter
+from processors.routing import Assignment, Rep, RoutingRules, rep_from_record, route
+from processors.stages import ROUTER_KEY, Channels
+from processors.state import ContactState
+from streams.dlq import dead_letter
+from streams.serde import UndecodableMessage
+from streams.settings import Settings
+
+
+class RouterState(BaseModel):
+    roster: dict[str, Rep] = Field(default_factory=dict)
+    rotation: dict[str, int] = Field(default_factory=dict)
+    # Leads this router assigned since the roster last reported each rep's open leads.
+    assigned: dict[str, int] = Field(default_factory=dict)
+
+    def effective_roster(self) -> dict[str, Rep]:
+        return {
+            rep_id: rep.model_copy(
+                update={"open_leads": rep.open_leads + self.assigned.get(rep_id, 0)}
+            )
+            for rep_id, rep in self.roster.items()
+        }
+
+
+def _id(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def recommended_action(contact: ContactState) -> str:
+    inbound = sorted(contact.last_inbound.items(), key=lambda item: item[1])
+    latest = inbound[-1][0] if inbound else None
+    has_phone = any(i.startswith("phone:") for i in contact.identifiers)
+    if latest == "meeting":
+        return "confirm the booked meeting and prepare for it"
+    if latest == "phone" or (has_phone and latest == "web"):
+        return "call back within 5 minutes"
+    if latest == "email":
+        return "reply to their e-mail today"
+    return "reach out by e-mail today" if not has_phone else "call today"
+
+
+def notification_context(contact: ContactState, decision: Assignment, rep: Rep) -> dict[str, str]:
+    profile = contact.profile
+    who = " ".join(filter(None, (profile.get("first_name"), profile.get("last_name")))) or next(
+        (i.split(":", 1)[1] for i in contact.identifiers if i.startswith(("email:", "phone:"))),
+        contact.contact_id,
+    )
+    recent = ", ".join(
+        f"{channel} {at:%Y-%m-%d %H:%M}Z"
+        for channel, at in sorted(contact.last_inbound.items(), key=lambda i: i[1], reverse=True)[
+            :3
+        ]
+    )
+    return {
+        "rep": rep.name,
+        "who": who,
+        "company": profile.get("company", ""),
+        "contact_id": contact.contact_id,
+        "identifiers": ", ".join(contact.identifiers),
+        "why_now": f"score {contact.score:g} ({contact.band or 'no band'}); {decision.reason}",
+        "score": f"{contact.score:g}",
+        "recent_activity": recent or "none recorded",
+        "recommended_action": recommended_action(contact),
+    }
+
+
+async def handle(
+    message: dict[str, Any],
+    state: RouterState,
+    rules: RoutingRules,
+    send: Any,
+) -> RouterState:
+    """Apply one routing message; ``send(channel_name, key, record)`` emits outputs."""
+    at: datetime = message["at"]
+    if message["kind"] == "ROSTER":
+        rep_id = message["rep_id"]
+        roster = dict(state.roster)
+        if message["rep"] is None:
+            roster.pop(rep_id, None)
+        else:
+            roster[rep_id] = rep_from_record(json.loads(message["rep"]))
+        # The roster's own count of open leads now includes what we assigned before.
+        assigned = {k: v for k, v in state.assigned.items() if k != rep_id}
+        return state.model_copy(update={"roster": roster, "assigned": assigned})
+
+    contact = ContactState.model_validate_json(message["contact"])
+    rotation, decision = route(contact, state.effective_roster(), state.rotation, rules, at)
+    cause = message["cause"] or ""
+    contact_id = contact.contact_id
+    await send(
+        "assignments",
+        contact_id,
+        {
+            "contact_id": contact_id,
+            "rep_id": decision.rep_id,
+            "rule": decision.rule,
+            "reason": decision.reason,
+            "held": decision.held,
+            "at": at,
+        },
+    )
+    outcome = "assigned" if decision.rep_id else ("held" if decision.held else "unassigned")
+    await send(
+        "audit",
+        contact_id,
+        {
+            "audit_id": _id(contact_id, "routing", outcome, cause),
+            "contact_id": contact_id,
+            "recorded_at": at,
+            "stage": "routing",
+            "decision": outcome,
+            "reason": decision.reason,
+            "inputs": {
+                "rule": decision.rule or "",
+                "rep_id": decision.rep_id or "",
+                "considered": ",".join(decision.considered),
+                "score": f"{contact.score:g}",
+                "band": contact.band or "",
+                "country": contact.profile.get("country", ""),
+                "industry": contact.profile.get("industry", ""),
+            },
+            "causation_event_ids": [cause] if cause else [],
+        },
+    )
+    if decision.rep_id is None:
+        return state.model_copy(update={"rotation": rotation})
+    rep = state.roster[decision.rep_id]
+    await send(
+        "commands",
+        contact_id,
+        {
+            "command_id": _id("set-owner", contact_id, decision.rep_id, cause),
+            "command_type": "SET_OWNER",
+            "contact_id": contact_id,
+            "issued_at": at,
+            "causation_event_id": cause or None,
+            "payload": {
+                "owner_id": decision.rep_id,
+                "previous_owner_id": contact.owner_id,
+                "reason": f"{decision.rule}: {decision.reason}",
+            },
+        },
+    )
+    await send(
+        "notifications",
+        contact_id,
+        {
+            "notification_id": _id("new-lead", contact_id, decision.rep_id, cause),
+            "channel": "EMAIL",
+            "recipient": rep.email,
+            "template": "new_lead",
+            "subject": f"New lead for you: score {contact.score:g}",
+            "context": notification_context(contact, decision, rep),
+            "contact_id": contact_id,
+            "issued_at": at,
+            "causation_event_id": cause or None,
+        },
+    )
+    assigned = dict(state.assigned)
+    assigned[decision.rep_id] = assigned.get(decision.rep_id, 0) + 1
+    return state.model_copy(update={"rotation": rotation, "assigned": assigned})
+
+
+def register(app: faust.App, settings: Settings, c: Channels, rules: RoutingRules) -> None:
+    table = app.Table("router", partitions=settings.partitions, key_type=str, value_type=str)
+    outputs = {
+        "assignments": c.assignments,
+        "audit": c.audit,
+        "commands": c.commands,
+        "notifications": c.notifications,
+    }
+
+    async def send(name: str, key: str, record: dict[str, Any]) -> None:
+        await outputs[name].send(key, record)
+
+    @app.agent(c.roster.topic, name="roster")
+    async def roster_stage(stream: faust.StreamT[bytes]) -> None:
+        """Roster changes join the leads' order on the router's partition."""
+        async for event in stream.events():
+            message = event.message
+            rep: str | None = None
+            if message.value is not None:  # None: the rep was removed (a tombstone)
+                try:
+                    rep = json.dumps(c.roster.serde.decode(message.value))
+                except UndecodableMessage as exc:
+                    await c.dead_letters.send_raw(
+                        message,
+                        dead_letter(
+                            stage="roster",
+                            error=exc,
+                            value=message.value,
+                            key=message.key,
+                            topic=message.topic,
+                            partition=message.partition,
+                            offset=message.offset,
+                        ),
+                    )
+                    continue
+            await c.routing.send(
+                ROUTER_KEY,
+                {
+                    "kind": "ROSTER",
+                    "contact_id": None,
+                    "contact": None,
+                    "rep_id": (message.key or b"").decode(),
+                    "rep": rep,
+                    "cause": None,
+                    "at": datetime.fromtimestamp(message.timestamp, UTC),
+                },
+            )
+
+    @app.agent(c.routing.topic, name="router")
+    async def router_stage(stream: faust.StreamT[bytes]) -> None:
+        async for item in decode_or_dead_letter(
+            stream, c.routing.serde, c.dead_letters.topic, c.dead_letters.serde, "routing"
+        ):
+            stored = table.get(ROUTER_KEY)
+            state = RouterState.model_validate_json(stored) if stored else RouterState()
+            state = await handle(item.record, state, rules, send)
+            table[ROUTER_KEY] = state.model_dump_json()
