@@ -74,6 +74,11 @@ def merge_states(survivor: ContactState, loser: ContactState) -> ContactState:
     merged.profile = loser.profile | survivor.profile
     merged.lifecycle_stage = survivor.lifecycle_stage or loser.lifecycle_stage
     merged.owner_id = survivor.owner_id or loser.owner_id
+    # Whoever has the owner has the routing outcome; else a pending request stands.
+    if survivor.owner_id or not loser.owner_id:
+        merged.routing = survivor.routing or loser.routing
+    else:
+        merged.routing = loser.routing
     for touches, other in (
         (merged.last_inbound, loser.last_inbound),
         (merged.last_outbound, loser.last_outbound),

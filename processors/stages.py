@@ -14,6 +14,7 @@ Everything a stage sends is in the Kafka transaction of the message it is proces
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -361,6 +362,26 @@ def register(
                     at,
                 ),
             )
+
+    # Read-only views for `switchboard explain`; Faust forwards each request to the
+    # worker that owns the key's partition.
+    @app.page("/identifiers/{identifier}")
+    @app.table_route(table=identity, match_info="identifier")
+    async def identifier_view(web: Any, request: Any, identifier: str) -> Any:
+        return web.json({"identifier": identifier, "contact_id": identity.get(identifier)})
+
+    @app.page("/contacts/{contact_id}")
+    @app.table_route(table=contacts, match_info="contact_id")
+    async def contact_view(web: Any, request: Any, contact_id: str) -> Any:
+        survivor = aliases.get(contact_id)
+        stored = contacts.get(contact_id)
+        return web.json(
+            {
+                "contact_id": contact_id,
+                "merged_into": survivor,
+                "state": json.loads(stored) if stored is not None else None,
+            }
+        )
 
     source = raw_topic(app, settings, c.by_contact.name, c.merges.name, c.assignments.name)
 

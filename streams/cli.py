@@ -217,6 +217,21 @@ def loadgen(
 
 
 @main.command()
+@click.argument("who")
+@click.option("--worker-url", help="A worker's web address [default: this host's web_port].")
+def explain(who: str, worker_url: str | None) -> None:
+    """What Switchboard knows about WHO (a contact id, or an identifier such as
+    email:ana@example.com) and every decision that led there."""
+    from processors.explain import NotFound
+    from processors.explain import explain as explain_contact
+
+    try:
+        click.echo(explain_contact(_settings(), who, worker_url))
+    except (NotFound, ConnectionError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Prepare topics and schemas, then run a worker: the embedded default pipeline."""

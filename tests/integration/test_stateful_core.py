@@ -5,6 +5,8 @@ input changes nothing."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -26,7 +28,13 @@ from streams.topics import (
     REP_ROSTER,
     ensure_topics,
 )
-from tests.kafka_helpers import producer, read_all, running_worker, worker_metric
+from tests.kafka_helpers import (
+    producer,
+    read_all,
+    running_worker,
+    settings_env,
+    worker_metric,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -138,6 +146,16 @@ STORY = [
 ]
 
 
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def live_contacts(settings: Settings) -> dict[str, ContactState]:
     """The contacts table as its changelog holds it (latest value per key; None = deleted)."""
     topic = f"{settings.app_id}-contacts-changelog"
@@ -232,6 +250,15 @@ def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_noth
         # rep was briefed from that record alone (no call yet): see the issue notes.
         assert notice["context"]["recommended_action"] == "reach out by e-mail today"
         assert "score" in notice["context"]["why_now"]
+
+        explained = run_cli(settings, "explain", f"email:{EMAIL}")
+        assert explained.returncode == 0, explained.stderr
+        text = explained.stdout
+        assert text.startswith(f"Contact {contact.contact_id} (merged from ")
+        assert "score: 90 (SQL)" in text or "score: 89.99 (SQL)" in text
+        assert f"owner: {contact.owner_id} (routing: assigned)" in text
+        for decision in ("contact_created", "merged", "score_changed", "assigned"):
+            assert f" {decision} " in text, decision
 
         before = (live_contacts(settings), len(decisions), len(upserts))
         processed = worker_metric(settings, "switchboard_events_total{")

@@ -105,6 +105,7 @@ def test_merged_state_keeps_both_histories_and_either_opt_out() -> None:
         identifiers=["email:ana@example.com"],
         profile={"company": "Old name", "title": "Owner"},
         owner_id="rep-1",
+        routing="assigned",
         recent_event_ids=["e2", "e1"],
         consent=Consent(email_opt_out=True),
         first_seen=T0 - timedelta(days=3),
@@ -117,7 +118,7 @@ def test_merged_state_keeps_both_histories_and_either_opt_out() -> None:
     assert merged.contact_id == "c-a"
     assert merged.identifiers == ["phone:+1", "email:ana@example.com"]
     assert merged.profile == {"company": "Silva Bakery", "title": "Owner"}
-    assert merged.owner_id == "rep-1"
+    assert (merged.owner_id, merged.routing) == ("rep-1", "assigned")
     assert merged.consent.email_opt_out
     assert merged.recent_event_ids == ["e1", "e2"]
     assert [a.rule for a in merged.scoring.awards] == ["form-submitted", "inbound-call"]

@@ -1,0 +1,138 @@
+"""``switchboard explain CONTACT``: what Switchboard knows about a contact and the
+decisions that led there, from the worker's tables (over its web endpoint) and the
+audit topic."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from processors.state import ContactState
+from streams.serde import AvroSerde, registry_client
+from streams.settings import Settings
+from streams.topics import AUDIT
+
+
+class NotFound(LookupError):
+    pass
+
+
+def _get(base: str, path: str) -> dict[str, Any]:
+    url = f"{base.rstrip('/')}/{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            found: dict[str, Any] = json.loads(response.read())
+            return found
+    except urllib.error.URLError as exc:
+        raise ConnectionError(f"no worker answers at {base}: {exc.reason}") from None
+
+
+def contact(worker_url: str, who: str) -> tuple[ContactState, list[str]]:
+    """The live contact for a contact id or an identifier (``email:...``), and the ids it
+    was reached through (merged contacts are followed to their survivor)."""
+    contact_id = who
+    if ":" in who:
+        found = _get(worker_url, "identifiers/" + urllib.parse.quote(who, safe=""))
+        if not found.get("contact_id"):
+            raise NotFound(f"no contact has the identifier {who}")
+        contact_id = found["contact_id"]
+    path = [contact_id]
+    while True:
+        view = _get(worker_url, "contacts/" + urllib.parse.quote(contact_id, safe=""))
+        if view.get("merged_into"):
+            contact_id = view["merged_into"]
+            path.append(contact_id)
+            continue
+        if view.get("state") is None:
+            raise NotFound(f"no contact {contact_id}")
+        return ContactState.model_validate(view["state"]), path
+
+
+def decisions(
+    settings: Settings, contact_ids: set[str], timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    """Every audit entry about ``contact_ids``, oldest first (a full scan of the audit topic)."""
+    topic = AUDIT.full_name(settings)
+    serde = AvroSerde(registry_client(settings.schema_registry_url), AUDIT.schema, topic)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": "explain",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        found = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.1)
+            if message is not None and not message.error():
+                entry = serde.decode(message.value())
+                if entry["contact_id"] in contact_ids:
+                    found.append(entry)
+                continue
+            positions = consumer.position([TopicPartition(topic, p) for p in partitions])
+            if all(tp.offset >= ends[tp.partition] for tp in positions if ends[tp.partition]):
+                break
+        return sorted(found, key=lambda e: e["recorded_at"])
+    finally:
+        consumer.close()
+
+
+def render(state: ContactState, path: list[str], entries: list[dict[str, Any]]) -> str:
+    merged_from = sorted(
+        {e["inputs"].get("retired", "") for e in entries if e["decision"] == "merged"} - {""}
+    )
+    lines = [
+        f"Contact {state.contact_id}"
+        + (f" (merged from {', '.join(merged_from)})" if merged_from else "")
+    ]
+    if len(path) > 1:
+        lines.append(f"  reached through {' -> '.join(path)}")
+    components = ", ".join(f"{k} {v:g}" for k, v in state.score_components.items())
+    touches = ", ".join(f"{k} {v:%Y-%m-%d %H:%M}Z" for k, v in sorted(state.last_inbound.items()))
+    consent = [name for name, on in state.consent.model_dump().items() if on]
+    deals = ", ".join(f"{d.deal_id} {d.stage}" for d in state.open_deals.values())
+    lines += [
+        f"  identifiers: {', '.join(state.identifiers)}",
+        f"  score: {state.score:g} ({state.band or 'no band'}); {components}",
+        f"  owner: {state.owner_id or 'none'} (routing: {state.routing or 'not yet'})",
+        f"  lifecycle stage: {state.lifecycle_stage or 'unknown'}",
+        f"  last inbound: {touches or 'none'}",
+        f"  open deals: {deals or 'none'}",
+        f"  consent: {', '.join(consent) if consent else 'no restrictions'}",
+        f"  profile: {json.dumps(state.profile, sort_keys=True)}",
+        "Decisions:",
+    ]
+    for entry in entries:
+        causes = ", ".join(entry["causation_event_ids"])
+        lines.append(
+            f"  {entry['recorded_at']:%Y-%m-%d %H:%M:%S} {entry['stage']:8} "
+            f"{entry['decision']:16} {entry['reason']}" + (f"  [{causes}]" if causes else "")
+        )
+    return "\n".join(lines)
+
+
+def explain(settings: Settings, who: str, worker_url: str | None = None) -> str:
+    base = worker_url or f"http://127.0.0.1:{settings.web_port}"
+    state, path = contact(base, who)
+    ids = set(path) | {state.contact_id}
+    entries = decisions(settings, ids)
+    # Contacts merged into this one: their own history belongs to its story too.
+    retired = {e["inputs"].get("retired") for e in entries if e["decision"] == "merged"} - {None}
+    if retired - ids:
+        entries = decisions(settings, ids | {r for r in retired if r})
+    return render(state, path, entries)
