@@ -28,8 +28,8 @@ from streams.topics import (
 
 def build_app(settings: Settings) -> faust.App:
     # Invalid rule files stop the worker before it starts.
-    model = load_model()
-    routing_rules = load_rules()
+    model = load_model(settings.scoring_model) if settings.scoring_model else load_model()
+    routing_rules = load_rules(settings.routing_rules) if settings.routing_rules else load_rules()
     app = create_app(settings)
     registry = registry_client(settings.schema_registry_url)
 

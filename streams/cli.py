@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 import schemas
 from streams.registry import check_released, register_catalog
+from streams.rules import RuleFileError
 from streams.serde import registry_client
 from streams.settings import CONFIG_ENV, Settings
 from streams.topics import CATALOG, ensure_topics
@@ -106,7 +107,12 @@ def worker() -> None:
     from processors.worker import build_app
 
     settings = _settings()
-    app = build_app(settings)
+    try:
+        app = build_app(settings)
+    except RuleFileError as exc:
+        raise click.ClickException(
+            f"invalid rule file, the worker does not start:\n{exc}"
+        ) from None
     logging.captureWarnings(True)
     Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 

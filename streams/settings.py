@@ -49,7 +49,11 @@ class Settings(BaseSettings):
         description="A worker that stops heartbeating (killed, hung) loses its partitions "
         "after this long; a restarted or standby worker takes them over then.",
     )
-    store: str = Field("memory://", description="Faust table store: memory:// or rocksdict://.")
+    store: str = Field(
+        "memory://",
+        description="Faust table store: memory://, or rocksdb:// (RocksDB through rocksdict) "
+        "in production, which keeps tables on disk instead of rebuilding them from changelogs.",
+    )
     data_dir: Path = Field(Path(".run/worker"), description="Worker state (tables) directory.")
     web_port: int = Field(6066, ge=1, le=65535, description="Worker web port; serves /metrics.")
     web_bind: str = Field("127.0.0.1", description="Worker web address; 0.0.0.0 in containers.")
@@ -57,6 +61,13 @@ class Settings(BaseSettings):
         9464, ge=0, le=65535, description="/metrics port of non-worker processes; 0 disables it."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    scoring_model: Path | None = Field(
+        None, description="Lead scoring model (YAML); the packaged one when unset."
+    )
+    routing_rules: Path | None = Field(
+        None, description="Lead routing rules (YAML); the packaged ones when unset."
+    )
 
     gateway_bind: str = Field("127.0.0.1", description="Webhook gateway address.")
     gateway_port: int = Field(8787, ge=1, le=65535, description="Webhook gateway port.")

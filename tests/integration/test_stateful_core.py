@@ -184,9 +184,12 @@ def wait_for(condition: Any, timeout: float = 60.0) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_nothing(
-    settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
+    settings: Settings, registry: SchemaRegistryClient, tmp_path: Path, store: str
 ) -> None:
+    """With the in-memory store and with RocksDB (rocksdict), as production runs."""
+    settings = settings.model_copy(update={"store": store})
     ensure_topics(settings)
     register_catalog(registry, settings)
     events = AvroSerde(

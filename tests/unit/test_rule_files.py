@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,22 @@ def test_not_yaml_at_all_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "routing.yaml", "rules:\n  - name: [unclosed\n")
     with pytest.raises(RuleFileError, match=r"routing\.yaml:\d+: not valid YAML"):
         load_rules(path)
+
+
+def test_a_worker_with_an_invalid_rule_file_refuses_to_start(tmp_path: Path) -> None:
+    bad = write(
+        tmp_path,
+        "routing.yaml",
+        "rules:\n  - name: x\n    team: inbound\n    when:\n      country_inn: [US]\n",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "worker"],
+        env=env | {"SWITCHBOARD_ROUTING_RULES": str(bad)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "invalid rule file, the worker does not start" in done.stderr
+    assert f"{bad}:5: field rules.0.when.country_inn: Extra inputs are not permitted" in done.stderr
