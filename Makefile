@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 help:
 	@echo "make run          start Kafka + registry + the pipeline (Ctrl-C stops it all)"
 	@echo "make test         run the tests against the real broker and registry"
-	@echo "make bench        print spine and gateway throughput and latency on this machine"
+	@echo "make bench        print spine, gateway and stateful-core throughput and latency"
 	@echo "make lint         ruff + mypy"
 	@echo "make infra-up     start the single-node Kafka and the schema registry"
 	@echo "make infra-down   stop them"
@@ -68,6 +68,7 @@ lint: install
 bench: install infra-up
 	$(BIN)/python -m tests.bench.bench_spine
 	$(BIN)/python -m tests.bench.bench_gateway
+	$(BIN)/python -m tests.bench.bench_core
 
 clean:
 	-@bash infra/registry/registry.sh stop

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -202,6 +202,11 @@ def register(
             return  # seen before: nothing changes, nothing is sent again
         state = outcome.state
         contacts[contact_id] = state.model_dump_json()
+        metrics.EVENTS.labels(
+            stage="contact", event_type=event["event_type"], source=event["source_system"]
+        ).inc()
+        age = datetime.now(UTC) - event["received_time"]
+        metrics.EVENT_AGE.labels(stage="contact").observe(max(age.total_seconds(), 0.0))
         at = event["event_time"]
         causes = [event["event_id"]]
         if before is None:

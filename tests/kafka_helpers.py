@@ -56,11 +56,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def worker_metric(settings: Settings, line_start: str) -> float:
-    """The sum of the worker's /metrics samples whose line starts with ``line_start``."""
+def worker_metric(settings: Settings, line_start: str, stage: str = "identity") -> float:
+    """The sum of the worker's /metrics samples whose line starts with ``line_start``, for
+    one stage."""
     body = get(f"http://127.0.0.1:{settings.web_port}/metrics")
     return sum(
-        float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(line_start)
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith(line_start) and f'stage="{stage}"' in line
     )
 
 

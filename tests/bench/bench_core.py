@@ -1,0 +1,163 @@
+"""Benchmark of the stateful core on this machine: one worker (identity, contact and
+router stages, exactly-once) over the load generator's multi-system feed.
+
+* sustained: a backlog of events drained as fast as the worker goes (events/s);
+* latency: a steady feed, each decision's time in Kafka minus its event's time in
+  Kafka (p50/p95/p99), for contact creations, score changes and assignments.
+
+    .venv/bin/python -m tests.bench.bench_core [--backlog 6000] [--rate 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from connectors.sources.loadgen import run_load
+from streams.registry import register_catalog
+from streams.serde import AvroSerde, registry_client
+from streams.settings import Settings
+from streams.topics import AUDIT, CONTACT_EVENTS, REP_ROSTER, ensure_topics
+from tests.bench import write_results
+from tests.conftest import free_port
+from tests.kafka_helpers import producer, read_all, running_worker, worker_metric
+
+REPS: list[dict[str, Any]] = [
+    {
+        "rep_id": f"rep-{i}",
+        "name": f"Rep {i}",
+        "email": f"rep{i}@example.com",
+        "teams": ["inbound", "emea", "enterprise", "healthcare"],
+        "capacity": 100000,
+        "work_start": "00:00",
+        "work_end": "23:59",
+        "work_days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+    }
+    for i in range(5)
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def wait_drained(settings: Settings, total: int, timeout: float) -> float:
+    """Seconds until the contact stage has taken in ``total`` distinct events."""
+    start = time.perf_counter()
+    deadline = start + timeout
+    while worker_metric(settings, "switchboard_events_total{", stage="contact") < total:
+        if time.perf_counter() > deadline:
+            raise TimeoutError("the worker did not drain the backlog")
+        time.sleep(0.2)
+    return time.perf_counter() - start
+
+
+def fresh(run: str, partitions: int) -> Settings:
+    (Path(".run/bench") / run).mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        topic_prefix=f"bench-{run}.",
+        app_id=f"switchboard-bench-{run}",
+        web_port=free_port(),
+        partitions=partitions,
+        data_dir=Path(".run/bench") / run / "worker",
+    )
+    ensure_topics(settings)
+    registry = registry_client(settings.schema_registry_url)
+    register_catalog(registry, settings)
+    roster = AvroSerde(registry, "rep", REP_ROSTER.full_name(settings))
+    out = producer(settings)
+    for rep in REPS:
+        out.produce(roster.topic, key=rep["rep_id"].encode(), value=roster.encode(rep))
+    out.flush(10)
+    return settings
+
+
+def sustained(backlog: int, partitions: int) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:8]
+    settings = fresh(run, partitions)
+    asyncio.run(run_load(settings, rate=0, count=backlog, seed=3, target="kafka"))
+    events = len(read_all(settings, CONTACT_EVENTS.full_name(settings)))
+    with running_worker(settings, Path(".run/bench") / run / "worker.log"):
+        seconds = wait_drained(settings, events, timeout=600)
+    return {
+        "events": events,
+        "seconds": seconds,
+        "events_per_s": events / seconds,
+        "partitions": partitions,
+        "workers": 1,
+    }
+
+
+def latency(rate: float, seconds: float, partitions: int) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:8]
+    settings = fresh(run, partitions)
+    registry = registry_client(settings.schema_registry_url)
+    events = AvroSerde(
+        registry, "contact_event", CONTACT_EVENTS.full_name(settings), discriminator="event_type"
+    )
+    audit = AvroSerde(registry, "audit_entry", AUDIT.full_name(settings))
+    with running_worker(settings, Path(".run/bench") / run / "worker.log"):
+        time.sleep(2)
+        asyncio.run(run_load(settings, rate=rate, duration=seconds, seed=4, target="kafka"))
+        sent = read_all(settings, events.topic)
+        wait_drained(settings, len(sent), timeout=120)
+        time.sleep(2)
+        entered = {events.decode(m.value())["event_id"]: m.timestamp()[1] for m in sent}
+        decided: dict[str, list[float]] = {}
+        for message in read_all(settings, audit.topic):
+            entry = audit.decode(message.value())
+            for cause in entry["causation_event_ids"]:
+                if cause in entered:
+                    decided.setdefault(entry["decision"], []).append(
+                        (message.timestamp()[1] - entered[cause]) / 1000
+                    )
+    everything = [v for values in decided.values() for v in values]
+    return {
+        "rate_per_s": rate,
+        "seconds": seconds,
+        "events": len(entered),
+        "partitions": partitions,
+        "decisions": {k: len(v) for k, v in decided.items()},
+        "p50_s": percentile(everything, 0.50),
+        "p95_s": percentile(everything, 0.95),
+        "p99_s": percentile(everything, 0.99),
+        "median_by_decision_s": {k: statistics.median(v) for k, v in decided.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backlog", type=int, default=6000)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--partitions", type=int, nargs="+", default=[3, 6])
+    args = parser.parse_args()
+    results: dict[str, Any] = {"sustained": [], "latency": []}
+    print("stateful core benchmark: identity + contact + router, 1 worker, exactly-once")
+    for partitions in args.partitions:
+        row = sustained(args.backlog, partitions)
+        results["sustained"].append(row)
+        print(
+            f"  sustained   {partitions} partitions: {row['events_per_s']:7,.0f} events/s "
+            f"({row['events']} events in {row['seconds']:.1f}s)"
+        )
+    for partitions in args.partitions:
+        row = latency(args.rate, args.seconds, partitions)
+        results["latency"].append(row)
+        print(
+            f"  latency     {partitions} partitions at {args.rate:g}/s: event in Kafka to "
+            f"decision in Kafka p50 {row['p50_s'] * 1000:.0f} ms, p95 "
+            f"{row['p95_s'] * 1000:.0f} ms, p99 {row['p99_s'] * 1000:.0f} ms "
+            f"over {sum(row['decisions'].values())} decisions"
+        )
+    print(f"  written to {write_results('core', results)}")
+
+
+if __name__ == "__main__":
+    main()
