@@ -38,6 +38,7 @@ if ! bash infra/registry/registry.sh status >/dev/null 2>&1; then
 fi
 "$sb" topics create
 "$sb" schemas register
+"$sb" roster load processors/rules/roster.example.yaml
 
 # Fresh signing secrets for this run only, shared by the gateway and the load generator;
 # a real deployment sets each SWITCHBOARD_SECRET_<SOURCE> to the provider's secret.

@@ -267,7 +267,19 @@ def rep_record(rep: Rep) -> dict[str, Any]:
     }
 
 
+class Roster(Strict):
+    """A roster file, for `switchboard roster load`."""
+
+    reps: list[Rep] = Field(min_length=1)
+
+
 DEFAULT_RULES = Path(__file__).parent / "rules" / "routing.yaml"
+EXAMPLE_ROSTER = Path(__file__).parent / "rules" / "roster.example.yaml"
+
+
+def load_roster(path: Path) -> Roster:
+    """A roster file; raises RuleFileError naming file, line and field."""
+    return rule_files.load(path, Roster)
 
 
 def load_rules(path: Path = DEFAULT_RULES) -> RoutingRules:

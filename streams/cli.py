@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from pydantic import ValidationError
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 import schemas
 from streams.registry import check_released, register_catalog
 from streams.rules import RuleFileError
-from streams.serde import registry_client
+from streams.serde import SerdeError, registry_client
 from streams.settings import CONFIG_ENV, Settings
 from streams.topics import CATALOG, ensure_topics
 
@@ -220,6 +221,56 @@ def loadgen(
         )
     )
     click.echo(report.summary())
+
+
+@main.group()
+def roster() -> None:
+    """The rep roster (a compacted topic the router reads)."""
+
+
+@roster.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def roster_load(file: Path) -> None:
+    """Publish every rep in FILE (YAML: reps: [...]) to the roster topic."""
+    from processors.routing import load_roster, rep_record
+
+    try:
+        reps = load_roster(file).reps
+    except RuleFileError as exc:
+        raise click.ClickException(f"invalid roster file:\n{exc}") from None
+    _publish_roster(_settings(), [(rep.rep_id, rep_record(rep)) for rep in reps])
+    click.echo(f"published {len(reps)} reps: {', '.join(rep.rep_id for rep in reps)}")
+
+
+@roster.command("remove")
+@click.argument("rep_id")
+def roster_remove(rep_id: str) -> None:
+    """Remove REP_ID from the roster (a tombstone on the compacted topic)."""
+    _publish_roster(_settings(), [(rep_id, None)])
+    click.echo(f"removed {rep_id}")
+
+
+def _publish_roster(settings: Settings, reps: list[tuple[str, dict[str, Any] | None]]) -> None:
+    from confluent_kafka import Producer
+
+    from streams.kafka import producer_config
+    from streams.serde import AvroSerde
+    from streams.topics import REP_ROSTER
+
+    serde = AvroSerde(
+        registry_client(settings.schema_registry_url),
+        REP_ROSTER.schema,
+        REP_ROSTER.full_name(settings),
+    )
+    producer = Producer(producer_config(settings))
+    for rep_id, record in reps:
+        try:
+            value = None if record is None else serde.encode(record)
+        except SerdeError as exc:
+            raise click.ClickException(str(exc)) from None
+        producer.produce(serde.topic, key=rep_id.encode(), value=value)
+    if producer.flush(30):
+        raise click.ClickException("the roster could not be written to Kafka")
 
 
 @main.command()

@@ -8,7 +8,17 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.routing import Rep, RoutingRules, WorkingHours, load_rules, route
+from processors.routing import (
+    EXAMPLE_ROSTER,
+    Rep,
+    RoutingRules,
+    WorkingHours,
+    load_roster,
+    load_rules,
+    rep_from_record,
+    rep_record,
+    route,
+)
 from processors.state import ContactState, Deal
 
 RULES = load_rules()
@@ -156,3 +166,9 @@ def test_capacity_is_never_exceeded(reps: list[tuple[int, int]], leads: int) -> 
         chosen = team[decision.rep_id]
         team[chosen.rep_id] = chosen.model_copy(update={"open_leads": chosen.open_leads + 1})
     assert all(r.open_leads <= r.capacity for r in team.values())
+
+
+def test_the_example_roster_loads_and_round_trips_through_its_record_form() -> None:
+    reps = load_roster(EXAMPLE_ROSTER).reps
+    assert [r.rep_id for r in reps] == ["rep-jordan", "rep-priya", "rep-sam", "rep-kai"]
+    assert all(rep_from_record(rep_record(r)) == r for r in reps)
