@@ -14,9 +14,14 @@ children=()
 cleanup() {
   local status=$? pid
   trap - EXIT INT TERM
-  # Background children of a script ignore the terminal's Ctrl-C: stop them here.
+  # Background children of a script ignore the terminal's Ctrl-C: stop them here. A worker
+  # that does not finish its shutdown in time is killed: exactly-once makes that safe.
   for pid in "${children[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${children[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in "${children[@]}"; do
+    for _ in $(seq 1 75); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   for ((i = ${#started[@]} - 1; i >= 0; i--)); do
     case "${started[$i]}" in
       kafka) bash infra/kafka/kafka.sh stop single ;;
@@ -62,5 +67,8 @@ echo "switchboard: gateway http://127.0.0.1:$port/webhooks/<source> (log .run/ga
 echo "             load generator at ${SWITCHBOARD_DEMO_RATE:-20} webhooks/s (.run/loadgen.log),"
 echo "             worker metrics http://127.0.0.1:${SWITCHBOARD_WEB_PORT:-6066}/metrics."
 echo "             Ctrl-C stops everything."
-# Not exec: this shell must outlive the worker to stop the rest after it.
-SWITCHBOARD_LOG_LEVEL="${SWITCHBOARD_LOG_LEVEL:-warning}" "$sb" worker
+# In the background too, so that Ctrl-C reaches this script at once (a foreground child
+# would make it wait for the worker's own shutdown) and cleanup() bounds how long it takes.
+SWITCHBOARD_LOG_LEVEL="${SWITCHBOARD_LOG_LEVEL:-warning}" "$sb" worker &
+children+=($!)
+wait "${children[-1]}"
