@@ -84,7 +84,9 @@ def audit_entry(
     at: datetime,
 ) -> dict[str, Any]:
     return {
-        "audit_id": _id(contact_id, stage, decision, *causes),
+        # The same decision from the same inputs has the same id (a replay is recognisable);
+        # the reason tells apart two decisions of one kind without a causing event (merges).
+        "audit_id": _id(contact_id, stage, decision, reason, *causes),
         "contact_id": contact_id,
         "recorded_at": at,
         "stage": stage,
