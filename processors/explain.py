@@ -5,15 +5,13 @@ audit topic."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
 from processors.state import ContactState
+from streams.kafka import read_topic
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
 from streams.topics import AUDIT
@@ -54,42 +52,14 @@ def contact(worker_url: str, who: str) -> tuple[ContactState, list[str]]:
         return ContactState.model_validate(view["state"]), path
 
 
-def decisions(
-    settings: Settings, contact_ids: set[str], timeout: float = 30.0
-) -> list[dict[str, Any]]:
+def decisions(settings: Settings, contact_ids: set[str]) -> list[dict[str, Any]]:
     """Every audit entry about ``contact_ids``, oldest first (a full scan of the audit topic)."""
     topic = AUDIT.full_name(settings)
     serde = AvroSerde(registry_client(settings.schema_registry_url), AUDIT.schema, topic)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": "explain",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
+    entries = (serde.decode(message.value()) for message in read_topic(settings, topic))
+    return sorted(
+        (e for e in entries if e["contact_id"] in contact_ids), key=lambda e: e["recorded_at"]
     )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions
-        }
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        found = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            message = consumer.poll(0.1)
-            if message is not None and not message.error():
-                entry = serde.decode(message.value())
-                if entry["contact_id"] in contact_ids:
-                    found.append(entry)
-                continue
-            positions = consumer.position([TopicPartition(topic, p) for p in partitions])
-            if all(tp.offset >= ends[tp.partition] for tp in positions if ends[tp.partition]):
-                break
-        return sorted(found, key=lambda e: e["recorded_at"])
-    finally:
-        consumer.close()
 
 
 def render(state: ContactState, path: list[str], entries: list[dict[str, Any]]) -> str:

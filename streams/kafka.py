@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from streams.settings import Settings
 
@@ -22,3 +25,38 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         # Uncompressed: events are small, and any consumer can read them.
         "log_level": 4,
     } | overrides
+
+
+def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[Message]:
+    """Every committed message now in ``topic``, by partition assignment (no consumer group).
+
+    Done when the position reaches each partition's end as it was at the start; positions,
+    unlike message offsets, move past transaction markers."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": "unused",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        found: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.1)
+            if message is not None and not message.error():
+                found.append(message)
+                continue
+            positions = consumer.position([TopicPartition(topic, p) for p in partitions])
+            if all(tp.offset >= ends[tp.partition] for tp in positions if ends[tp.partition]):
+                break
+        return found
+    finally:
+        consumer.close()

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer
 
-from streams.kafka import producer_config
+from streams.kafka import producer_config, read_topic
 from streams.settings import Settings
 
 
@@ -145,36 +145,5 @@ def _running(
 
 
 def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> list[Message]:
-    """Every committed message now in ``topic``, read by partition assignment (no group).
-
-    Done when the consumer's position reaches each partition's end as it was at the
-    start; positions, unlike message offsets, move past transaction markers."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": "unused",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions
-        }
-        assigned = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
-        consumer.assign(assigned)
-        found: list[Message] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            message = consumer.poll(0.1)
-            if message is not None and not message.error():
-                found.append(message)
-                continue
-            positions = consumer.position([TopicPartition(topic, p) for p in partitions])
-            if all(tp.offset >= ends[tp.partition] for tp in positions if ends[tp.partition]):
-                break
-        return found
-    finally:
-        consumer.close()
+    """Every committed message now in ``topic`` (see streams.kafka.read_topic)."""
+    return read_topic(settings, topic, timeout)
