@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.streams import current_event
 
 from streams.dlq import dead_letter
 from streams.serde import AvroSerde, UndecodableMessage
@@ -49,45 +48,11 @@ async def decode_or_dead_letter(
                 offset=message.offset,
                 headers=_headers(message.headers),
             )
-            await send_in_transaction(dead_letters, message.key, dead_letter_serde.encode(letter))
+            await dead_letters.send(key=message.key, value=dead_letter_serde.encode(letter))
             continue
         yield Decoded(message.key, record, message.topic)
-        # The stage is done with this message. Faust queues table changelog writes in its
-        # producer buffer and, under exactly-once, commits without draining it first, so a
-        # crash right after a commit could keep the offset and lose the state. Drained
-        # here, they join this message's transaction (its source partition's producer).
-        await stream.app.producer.buffer.flush()
 
 
 def _headers(raw: Any) -> dict[str, bytes]:
     items = raw.items() if isinstance(raw, Mapping) else (raw or ())
     return {str(k): bytes(v) for k, v in items if v is not None}
-
-
-async def send_in_transaction(topic: faust.TopicT, key: bytes | None, value: bytes) -> None:
-    """Send ``value`` to ``topic`` inside the transaction of the message being processed.
-
-    Faust (faust-streaming 0.15) puts a send into the transaction of the *destination*
-    partition's producer, which commits with that partition's input offsets, not with the
-    input that caused the send. A repartitioning send and its cause then commit separately,
-    and a crash between the two commits loses the output or repeats it. Sending with the
-    source partition's transactional id makes output and input offset one commit."""
-    app = topic.app
-    event = current_event()
-    if event is None or not app.in_transaction:
-        await topic.send(key=key, value=value)
-        return
-    source = event.message
-    group = app.assignor.group_for_topic(source.topic)
-    name = topic.get_topic_name()
-    partition = app.consumer.key_partition(name, key, None)
-    sent = await app.producer.send(
-        name,
-        key,
-        value,
-        partition,
-        None,
-        None,
-        transactional_id=f"{app.conf.id}-{group}-{source.partition}",
-    )
-    await sent

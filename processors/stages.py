@@ -22,7 +22,7 @@ from typing import Any
 import faust
 
 from processors.contact import advance
-from processors.decoding import decode_or_dead_letter, send_in_transaction
+from processors.decoding import decode_or_dead_letter
 from processors.identity import claim, merge_states, resolve
 from processors.routing import RoutingRules
 from processors.scoring import ScoringModel, components_at, is_meaningful, total
@@ -48,11 +48,11 @@ class Channel:
         return self.serde.topic
 
     async def send(self, key: str, record: dict[str, Any]) -> None:
-        await send_in_transaction(self.topic, key.encode(), self.serde.encode(record))
+        await self.topic.send(key=key.encode(), value=self.serde.encode(record))
 
     async def send_raw(self, message: Any, record: dict[str, Any]) -> None:
         """``record`` keyed like the original ``message`` (for dead letters)."""
-        await send_in_transaction(self.topic, message.key, self.serde.encode(record))
+        await self.topic.send(key=message.key, value=self.serde.encode(record))
 
 
 @dataclass(frozen=True)
