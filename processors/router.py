@@ -8,7 +8,6 @@ audit entry with the rule that matched."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from processors.decoding import decode_or_dead_letter
 from processors.routing import Assignment, Rep, RoutingRules, rep_from_record, route
-from processors.stages import ROUTER_KEY, Channels
+from processors.stages import ROUTER_KEY, Channels, decision_id
 from processors.state import ContactState
 from streams.dlq import dead_letter
 from streams.serde import UndecodableMessage
@@ -38,10 +37,6 @@ class RouterState(BaseModel):
             )
             for rep_id, rep in self.roster.items()
         }
-
-
-def _id(*parts: str) -> str:
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
 def recommended_action(contact: ContactState) -> str:
@@ -122,7 +117,7 @@ async def handle(
         "audit",
         contact_id,
         {
-            "audit_id": _id(contact_id, "routing", outcome, cause),
+            "audit_id": decision_id(contact_id, "routing", outcome, cause),
             "contact_id": contact_id,
             "recorded_at": at,
             "stage": "routing",
@@ -147,7 +142,7 @@ async def handle(
         "commands",
         contact_id,
         {
-            "command_id": _id("set-owner", contact_id, decision.rep_id, cause),
+            "command_id": decision_id("set-owner", contact_id, decision.rep_id, cause),
             "command_type": "SET_OWNER",
             "contact_id": contact_id,
             "issued_at": at,
@@ -163,7 +158,7 @@ async def handle(
         "notifications",
         contact_id,
         {
-            "notification_id": _id("new-lead", contact_id, decision.rep_id, cause),
+            "notification_id": decision_id("new-lead", contact_id, decision.rep_id, cause),
             "channel": "EMAIL",
             "recipient": rep.email,
             "template": "new_lead",

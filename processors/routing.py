@@ -16,20 +16,17 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from processors.state import ContactState
 from streams import rules as rule_files
+from streams.rules import RuleModel
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class WorkingHours(Strict):
+class WorkingHours(RuleModel):
     start: time = time(9, 0)
     end: time = time(17, 30)
     days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS[:5]))
@@ -41,7 +38,7 @@ class WorkingHours(Strict):
         return self
 
 
-class Rep(Strict):
+class Rep(RuleModel):
     """One roster record: what the CRM feed or an admin command last said about a rep."""
 
     rep_id: str
@@ -77,7 +74,7 @@ class Rep(Strict):
         return self.open_leads < self.capacity
 
 
-class Conditions(Strict):
+class Conditions(RuleModel):
     country_in: list[str] | None = None
     region_in: list[str] | None = None
     postcode_prefix_in: list[str] | None = None
@@ -115,7 +112,7 @@ class Conditions(Strict):
         return True
 
 
-class Rule(Strict):
+class Rule(RuleModel):
     name: str
     when: Conditions = Field(default_factory=Conditions)
     team: str | None = None
@@ -128,7 +125,7 @@ class Rule(Strict):
         return self
 
 
-class RoutingRules(Strict):
+class RoutingRules(RuleModel):
     version: int = 1
     after_hours: Literal["assign_anyway", "hold"] = Field(
         "assign_anyway",
@@ -267,7 +264,7 @@ def rep_record(rep: Rep) -> dict[str, Any]:
     }
 
 
-class Roster(Strict):
+class Roster(RuleModel):
     """A roster file, for `switchboard roster load`."""
 
     reps: list[Rep] = Field(min_length=1)

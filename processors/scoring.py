@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from processors.state import Award, ContactState, ScoringState
 from streams import rules as rule_files
+from streams.rules import RuleModel
 
 EventType = Literal[
     "FORM_SUBMITTED",
@@ -42,16 +43,12 @@ EventType = Literal[
 ]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Frequency(Strict):
+class Frequency(RuleModel):
     count: int = Field(ge=2)
     within_days: float = Field(gt=0)
 
 
-class BehaviourRule(Strict):
+class BehaviourRule(RuleModel):
     """Points for an event, when its payload matches ``when`` (field equals value, or
     for ``*_contains`` keys, contains the text)."""
 
@@ -82,7 +79,7 @@ class BehaviourRule(Strict):
         return True
 
 
-class FirmographicRule(Strict):
+class FirmographicRule(RuleModel):
     """Points for a profile field: ``in`` a list, containing ``any`` of some words, or a
     number at least ``min`` (and below ``max``)."""
 
@@ -120,12 +117,12 @@ class FirmographicRule(Strict):
         return (self.min is None or number >= self.min) and (self.max is None or number < self.max)
 
 
-class Band(Strict):
+class Band(RuleModel):
     name: str
     min: float
 
 
-class ScoringModel(Strict):
+class ScoringModel(RuleModel):
     version: int = 1
     half_life_days: float = Field(gt=0, description="Behavioural points halve in this time.")
     cap: float = Field(gt=0, description="The score never exceeds this.")

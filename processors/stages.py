@@ -70,7 +70,9 @@ class Channels:
     assignments: Channel
 
 
-def _id(*parts: str) -> str:
+def decision_id(*parts: str) -> str:
+    """A deterministic id for an output: the same decision from the same inputs, the same id
+    (the sinks' idempotency key)."""
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -86,7 +88,7 @@ def audit_entry(
     return {
         # The same decision from the same inputs has the same id (a replay is recognisable);
         # the reason tells apart two decisions of one kind without a causing event (merges).
-        "audit_id": _id(contact_id, stage, decision, reason, *causes),
+        "audit_id": decision_id(contact_id, stage, decision, reason, *causes),
         "contact_id": contact_id,
         "recorded_at": at,
         "stage": stage,
@@ -174,7 +176,7 @@ def register(
         await c.commands.send(
             state.contact_id,
             {
-                "command_id": _id("upsert", state.contact_id, cause),
+                "command_id": decision_id("upsert", state.contact_id, cause),
                 "command_type": "UPSERT_CONTACT",
                 "contact_id": state.contact_id,
                 "issued_at": at,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -20,6 +20,12 @@ _FIXES = {
     "literal_error": "use one of the values listed",
     "enum": "use one of the values listed",
 }
+
+
+class RuleModel(BaseModel):
+    """Base of rule-file models: unknown keys are errors (a typo never passes silently)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RuleFileError(ValueError):
