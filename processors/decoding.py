@@ -4,7 +4,7 @@ never silently skipped."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,7 @@ import faust
 
 from streams.dlq import dead_letter
 from streams.serde import AvroSerde, UndecodableMessage
+from streams.transactions import step
 
 
 @dataclass(frozen=True)
@@ -21,36 +22,38 @@ class Decoded:
     topic: str
 
 
-async def decode_or_dead_letter(
+async def each_decoded(
     stream: faust.StreamT[bytes],
     serde: AvroSerde | Mapping[str, AvroSerde],
     dead_letters: faust.TopicT,
     dead_letter_serde: AvroSerde,
     stage: str,
-) -> AsyncIterator[Decoded]:
-    """Yield each decodable message of ``stream``; send the others, with their original
-    bytes and the reason, to the dead-letter topic (in the same transaction as the
-    stage's other outputs when the app runs exactly-once). A stream over several topics
-    gives a serde per topic name."""
+    handle: Callable[[Decoded], Awaitable[None]],
+) -> None:
+    """Hand each decodable message of ``stream`` to ``handle``; send the others, with their
+    original bytes and the reason, to the dead-letter topic. Each message is one step
+    (streams.transactions): what it sends and writes commits with its offset. A stream
+    over several topics gives a serde per topic name."""
     async for event in stream.events():
-        message = event.message
-        decoder = serde if isinstance(serde, AvroSerde) else serde[message.topic]
-        try:
-            record = decoder.decode(message.value)
-        except UndecodableMessage as exc:
-            letter = dead_letter(
-                stage=stage,
-                error=exc,
-                value=message.value,
-                key=message.key,
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-                headers=_headers(message.headers),
-            )
-            await dead_letters.send(key=message.key, value=dead_letter_serde.encode(letter))
-            continue
-        yield Decoded(message.key, record, message.topic)
+        async with step(event):
+            message = event.message
+            decoder = serde if isinstance(serde, AvroSerde) else serde[message.topic]
+            try:
+                record = decoder.decode(message.value)
+            except UndecodableMessage as exc:
+                letter = dead_letter(
+                    stage=stage,
+                    error=exc,
+                    value=message.value,
+                    key=message.key,
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                    headers=_headers(message.headers),
+                )
+                await dead_letters.send(key=message.key, value=dead_letter_serde.encode(letter))
+                continue
+            await handle(Decoded(message.key, record, message.topic))
 
 
 def _headers(raw: Any) -> dict[str, bytes]:

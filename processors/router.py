@@ -15,13 +15,14 @@ from typing import Any
 import faust
 from pydantic import BaseModel, Field
 
-from processors.decoding import decode_or_dead_letter
+from processors.decoding import Decoded, each_decoded
 from processors.routing import Assignment, Rep, RoutingRules, rep_from_record, route
 from processors.stages import ROUTER_KEY, Channels, decision_id
 from processors.state import ContactState
 from streams.dlq import dead_letter
 from streams.serde import UndecodableMessage
 from streams.settings import Settings
+from streams.transactions import step
 
 
 class RouterState(BaseModel):
@@ -190,44 +191,46 @@ def register(app: faust.App, settings: Settings, c: Channels, rules: RoutingRule
     async def roster_stage(stream: faust.StreamT[bytes]) -> None:
         """Roster changes join the leads' order on the router's partition."""
         async for event in stream.events():
-            message = event.message
-            rep: str | None = None
-            if message.value is not None:  # None: the rep was removed (a tombstone)
-                try:
-                    rep = json.dumps(c.roster.serde.decode(message.value))
-                except UndecodableMessage as exc:
-                    await c.dead_letters.send_raw(
-                        message,
-                        dead_letter(
-                            stage="roster",
-                            error=exc,
-                            value=message.value,
-                            key=message.key,
-                            topic=message.topic,
-                            partition=message.partition,
-                            offset=message.offset,
-                        ),
-                    )
-                    continue
-            await c.routing.send(
-                ROUTER_KEY,
-                {
-                    "kind": "ROSTER",
-                    "contact_id": None,
-                    "contact": None,
-                    "rep_id": (message.key or b"").decode(),
-                    "rep": rep,
-                    "cause": None,
-                    "at": datetime.fromtimestamp(message.timestamp, UTC),
-                },
-            )
+            async with step(event):
+                message = event.message
+                rep: str | None = None
+                if message.value is not None:  # None: the rep was removed (a tombstone)
+                    try:
+                        rep = json.dumps(c.roster.serde.decode(message.value))
+                    except UndecodableMessage as exc:
+                        await c.dead_letters.send_raw(
+                            message,
+                            dead_letter(
+                                stage="roster",
+                                error=exc,
+                                value=message.value,
+                                key=message.key,
+                                topic=message.topic,
+                                partition=message.partition,
+                                offset=message.offset,
+                            ),
+                        )
+                        continue
+                await c.routing.send(
+                    ROUTER_KEY,
+                    {
+                        "kind": "ROSTER",
+                        "contact_id": None,
+                        "contact": None,
+                        "rep_id": (message.key or b"").decode(),
+                        "rep": rep,
+                        "cause": None,
+                        "at": datetime.fromtimestamp(message.timestamp, UTC),
+                    },
+                )
+
+    async def route(item: Decoded) -> None:
+        stored = table.get(ROUTER_KEY)
+        state = RouterState.model_validate_json(stored) if stored else RouterState()
+        state = await handle(item.record, state, rules, send)
+        table[ROUTER_KEY] = state.model_dump_json()
 
     @app.agent(c.routing.topic, name="router")
     async def router_stage(stream: faust.StreamT[bytes]) -> None:
-        async for item in decode_or_dead_letter(
-            stream, c.routing.serde, c.dead_letters.topic, c.dead_letters.serde, "routing"
-        ):
-            stored = table.get(ROUTER_KEY)
-            state = RouterState.model_validate_json(stored) if stored else RouterState()
-            state = await handle(item.record, state, rules, send)
-            table[ROUTER_KEY] = state.model_dump_json()
+        dead = c.dead_letters
+        await each_decoded(stream, c.routing.serde, dead.topic, dead.serde, "routing", route)

@@ -22,7 +22,7 @@ from typing import Any
 import faust
 
 from processors.contact import advance
-from processors.decoding import decode_or_dead_letter
+from processors.decoding import Decoded, each_decoded
 from processors.identity import claim, merge_states, resolve
 from processors.routing import RoutingRules
 from processors.scoring import ScoringModel, components_at, is_meaningful, total
@@ -111,55 +111,59 @@ def register(
     aliases = app.Table("aliases", partitions=settings.partitions, key_type=str, value_type=str)
     c = channels
 
+    async def resolve_event(item: Decoded) -> None:
+        event = item.record
+        ids = identifiers_of(event["identity"])
+        key = (item.key or b"").decode() or ids[0]
+        found = resolve(key, identity.get(key), ids)
+        if found.minted:
+            identity[key] = found.contact_id
+        for identifier in found.claims:
+            await c.claims.send(
+                identifier,
+                {
+                    "identifier": identifier,
+                    "contact_id": found.contact_id,
+                    "event_id": event["event_id"],
+                    "claimed_at": event["event_time"],
+                },
+            )
+        await c.by_contact.send(found.contact_id, {**event, "contact_id": found.contact_id})
+        metrics.EVENTS.labels(
+            stage="identity", event_type=event["event_type"], source=event["source_system"]
+        ).inc()
+
     @app.agent(c.events.topic, name="identity")
     async def identity_stage(stream: faust.StreamT[bytes]) -> None:
-        async for item in decode_or_dead_letter(
-            stream, c.events.serde, c.dead_letters.topic, c.dead_letters.serde, "identity"
-        ):
-            event = item.record
-            ids = identifiers_of(event["identity"])
-            key = (item.key or b"").decode() or ids[0]
-            found = resolve(key, identity.get(key), ids)
-            if found.minted:
-                identity[key] = found.contact_id
-            for identifier in found.claims:
-                await c.claims.send(
-                    identifier,
-                    {
-                        "identifier": identifier,
-                        "contact_id": found.contact_id,
-                        "event_id": event["event_id"],
-                        "claimed_at": event["event_time"],
-                    },
-                )
-            await c.by_contact.send(found.contact_id, {**event, "contact_id": found.contact_id})
-            metrics.EVENTS.labels(
-                stage="identity", event_type=event["event_type"], source=event["source_system"]
-            ).inc()
+        dead = c.dead_letters
+        await each_decoded(
+            stream, c.events.serde, dead.topic, dead.serde, "identity", resolve_event
+        )
+
+    async def on_claim(item: Decoded) -> None:
+        request = item.record
+        identifier = request["identifier"]
+        outcome = claim(identifier, identity.get(identifier), request["contact_id"])
+        if outcome.linked or outcome.merge:
+            identity[identifier] = outcome.owner
+        if outcome.merge is not None:
+            merge = outcome.merge
+            await c.merges.send(
+                merge.loser,
+                {
+                    "step": "REQUEST",
+                    "target": merge.loser,
+                    "other": merge.survivor,
+                    "identifier": identifier,
+                    "state": None,
+                    "at": request["claimed_at"],
+                },
+            )
 
     @app.agent(c.claims.topic, name="identity-claims")
     async def claims_stage(stream: faust.StreamT[bytes]) -> None:
-        async for item in decode_or_dead_letter(
-            stream, c.claims.serde, c.dead_letters.topic, c.dead_letters.serde, "identity"
-        ):
-            request = item.record
-            identifier = request["identifier"]
-            outcome = claim(identifier, identity.get(identifier), request["contact_id"])
-            if outcome.linked or outcome.merge:
-                identity[identifier] = outcome.owner
-            if outcome.merge is not None:
-                merge = outcome.merge
-                await c.merges.send(
-                    merge.loser,
-                    {
-                        "step": "REQUEST",
-                        "target": merge.loser,
-                        "other": merge.survivor,
-                        "identifier": identifier,
-                        "state": None,
-                        "at": request["claimed_at"],
-                    },
-                )
+        dead = c.dead_letters
+        await each_decoded(stream, c.claims.serde, dead.topic, dead.serde, "identity", on_claim)
 
     def load(contact_id: str) -> ContactState | None:
         stored = contacts.get(contact_id)
@@ -394,18 +398,19 @@ def register(
 
     source = raw_topic(app, settings, c.by_contact.name, c.merges.name, c.assignments.name)
 
+    async def on_contact_input(item: Decoded) -> None:
+        contact_id = (item.key or b"").decode()
+        if item.topic == c.by_contact.name:
+            await on_event(contact_id, item.record)
+        elif item.topic == c.merges.name:
+            await on_merge_step(contact_id, item.record)
+        else:
+            await on_assignment(contact_id, item.record)
+
     @app.agent(source, name="contact")
     async def contact_stage(stream: faust.StreamT[bytes]) -> None:
         serdes = {
             channel.name: channel.serde for channel in (c.by_contact, c.merges, c.assignments)
         }
-        async for item in decode_or_dead_letter(
-            stream, serdes, c.dead_letters.topic, c.dead_letters.serde, "contact"
-        ):
-            contact_id = (item.key or b"").decode()
-            if item.topic == c.by_contact.name:
-                await on_event(contact_id, item.record)
-            elif item.topic == c.merges.name:
-                await on_merge_step(contact_id, item.record)
-            else:
-                await on_assignment(contact_id, item.record)
+        dead = c.dead_letters
+        await each_decoded(stream, serdes, dead.topic, dead.serde, "contact", on_contact_input)

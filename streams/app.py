@@ -10,10 +10,11 @@ from prometheus_client import REGISTRY
 
 from streams.settings import Settings
 from streams.topics import TopicSpec
+from streams.transactions import App
 
 
 def create_app(settings: Settings) -> faust.App:
-    app = faust.App(
+    app = App(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
         store=settings.store,

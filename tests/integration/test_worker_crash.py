@@ -1,6 +1,6 @@
 """Exactly-once: a worker killed with SIGKILL in the middle of a stream and restarted
-should leave state and outputs as if nothing had happened: every event in exactly one
-contact, no audit entry or CRM command twice. It does not always yet (see the xfail)."""
+leaves state and outputs as if nothing had happened: every event in exactly one contact,
+no audit entry or CRM command twice."""
 
 from __future__ import annotations
 
@@ -30,12 +30,6 @@ def event_ids_in_contacts(settings: Settings) -> Counter[str]:
     return Counter(e for c in live_contacts(settings).values() for e in c.recent_event_ids)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect, issue 4 stays open: under faust-streaming 0.15.3's exactly-once, a "
-    "SIGKILL can lose table writes whose input offsets were committed (events missing from "
-    "state) or repeat outputs; seen in about half of the runs here",
-)
 def test_sigkill_mid_stream_then_restart_changes_nothing_twice(
     settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
 ) -> None:

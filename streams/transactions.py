@@ -1,0 +1,123 @@
+"""Exactly-once that holds when a worker is killed: every input message is one *step*, and
+a step's outputs, its table writes and its input offset commit in one Kafka transaction.
+
+Faust (faust-streaming 0.15.3) keeps one transactional producer per input partition and
+commits each one's transaction with that partition's acknowledged offsets, on a timer that
+runs beside the agents. Three gaps let a SIGKILL lose or repeat work:
+
+- a send joins the transaction of the *destination* partition's producer, so a
+  repartitioning send commits with other inputs' offsets than the one that caused it;
+- table changelog writes wait in a buffer that a background task drains, and the commit
+  does not wait for it, so an offset can commit without the state it produced;
+- the commit timer can fire in the middle of a message, committing the sends made so far
+  without the message's offset.
+
+A step closes all three: it holds the app's step lock, which the commit also takes; every
+send made in the step (changelog writes included, collected instead of buffered) goes to
+the source partition's transaction; and the message is acknowledged before the lock is
+released, so a commit sees each message either whole or not at all."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.transport.consumer import TransactionManager
+from faust.transport.drivers import aiokafka as driver
+from faust.types import TP, EventT, FutureMessage, RecordMetadata
+
+
+@dataclass
+class _Step:
+    transactional_id: str | None
+    changelog: list[FutureMessage] = field(default_factory=list)
+
+
+_current_step: ContextVar[_Step | None] = ContextVar("switchboard_step", default=None)
+
+
+class App(faust.App):
+    """A Faust app whose transport keeps each step in one transaction."""
+
+    _step_lock: asyncio.Lock | None = None
+
+    @property
+    def step_lock(self) -> asyncio.Lock:
+        if self._step_lock is None:
+            self._step_lock = asyncio.Lock()
+        return self._step_lock
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+
+@asynccontextmanager
+async def step(event: EventT[Any]) -> AsyncIterator[None]:
+    """Process ``event`` as one step: nothing it sends commits without its offset."""
+    app = event.app
+    if not isinstance(app, App):
+        raise TypeError("steps need streams.transactions.App (use streams.app.create_app)")
+    message = event.message
+    transactional_id = None
+    if app.in_transaction:
+        group = app.assignor.group_for_topic(message.topic)
+        transactional_id = f"{app.conf.id}-{group}-{message.partition}"
+    current = _Step(transactional_id)
+    async with app.step_lock:
+        token = _current_step.set(current)
+        try:
+            yield
+            for fut in current.changelog:
+                await fut.message.channel.publish_message(fut, wait=False)
+            event.ack()
+        finally:
+            _current_step.reset(token)
+
+
+class _Producer(driver.Producer):
+    def send_soon(self, fut: FutureMessage) -> None:
+        current = _current_step.get()
+        if current is None:
+            super().send_soon(fut)
+        else:  # sent by the step before it acknowledges its message
+            current.changelog.append(fut)
+
+
+class _TransactionManager(TransactionManager):
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Awaitable[RecordMetadata]:
+        current = _current_step.get()
+        if current is None or current.transactional_id is None:
+            return await super().send(topic, key, value, partition, timestamp, headers)
+        return await self.producer.send(
+            topic,
+            key,
+            value,
+            self.consumer.key_partition(topic, key, partition),
+            timestamp,
+            headers,
+            transactional_id=current.transactional_id,
+        )
+
+    async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        async with self.app.step_lock:  # type: ignore[attr-defined]
+            return await super().commit(offsets, start_new_transaction)
+
+
+class _Transport(driver.Transport):
+    Producer = _Producer
+    TransactionManager = _TransactionManager
