@@ -288,6 +288,67 @@ def explain(who: str, worker_url: str | None) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+@main.group()
+def dlq() -> None:
+    """Inspect and replay the dead-letter topic."""
+
+
+def _letters(settings: Settings) -> list[Any]:
+    from streams.dead_letters import read_letters
+    from streams.serde import AvroSerde
+    from streams.topics import DEAD_LETTERS
+
+    registry = registry_client(settings.schema_registry_url)
+    return read_letters(
+        settings, AvroSerde(registry, DEAD_LETTERS.schema, DEAD_LETTERS.full_name(settings))
+    )
+
+
+@dlq.command("list")
+@click.option("--stage", help="Only the letters of this stage (e.g. identity, sink-hubspot).")
+def dlq_list(stage: str | None) -> None:
+    """One line per dead letter, oldest first."""
+    from streams.dead_letters import select
+
+    letters = select(_letters(_settings()), stage=stage)
+    for letter in letters:
+        click.echo(letter.line())
+    click.echo(f"{len(letters)} dead letters", err=True)
+
+
+@dlq.command("show")
+@click.argument("letter_id")
+def dlq_show(letter_id: str) -> None:
+    """Everything one dead letter holds (LETTER_ID or a unique prefix of it)."""
+    from streams.dead_letters import catalog_serdes, describe, select
+
+    settings = _settings()
+    found = select(_letters(settings), ids=[letter_id])
+    if len(found) != 1:
+        raise click.ClickException(f"{len(found)} dead letters match {letter_id!r}")
+    serdes = catalog_serdes(settings, registry_client(settings.schema_registry_url))
+    click.echo(describe(found[0], serdes))
+
+
+@dlq.command("replay")
+@click.argument("letter_ids", nargs=-1)
+@click.option("--stage", help="Replay every letter of this stage.")
+@click.option("--all", "everything", is_flag=True, help="Replay every letter.")
+def dlq_replay(letter_ids: tuple[str, ...], stage: str | None, everything: bool) -> None:
+    """Put dead letters back on the topics they came from. Idempotent: the records'
+    own ids let every reader drop what it has already processed or delivered."""
+    from streams.dead_letters import replay, select
+
+    if not (letter_ids or stage or everything):
+        raise click.UsageError("name LETTER_IDS, or --stage STAGE, or --all")
+    settings = _settings()
+    chosen = select(_letters(settings), ids=letter_ids, stage=stage)
+    replayed, skipped = replay(settings, chosen)
+    for letter in skipped:
+        click.echo(f"{letter.id}: not replayable, it never reached a topic; resend at the source")
+    click.echo(f"replayed {len(replayed)} dead letters, skipped {len(skipped)}")
+
+
 @main.command()
 @click.pass_context
 def run(ctx: click.Context) -> None:

@@ -7,7 +7,7 @@ Faust's own sensor metrics), other processes through :func:`serve`."""
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 EVENTS = Counter(
     "switchboard_events_total",
@@ -53,6 +53,35 @@ SOURCE_REJECTED = Counter(
     "Inputs a source connector refused, by reason (bad_signature, stale_timestamp, "
     "malformed_body, invalid_payload, too_large, kafka_unavailable).",
     ["source", "reason"],
+)
+
+SINK_DELIVERIES = Counter(
+    "switchboard_sink_deliveries_total",
+    "Records a sink settled, by destination and outcome (delivered, duplicate: already "
+    "delivered before, dead_lettered).",
+    ["destination", "outcome"],
+)
+SINK_RETRIES = Counter(
+    "switchboard_sink_retries_total",
+    "Records a sink will try again after a retryable failure, by destination.",
+    ["destination"],
+)
+SINK_CALL_SECONDS = Histogram(
+    "switchboard_sink_call_seconds",
+    "Duration of one call to a destination (a batch for the CRM writers).",
+    ["destination"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SINK_DELIVERY_SECONDS = Histogram(
+    "switchboard_sink_delivery_seconds",
+    "Time from a record's write to its topic until its destination confirmed it.",
+    ["destination"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+SINK_BREAKER_OPEN = Gauge(
+    "switchboard_sink_circuit_open",
+    "1 while a destination's circuit breaker pauses deliveries to it (open or probing).",
+    ["destination"],
 )
 
 

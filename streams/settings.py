@@ -21,6 +21,15 @@ from pydantic_settings import (
 CONFIG_ENV = "SWITCHBOARD_CONFIG"
 
 
+def secret_env(name: str) -> str:
+    """Where a secret comes from: only ever the environment, never a file in the repo."""
+    return "SWITCHBOARD_SECRET_" + name.upper().replace("-", "_")
+
+
+def secret(name: str) -> str | None:
+    return os.environ.get(secret_env(name)) or None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHBOARD_", extra="forbid")
 
@@ -80,6 +89,72 @@ class Settings(BaseSettings):
     gateway_delivery_timeout_ms: int = Field(
         10_000, ge=100, description="How long a webhook waits for Kafka before a 503."
     )
+
+    sink_batch_size: int = Field(
+        500, ge=1, description="Records a sink consumes, delivers and commits at a time."
+    )
+    sink_max_attempts: int = Field(
+        8, ge=1, description="Attempts per record before it is dead-lettered (pauses excluded)."
+    )
+    sink_backoff_base_s: float = Field(0.5, gt=0, description="First retry waits up to this.")
+    sink_backoff_cap_s: float = Field(
+        30.0, gt=0, description="No retry waits longer (unless told)."
+    )
+    sink_rate_per_s: float = Field(50.0, gt=0, description="Calls per second to one destination.")
+    sink_burst: int = Field(10, ge=1, description="Calls one destination may get at once.")
+    sink_concurrency: int = Field(4, ge=1, description="Calls in flight to one destination.")
+    sink_breaker_threshold: int = Field(
+        5, ge=1, description="Failed calls in a row that pause a destination."
+    )
+    sink_breaker_cooldown_s: float = Field(
+        10.0, gt=0, description="How long a paused destination rests before a probe."
+    )
+
+    crm_backend: Literal["sql", "hubspot", "salesforce"] = Field(
+        "sql", description="Where the CRM sink writes: the SQL store, HubSpot or Salesforce."
+    )
+    crm_database_url: str = Field(
+        "sqlite:///.run/crm.db",
+        description="SQL CRM store (SQLAlchemy URL): SQLite embedded, "
+        "postgresql+psycopg://... in production.",
+    )
+    crm_owner_ids: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rep id -> the CRM's owner/user id (HubSpot owner, Salesforce user).",
+    )
+    hubspot_url: str = Field("https://api.hubapi.com", description="HubSpot API base URL.")
+    salesforce_url: str | None = Field(
+        None, description="Salesforce instance URL (https://yourorg.my.salesforce.com)."
+    )
+    sink_ledger_url: str = Field(
+        "sqlite:///.run/sink-ledger.db",
+        description="Where the notification sink records what it delivered (SQLAlchemy URL).",
+    )
+    notify_outbox: Path | None = Field(
+        None,
+        description="Notifications for a channel with no settings go to this JSON-lines "
+        "file instead of the dead-letter topic (make run sets it).",
+    )
+    smtp_host: str | None = Field(None, description="SMTP server for EMAIL notifications.")
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_starttls: bool = Field(True, description="Upgrade with STARTTLS (port 587).")
+    smtp_implicit_tls: bool = Field(False, description="TLS from the first byte (port 465).")
+    smtp_username: str | None = Field(
+        None, description="Password: SWITCHBOARD_SECRET_SMTP_PASSWORD."
+    )
+    smtp_sender: str = Field("switchboard@localhost", description="From address.")
+    twilio_account_sid: str | None = Field(
+        None, description="SMS through Twilio (auth token: SWITCHBOARD_SECRET_TWILIO_AUTH_TOKEN)."
+    )
+    twilio_from: str | None = Field(None, description="Sending number, E.164.")
+    twilio_url: str = Field("https://api.twilio.com", description="Twilio API base URL.")
+    notify_webhook_url: str | None = Field(
+        None,
+        description="WEBHOOK notifications go here, signed with the key in "
+        "SWITCHBOARD_SECRET_NOTIFY_WEBHOOK_KEY. SLACK ones go to the incoming-webhook URL in "
+        "SWITCHBOARD_SECRET_SLACK_WEBHOOK_URL.",
+    )
+    http_timeout_s: float = Field(10.0, gt=0, description="One HTTP call to a destination.")
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -22,11 +22,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from connectors.sources.base import Rejected, SignatureRejected, WebhookRequest
 from connectors.sources.identity import strongest_key
 from connectors.sources.publisher import Publisher, PublishFailed
-from connectors.sources.registry import SOURCES, secret_env
+from connectors.sources.registry import SOURCES
 from streams import metrics
 from streams.dlq import dead_letter
 from streams.serde import SchemaViolation
-from streams.settings import Settings
+from streams.settings import Settings, secret_env
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,3 @@ SOURCES: dict[str, Source] = {
         hubspot.SOURCE,
     )
 }
-
-
-def secret_env(name: str) -> str:
-    """Where a source's signing secret comes from (only ever the environment)."""
-    return "SWITCHBOARD_SECRET_" + name.upper().replace("-", "_")

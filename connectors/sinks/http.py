@@ -1,0 +1,90 @@
+"""HTTP for the destinations that speak it (HubSpot, Salesforce, Slack, Twilio, webhooks):
+one request helper that turns every way a call can fail into Retryable or Rejected."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+
+from connectors.sinks.delivery import Rejected, Retryable
+
+ANSWER_EXCERPT = 2000  # characters of a response body kept for the dead letter
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive
+    text: str
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.text)
+        except ValueError:
+            return None
+
+    def summary(self) -> str:
+        return f"HTTP {self.status} {self.text[:ANSWER_EXCERPT]}".strip()
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Retry-After as seconds: either delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+async def request(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    what: str,
+    timeout_s: float,
+    **kwargs: Any,
+) -> Answer:
+    """One HTTP call. Transport failures (timeout, refused, reset) raise Retryable; the
+    answer is returned whatever its status: see ``raise_for_status``."""
+    try:
+        async with session.request(
+            method, url, timeout=aiohttp.ClientTimeout(total=timeout_s), **kwargs
+        ) as response:
+            text = await response.text(errors="replace")
+            return Answer(response.status, CIMultiDict(response.headers), text)
+    except TimeoutError as exc:
+        raise Retryable(f"{what}: no answer within {timeout_s:g} s") from exc
+    except asyncio.CancelledError:
+        raise
+    except aiohttp.ClientError as exc:
+        raise Retryable(f"{what}: {type(exc).__name__}", str(exc)) from exc
+
+
+def raise_for_status(answer: Answer, what: str) -> None:
+    """2xx passes. 429, 503 and other 5xx and 408 are Retryable (with the destination's
+    Retry-After); any other status is Rejected with the destination's answer."""
+    status = answer.status
+    if 200 <= status < 300:
+        return
+    if status in (408, 429) or status >= 500:
+        wait = retry_after_seconds(answer.headers.get("Retry-After"))
+        raise Retryable(f"{what}: HTTP {status}", answer.summary(), retry_after=wait)
+    raise Rejected(f"{what}: HTTP {status}", answer.summary())

@@ -1,0 +1,336 @@
+"""The delivery runtime every sink shares: consume a command topic, deliver each record to
+its destination, and commit the offsets only once every record of the batch was
+confirmed by its destination or dead-lettered.
+
+- Per-contact order: a batch is delivered in waves, wave *n* holding each contact's
+  *n*-th record, so a contact's commands reach the destination in topic order while
+  different contacts share batch calls.
+- Idempotency: each record's key (``command_id``, ``notification_id``) makes a
+  redelivery harmless. Destinations that can deduplicate by themselves do (upsert by
+  that key); for the others the sink keeps a ledger of delivered keys and skips them.
+- Retries with exponential backoff and full jitter, the destination's Retry-After as a
+  floor, a rate limit, a concurrency bound and a circuit breaker per destination
+  (connectors.sinks.policy). After ``max_attempts`` the record goes to the dead-letter
+  topic with the destination's answer, as does a record the destination rejects.
+- While a batch is in flight the consumer is paused but keeps polling, so a long outage
+  does not cost the group membership."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+
+from connectors.sinks.delivery import DeliveryError, Destination, Outcome, Rejected, Retryable
+from connectors.sinks.policy import Backoff, BreakerState, CircuitBreaker, Gate, RateLimiter
+from streams import metrics
+from streams.dlq import dead_letter
+from streams.kafka import producer_config
+from streams.serde import AvroSerde, UndecodableMessage
+from streams.settings import Settings
+
+log = logging.getLogger("switchboard.sink")
+
+
+class Ledger(Protocol):
+    """Delivered idempotency keys, for destinations that cannot deduplicate themselves."""
+
+    async def seen(self, keys: Sequence[str]) -> set[str]: ...
+
+    async def record(self, keys: Sequence[str], destination: str, answer: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How the sink treats every destination (settings: ``sink_*``)."""
+
+    batch_size: int = 500
+    max_attempts: int = 8
+    backoff: Backoff = field(default_factory=Backoff)
+    rate_per_s: float = 50.0
+    burst: int = 10
+    concurrency: int = 4
+    breaker_threshold: int = 5
+    breaker_cooldown_s: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            batch_size=settings.sink_batch_size,
+            max_attempts=settings.sink_max_attempts,
+            backoff=Backoff(settings.sink_backoff_base_s, settings.sink_backoff_cap_s),
+            rate_per_s=settings.sink_rate_per_s,
+            burst=settings.sink_burst,
+            concurrency=settings.sink_concurrency,
+            breaker_threshold=settings.sink_breaker_threshold,
+            breaker_cooldown_s=settings.sink_breaker_cooldown_s,
+        )
+
+
+@dataclass
+class Item:
+    """One consumed record on its way to a destination."""
+
+    message: Message
+    record: dict[str, Any]
+    key: str  # the idempotency key
+    contact: str
+    attempts: int = 0
+
+
+@dataclass
+class Sink:
+    """One sink process: ``topic`` in, ``destinations`` out. ``route`` names the
+    destination of a record; ``key_field`` is the record's idempotency key."""
+
+    name: str
+    settings: Settings
+    serde: AvroSerde
+    dead_letter_serde: AvroSerde
+    dead_letter_topic: str
+    destinations: Mapping[str, Destination]
+    route: Callable[[dict[str, Any]], str]
+    key_field: str
+    limits: Limits = field(default_factory=Limits)
+    ledger: Ledger | None = None
+    gates: dict[str, Gate] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._producer = Producer(producer_config(self.settings))
+        for name in self.destinations:
+            self.gates[name] = Gate(
+                RateLimiter(self.limits.rate_per_s, self.limits.burst),
+                CircuitBreaker(
+                    self.limits.breaker_threshold,
+                    self.limits.breaker_cooldown_s,
+                    on_change=partial(_breaker_changed, name),
+                ),
+                self.limits.concurrency,
+            )
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.settings.app_id}-sink-{self.name}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume and deliver until ``stop`` is set; the batch in flight then finishes
+        and commits first."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": self.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                # Only what the processors committed: an aborted transaction is no command.
+                "isolation.level": "read_committed",
+                "log_level": 4,
+            }
+        )
+        consumer.subscribe([self.serde.topic])
+        carried: list[Message] = []
+        try:
+            while not stop.is_set():
+                fetched = await asyncio.to_thread(consumer.consume, self.limits.batch_size, 0.5)
+                messages = carried + [m for m in fetched if not _is_error(m)]
+                carried = []
+                if not messages:
+                    continue
+                delivering = asyncio.create_task(self.deliver(messages))
+                consumer.pause(consumer.assignment())
+                while not delivering.done():
+                    # Paused, a poll returns nothing but keeps the group membership alive
+                    # through a long outage; a partition assigned meanwhile is not
+                    # paused, so what it yields waits for the next batch.
+                    polled = await asyncio.to_thread(consumer.poll, 0.2)
+                    if polled is not None and not _is_error(polled):
+                        carried.append(polled)
+                consumer.resume(consumer.assignment())
+                await delivering
+                await asyncio.to_thread(self._commit, consumer, messages)
+        finally:
+            await asyncio.to_thread(consumer.close)
+            for destination in self.destinations.values():
+                await destination.close()
+
+    async def deliver(self, messages: Sequence[Message]) -> None:
+        """Deliver or dead-letter every message; return when each one is settled."""
+        items = [item for item in map(self._decode, messages) if item is not None]
+        if self.ledger is not None and items:
+            done = await self.ledger.seen([i.key for i in items])
+            for item in items:
+                if item.key in done:
+                    metrics.SINK_DELIVERIES.labels(
+                        destination=self.route(item.record), outcome="duplicate"
+                    ).inc()
+            items = [i for i in items if i.key not in done]
+        for wave in _waves(items):
+            by_destination: dict[str, list[Item]] = {}
+            for item in wave:
+                by_destination.setdefault(self.route(item.record), []).append(item)
+            calls = []
+            for name, group in by_destination.items():
+                destination = self.destinations.get(name)
+                if destination is None:
+                    for item in group:
+                        self._dead_letter(
+                            item, Rejected(f"no destination {name!r} is configured"), name
+                        )
+                    continue
+                for start in range(0, len(group), destination.max_batch):
+                    calls.append(
+                        self._deliver_to(destination, group[start : start + destination.max_batch])
+                    )
+            await asyncio.gather(*calls)
+        await asyncio.to_thread(self._flush_dead_letters)
+
+    async def _deliver_to(self, destination: Destination, items: list[Item]) -> None:
+        gate = self.gates[destination.name]
+        while items:
+            async with gate.call() as attempt:
+                started = time.monotonic()
+                try:
+                    outcomes: list[Outcome] = await destination.deliver([i.record for i in items])
+                    if len(outcomes) != len(items):
+                        raise Rejected(
+                            f"{destination.name} answered {len(outcomes)} outcomes "
+                            f"for {len(items)} records"
+                        )
+                except DeliveryError as exc:
+                    outcomes = [exc] * len(items)
+                attempt.ok = not any(isinstance(o, Retryable) for o in outcomes)
+            metrics.SINK_CALL_SECONDS.labels(destination=destination.name).observe(
+                time.monotonic() - started
+            )
+            delivered, retry, wait = [], [], 0.0
+            for item, outcome in zip(items, outcomes, strict=True):
+                if not attempt.probe:  # a probe tests the destination, not the record
+                    item.attempts += 1
+                if outcome is None:
+                    delivered.append(item)
+                elif isinstance(outcome, Retryable) and item.attempts < self.limits.max_attempts:
+                    retry.append(item)
+                    wait = max(wait, outcome.retry_after or 0.0)
+                    log.info("%s: retrying %s: %s", destination.name, item.key, outcome)
+                else:
+                    self._dead_letter(item, outcome, destination.name)
+            if delivered:
+                await self._delivered(destination.name, delivered)
+            if retry:
+                metrics.SINK_RETRIES.labels(destination=destination.name).inc(len(retry))
+                attempts = max(i.attempts for i in retry)
+                await asyncio.sleep(self.limits.backoff.delay(attempts, wait or None))
+            items = retry
+
+    async def _delivered(self, destination: str, items: list[Item]) -> None:
+        if self.ledger is not None:
+            await self.ledger.record([i.key for i in items], destination, "delivered")
+        now = time.time()
+        for item in items:
+            metrics.SINK_DELIVERIES.labels(destination=destination, outcome="delivered").inc()
+            _, produced_ms = item.message.timestamp()
+            metrics.SINK_DELIVERY_SECONDS.labels(destination=destination).observe(
+                max(now - produced_ms / 1000, 0.0)
+            )
+
+    def _decode(self, message: Message) -> Item | None:
+        try:
+            record = self.serde.decode(message.value())
+        except UndecodableMessage as exc:
+            self._produce_dead_letter(message, exc, "UndecodableMessage", attempts=0)
+            return None
+        key = message.key()
+        contact = key.decode() if key else str(record.get("contact_id") or "")
+        return Item(message, record, str(record[self.key_field]), contact)
+
+    def _dead_letter(self, item: Item, error: DeliveryError, destination: str) -> None:
+        kind = "Rejected" if isinstance(error, Rejected) else "RetryBudgetExhausted"
+        log.warning(
+            "%s: dead-lettering %s after %d attempts: %s",
+            destination,
+            item.key,
+            item.attempts,
+            error,
+        )
+        metrics.SINK_DELIVERIES.labels(destination=destination, outcome="dead_lettered").inc()
+        self._produce_dead_letter(item.message, error, kind, item.attempts, destination)
+
+    def _produce_dead_letter(
+        self,
+        message: Message,
+        error: BaseException,
+        error_type: str,
+        attempts: int,
+        destination: str | None = None,
+    ) -> None:
+        letter = dead_letter(
+            stage=f"sink-{destination or self.name}",
+            error=error,
+            value=message.value(),
+            key=message.key(),
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            headers=_headers(message),
+            error_type=error_type,
+            attempts=attempts,
+        )
+        self._producer.produce(
+            self.dead_letter_topic, key=message.key(), value=self.dead_letter_serde.encode(letter)
+        )
+
+    def _flush_dead_letters(self) -> None:
+        # Dead letters must be in Kafka before the offsets that they replace are committed.
+        left = self._producer.flush(30)
+        if left:
+            raise KafkaException(f"{left} dead letters not acknowledged by Kafka in 30 s")
+
+    def _commit(self, consumer: Consumer, messages: Sequence[Message]) -> None:
+        ends: dict[tuple[str, int], int] = {}
+        for m in messages:
+            tp = (str(m.topic()), int(m.partition() or 0))
+            ends[tp] = max(ends.get(tp, -1), int(m.offset() or 0) + 1)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Lost the partitions in a rebalance: their new owner delivers the batch again,
+            # which the idempotency keys make harmless.
+            log.warning("commit of %d offsets failed: %s", len(offsets), exc)
+
+
+def _waves(items: Sequence[Item]) -> Iterator[list[Item]]:
+    """Wave n holds each contact's n-th item, in topic order."""
+    queues: dict[str, list[Item]] = {}
+    for item in items:
+        queues.setdefault(item.contact, []).append(item)
+    depth = max((len(q) for q in queues.values()), default=0)
+    for n in range(depth):
+        yield [q[n] for q in queues.values() if len(q) > n]
+
+
+def _headers(message: Message) -> dict[str, bytes]:
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return {
+        str(k): v if isinstance(v, bytes) else str(v).encode() for k, v in pairs if v is not None
+    }
+
+
+def _is_error(message: Message) -> bool:
+    if message.error() is None:
+        return False
+    log.warning("consumer: %s", message.error())
+    return True
+
+
+def _breaker_changed(destination: str, state: BreakerState) -> None:
+    log.warning("%s: circuit %s", destination, state.value)
+    metrics.SINK_BREAKER_OPEN.labels(destination=destination).set(
+        0 if state is BreakerState.CLOSED else 1
+    )
