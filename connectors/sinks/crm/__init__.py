@@ -1,0 +1,1 @@
+"""CRM writers: one Destination per CRM the sinks deliver commands to."""

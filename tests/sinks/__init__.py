@@ -1,0 +1,1 @@
+"""Tests of the sink destinations against local servers that speak their protocol."""

@@ -1,0 +1,395 @@
+"""The Salesforce writer against a local server that speaks Salesforce's REST API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+
+from connectors.sinks.crm.salesforce import SalesforceWriter
+from connectors.sinks.delivery import Outcome, Rejected, Retryable
+from tests.fakes import Scripted
+from tests.fakes.salesforce import FakeSalesforce
+
+ISSUED = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+TOKEN = "00Dxx0000000001!test"
+PATH = "/services/data/v66.0/composite/sobjects"
+USER = "005000000000001AAA"
+
+
+@pytest.fixture
+def salesforce() -> Iterator[FakeSalesforce]:
+    with FakeSalesforce.running() as fake:
+        yield fake
+
+
+def command(kind: str, contact_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "command_id": f"cmd-{kind.lower()}-{contact_id}",
+        "command_type": kind,
+        "contact_id": contact_id,
+        "issued_at": ISSUED,
+        "causation_event_id": None,
+        "payload": payload,
+    }
+
+
+def contact(contact_id: str, last_name: str | None = "Lovelace", **fields: Any) -> dict[str, Any]:
+    payload = {
+        "email": None,
+        "phone": None,
+        "crm_id": None,
+        "first_name": "Ada",
+        "last_name": last_name,
+        "company": None,
+        "title": None,
+        "properties": {},
+        **fields,
+    }
+    return command("UPSERT_CONTACT", contact_id, payload)
+
+
+def deliver(
+    fake: FakeSalesforce, *batches: Sequence[dict[str, Any]], **options: Any
+) -> tuple[list[list[Outcome]], SalesforceWriter]:
+    async def run() -> tuple[list[list[Outcome]], SalesforceWriter]:
+        writer = SalesforceWriter(fake.url, options.pop("token", TOKEN), **options)
+        try:
+            return [await writer.deliver(batch) for batch in batches], writer
+        finally:
+            await writer.close()
+
+    return asyncio.run(run())
+
+
+def test_contact_upsert_request(salesforce: FakeSalesforce) -> None:
+    records = [
+        contact("c-1", email="ada@example.com", phone="+441234567890", title="CTO"),
+        contact("c-2", properties={"LeadSource": "Web"}),
+    ]
+    ([outcomes], writer) = deliver(salesforce, records)
+
+    assert outcomes == [None, None]
+    [received] = salesforce.requests
+    assert (received.method, received.path) == (
+        "PATCH",
+        f"{PATH}/Contact/Switchboard_Contact_Id__c",
+    )
+    assert received.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert received.body == {
+        "allOrNone": False,
+        "records": [
+            {
+                "attributes": {"type": "Contact"},
+                "Switchboard_Contact_Id__c": "c-1",
+                "Email": "ada@example.com",
+                "Phone": "+441234567890",
+                "FirstName": "Ada",
+                "LastName": "Lovelace",
+                "Title": "CTO",
+            },
+            {
+                "attributes": {"type": "Contact"},
+                "LeadSource": "Web",
+                "Switchboard_Contact_Id__c": "c-2",
+                "FirstName": "Ada",
+                "LastName": "Lovelace",
+            },
+        ],
+    }
+    assert salesforce.find("Contact", "Switchboard_Contact_Id__c", "c-1")[0]["Title"] == "CTO"
+    assert writer.api_usage == (1, 15000)
+
+
+def test_set_owner_maps_the_rep_and_an_unknown_rep_is_rejected(
+    salesforce: FakeSalesforce,
+) -> None:
+    records = [
+        command("SET_OWNER", "c-1", {"owner_id": "rep-7", "reason": "round robin"}),
+        command("SET_OWNER", "c-2", {"owner_id": "rep-404", "reason": "round robin"}),
+    ]
+    ([_, outcomes], _) = deliver(
+        salesforce, [contact("c-1"), contact("c-2")], records, owner_ids={"rep-7": USER}
+    )
+
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], Rejected) and "rep-404" in str(outcomes[1])
+    assert salesforce.requests[-1].body == {
+        "allOrNone": False,
+        "records": [
+            {
+                "attributes": {"type": "Contact"},
+                "Switchboard_Contact_Id__c": "c-1",
+                "OwnerId": USER,
+            }
+        ],
+    }
+    assert salesforce.find("Contact", "Switchboard_Contact_Id__c", "c-1")[0]["OwnerId"] == USER
+
+
+def test_deals_upsert_by_deal_id(salesforce: FakeSalesforce) -> None:
+    create = command(
+        "CREATE_DEAL",
+        "c-1",
+        {
+            "deal_id": "d-1",
+            "name": "Boiler",
+            "stage": "Prospecting",
+            "pipeline": None,
+            "amount_minor": 129_950,
+            "currency": "EUR",
+        },
+    )
+    stage = command("UPDATE_DEAL_STAGE", "c-1", {"deal_id": "d-1", "stage": "Closed Won"})
+    unknown = command("UPDATE_DEAL_STAGE", "c-2", {"deal_id": "d-404", "stage": "Closed Won"})
+    ([first, second], _) = deliver(salesforce, [create], [stage, unknown])
+
+    assert first == [None]
+    assert salesforce.requests[0].path == f"{PATH}/Opportunity/Switchboard_Deal_Id__c"
+    assert salesforce.requests[0].body == {
+        "allOrNone": False,
+        "records": [
+            {
+                "attributes": {"type": "Opportunity"},
+                "Switchboard_Deal_Id__c": "d-1",
+                "Name": "Boiler",
+                "StageName": "Prospecting",
+                "CloseDate": "2026-04-01",
+                "Amount": 1299.5,
+            }
+        ],
+    }
+    assert salesforce.requests[1].body["records"][0] == {
+        "attributes": {"type": "Opportunity"},
+        "Switchboard_Deal_Id__c": "d-1",
+        "StageName": "Closed Won",
+    }
+    assert second[0] is None
+    assert isinstance(second[1], Rejected) and "REQUIRED_FIELD_MISSING" in str(second[1])
+    [deal] = salesforce.records["Opportunity"].values()
+    assert (deal["StageName"], deal["Name"]) == ("Closed Won", "Boiler")
+
+
+ACTIVITIES: list[tuple[dict[str, Any], dict[str, Any]]] = [
+    (
+        command(
+            "CREATE_TASK",
+            "c-1",
+            {
+                "task_id": "t-1",
+                "title": "Call back about the quote",
+                "due_at": datetime(2026, 3, 3, 14, 0, tzinfo=UTC),
+                "owner_id": "rep-7",
+                "priority": "high",
+                "notes": "Tuesday afternoon",
+            },
+        ),
+        {
+            "Subject": "Call back about the quote",
+            "ActivityDate": "2026-03-03",
+            "Status": "Not Started",
+            "Priority": "High",
+            "Description": "Tuesday afternoon",
+            "OwnerId": USER,
+        },
+    ),
+    (
+        command(
+            "LOG_ACTIVITY",
+            "c-2",
+            {
+                "activity_id": "a-1",
+                "activity_type": "call",
+                "occurred_at": datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
+                "outcome": "connected",
+                "duration_seconds": 95,
+                "summary": "Wants a quote",
+            },
+        ),
+        {
+            "Subject": "Call: connected",
+            "Type": "Call",
+            "Status": "Completed",
+            "ActivityDate": "2026-03-02",
+            "Description": "Wants a quote",
+            "CallDurationInSeconds": 95,
+            "CallDisposition": "connected",
+        },
+    ),
+    (
+        command("ADD_NOTE", "c-3", {"note_id": "n-1", "body": "Prefers e-mail"}),
+        {
+            "Subject": "Note",
+            "Status": "Completed",
+            "ActivityDate": "2026-03-02",
+            "Description": "Prefers e-mail",
+        },
+    ),
+]
+
+
+def activity_records() -> list[dict[str, Any]]:
+    return [record for record, _ in ACTIVITIES]
+
+
+def test_tasks_calls_and_notes_are_tasks_upserted_by_command_id(
+    salesforce: FakeSalesforce,
+) -> None:
+    contacts = [contact(f"c-{n}") for n in range(1, 4)]
+    ([_, outcomes], _) = deliver(
+        salesforce, contacts, activity_records(), owner_ids={"rep-7": USER}
+    )
+
+    assert outcomes == [None, None, None]
+    received = salesforce.requests[-1]
+    assert received.path == f"{PATH}/Task/Switchboard_Id__c"
+    assert received.body == {
+        "allOrNone": False,
+        "records": [
+            {
+                "attributes": {"type": "Task"},
+                "Switchboard_Id__c": record["command_id"],
+                "Who": {
+                    "attributes": {"type": "Contact"},
+                    "Switchboard_Contact_Id__c": record["contact_id"],
+                },
+                **fields,
+            }
+            for record, fields in ACTIVITIES
+        ],
+    }
+    for record, _ in ACTIVITIES:
+        [task] = salesforce.find("Task", "Switchboard_Id__c", record["command_id"])
+        [who] = salesforce.find("Contact", "Switchboard_Contact_Id__c", record["contact_id"])
+        assert task["WhoId"] == who["Id"]
+
+
+def test_redelivery_leaves_one_record_each(salesforce: FakeSalesforce) -> None:
+    contacts = [contact(f"c-{n}") for n in range(1, 4)]
+    deal = command(
+        "CREATE_DEAL",
+        "c-1",
+        {"deal_id": "d-1", "name": "Boiler", "stage": "Prospecting", "pipeline": None,
+         "amount_minor": None, "currency": None},
+    )  # fmt: skip
+    batches = [contacts, activity_records(), [deal]]
+    (outcomes, _) = deliver(salesforce, *batches, *batches, owner_ids={"rep-7": USER})
+
+    assert all(o is None for batch in outcomes for o in batch)
+    assert {s: len(r) for s, r in salesforce.records.items()} == {
+        "Contact": 3,
+        "Opportunity": 1,
+        "Task": 3,
+    }
+
+
+def test_per_record_errors_map_to_their_records(salesforce: FakeSalesforce) -> None:
+    salesforce.reject("c-2", "UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access")
+    salesforce.reject("c-3", "FIELD_CUSTOM_VALIDATION_EXCEPTION", "Phone is required")
+    records = [contact("c-1"), contact("c-2"), contact("c-3"), contact("c-4", last_name=None)]
+    ([outcomes], _) = deliver(salesforce, records)
+
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], Retryable) and "UNABLE_TO_LOCK_ROW" in str(outcomes[1])
+    assert isinstance(outcomes[2], Rejected) and "Phone is required" in str(outcomes[2])
+    assert isinstance(outcomes[3], Rejected)
+    assert "REQUIRED_FIELD_MISSING" in str(outcomes[3]) and "LastName" in str(outcomes[3])
+
+
+def test_a_task_for_a_missing_contact_is_rejected(salesforce: FakeSalesforce) -> None:
+    ([[outcome]], _) = deliver(salesforce, [ACTIVITIES[2][0]])
+
+    assert isinstance(outcome, Rejected)
+    assert "Foreign key external ID: c-3 not found" in str(outcome)
+
+
+def test_request_limit_exceeded_is_retryable(salesforce: FakeSalesforce) -> None:
+    salesforce.request_limit_exceeded()
+    with pytest.raises(Retryable, match="REQUEST_LIMIT_EXCEEDED"):
+        deliver(salesforce, [contact("c-1")])
+
+
+def test_503_and_429_are_retryable_after_the_servers_wait(salesforce: FakeSalesforce) -> None:
+    salesforce.unavailable(retry_after="2")
+    with pytest.raises(Retryable, match="HTTP 503") as raised:
+        deliver(salesforce, [contact("c-1")])
+    assert raised.value.retry_after == 2.0
+
+    salesforce.fail_next(Scripted(429, "[]", {"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"}))
+    with pytest.raises(Retryable, match="HTTP 429") as raised:
+        deliver(salesforce, [contact("c-1")])
+    assert raised.value.retry_after is not None and raised.value.retry_after > 3600
+
+
+def test_a_burst_of_5xx_is_retryable_then_delivers(salesforce: FakeSalesforce) -> None:
+    salesforce.server_errors(3, status=500)
+    for _ in range(3):
+        with pytest.raises(Retryable, match="HTTP 500"):
+            deliver(salesforce, [contact("c-1")])
+    assert deliver(salesforce, [contact("c-1")])[0] == [[None]]
+    assert len(salesforce.records["Contact"]) == 1
+
+
+def test_a_slow_answer_is_a_retryable_timeout(salesforce: FakeSalesforce) -> None:
+    salesforce.slow(2.0)
+    with pytest.raises(Retryable, match=r"no answer within 0\.2 s"):
+        deliver(salesforce, [contact("c-1")], timeout_s=0.2)
+
+
+def test_a_malformed_400_is_rejected_with_the_body(salesforce: FakeSalesforce) -> None:
+    salesforce.malformed_400("<html>Bad Message 400: reason: Illegal character</html>")
+    ([outcomes], _) = deliver(salesforce, [contact("c-1"), contact("c-2")])
+
+    for outcome in outcomes:
+        assert isinstance(outcome, Rejected)
+        assert "Illegal character" in outcome.answer
+
+
+def test_a_whole_call_400_names_the_error_code(salesforce: FakeSalesforce) -> None:
+    ([[outcome]], _) = deliver(salesforce, [contact("c-1", properties={"Shoe_Size__c": "9"})])
+
+    assert isinstance(outcome, Rejected)
+    assert "INVALID_FIELD" in str(outcome) and "Shoe_Size__c" in outcome.answer
+
+
+def test_an_invalid_session_is_rejected(salesforce: FakeSalesforce) -> None:
+    with pytest.raises(Rejected, match="HTTP 401") as raised:
+        deliver(salesforce, [contact("c-1")], token="expired")
+    assert "INVALID_SESSION_ID" in raised.value.answer
+
+
+def test_the_server_refuses_over_200_and_create_only_updates_so_the_writer_never_sends_them(
+    salesforce: FakeSalesforce,
+) -> None:
+    async def patch(sobject: str, field: str, records: list[dict[str, Any]]) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            url = f"{salesforce.url}{PATH}/{sobject}/{field}"
+            async with session.patch(url, json={"allOrNone": False, "records": records}) as r:
+                return r.status, await r.json()
+
+    too_many = [
+        {"attributes": {"type": "Contact"}, "Switchboard_Contact_Id__c": f"c-{n}", "LastName": "X"}
+        for n in range(201)
+    ]
+    status, body = asyncio.run(patch("Contact", "Switchboard_Contact_Id__c", too_many))
+    assert status == 400 and body[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
+
+    task = {"attributes": {"type": "Task"}, "Switchboard_Id__c": "t-1", "TaskSubtype": "Call"}
+    assert asyncio.run(patch("Task", "Switchboard_Id__c", [task]))[1][0]["success"] is True
+    status, body = asyncio.run(patch("Task", "Switchboard_Id__c", [task]))
+    assert body[0]["errors"][0]["statusCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
+
+    ([outcomes], _) = deliver(salesforce, [contact(f"c-{n}") for n in range(250)])
+    assert outcomes == [None] * 250
+    sizes = [
+        len(r.body["records"])
+        for r in salesforce.requests
+        if r.path.endswith("/Contact/Switchboard_Contact_Id__c")
+    ]
+    assert sizes == [201, 200, 50]
+    assert len(salesforce.records["Contact"]) == 250
