@@ -1,0 +1,62 @@
+"""Slack through an incoming webhook: POST the rendered template as JSON (``text`` plus
+Block Kit ``blocks``) to the webhook's URL.
+
+What Slack answers, as documented ("Improving error conditions for Incoming Webhooks",
+api.slack.com/changelog/2016-05-17-changes-to-errors-for-incoming-webhooks; "Rate
+Limits", api.slack.com/docs/rate-limits; the Python SDK's ``WebhookClient`` docs):
+
+- 200 with the body ``ok``: posted.
+- 400 ``invalid_payload``, ``no_text`` or ``user_not_found``; 403 ``action_prohibited``;
+  404 ``channel_not_found`` or ``no_service`` (the webhook was revoked); 410
+  ``channel_is_archived``: Rejected with Slack's body, retrying cannot help.
+- 429 with ``Retry-After`` (about one message a second per webhook, with short bursts):
+  Retryable after that many seconds.
+- 500 ``rollup_error`` and other 5xx, timeouts, refused connections: Retryable.
+
+Incoming webhooks take no idempotency key: a redelivery is prevented by the runtime's
+ledger of delivered ``notification_id``s, not by Slack."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from connectors.sinks.delivery import Outcome
+from connectors.sinks.http import raise_for_status, request
+from connectors.sinks.notify import deliver_each
+from connectors.sinks.notify.templates import render_slack
+
+
+class SlackChannel:
+    name = "slack"
+    max_batch = 1
+
+    def __init__(self, webhook_url: str, timeout: float = 10.0) -> None:
+        self.webhook_url = webhook_url
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def deliver(self, records: Sequence[dict[str, Any]]) -> list[Outcome]:
+        return await deliver_each(records, self._send)
+
+    async def _send(self, record: dict[str, Any]) -> None:
+        payload = render_slack(record)
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        answer = await request(
+            self._session,
+            "POST",
+            self.webhook_url,
+            what="slack",
+            timeout_s=self.timeout,
+            json=payload,
+            allow_redirects=False,
+        )
+        raise_for_status(answer, "slack")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,201 @@
+"""Notification templates: what each channel says for a template name, rendered from the
+notification's ``context`` (a map of strings the processors filled in).
+
+Templates are data (``TEMPLATES`` below), written with ``string.Template`` placeholders
+(``${who}``), so adding one needs no code and no template engine. Rendering refuses, as a
+Rejected that names what is wrong, an unknown template and a context without a key the
+channel's text needs: a notification that cannot say what it should is dead-lettered,
+never sent half-empty. A key that is present but blank renders as an em dash."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from string import Template
+from typing import Any
+
+from connectors.sinks.delivery import Rejected
+
+SMS_MAX_CHARS = 320  # two concatenated GSM-7 segments at most
+SLACK_TEXT_MAX = 3000  # a section block's text limit (Block Kit)
+SLACK_HEADER_MAX = 150  # a header block's plain_text limit (Block Kit)
+BLANK = "\u2014"
+
+
+@dataclass(frozen=True)
+class NotificationTemplate:
+    """One message in every channel's form. ``slack_blocks`` is Block Kit JSON whose
+    strings may hold placeholders; values in ``mrkdwn`` text are escaped for Slack."""
+
+    subject: str
+    text: str
+    sms: str
+    slack_text: str
+    slack_blocks: list[dict[str, Any]] = field(default_factory=list)
+
+
+TEMPLATES: dict[str, NotificationTemplate] = {
+    # processors/router.py: a lead was just assigned to a rep (context: notification_context).
+    "new_lead": NotificationTemplate(
+        subject="New lead for ${rep}: ${who} (score ${score})",
+        text=(
+            "Hi ${rep},\n\n"
+            "${who} was just assigned to you.\n\n"
+            "Why now: ${why_now}\n"
+            "Recommended action: ${recommended_action}\n\n"
+            "Score: ${score}\n"
+            "Company: ${company}\n"
+            "Recent activity: ${recent_activity}\n"
+            "Identifiers: ${identifiers}\n"
+            "Contact id: ${contact_id}\n"
+        ),
+        sms="New lead for ${rep}: ${who} (${company}), score ${score}. ${recommended_action}.",
+        slack_text="New lead for ${rep}: *${who}* (score ${score}). ${recommended_action}.",
+        slack_blocks=[
+            {"type": "header", "text": {"type": "plain_text", "text": "New lead: ${who}"}},
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": "*Why now:* ${why_now}\n*Recommended action:* ${recommended_action}",
+                },
+            },
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": "*Score*\n${score}"},
+                    {"type": "mrkdwn", "text": "*Company*\n${company}"},
+                    {"type": "mrkdwn", "text": "*Recent activity*\n${recent_activity}"},
+                    {"type": "mrkdwn", "text": "*Identifiers*\n${identifiers}"},
+                ],
+            },
+            {
+                "type": "context",
+                "elements": [
+                    {"type": "mrkdwn", "text": "Assigned to ${rep} \u00b7 contact `${contact_id}`"}
+                ],
+            },
+        ],
+    ),
+}
+
+
+def template_for(record: Mapping[str, Any]) -> NotificationTemplate:
+    name = record.get("template")
+    try:
+        return TEMPLATES[str(name)]
+    except KeyError:
+        known = ", ".join(sorted(TEMPLATES))
+        raise Rejected(
+            f"field template: unknown template {name!r}", f"known templates: {known}"
+        ) from None
+
+
+def _context(record: Mapping[str, Any]) -> dict[str, str]:
+    return {k: (v if v.strip() else BLANK) for k, v in (record.get("context") or {}).items()}
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _require(record: Mapping[str, Any], *parts: Any) -> dict[str, str]:
+    """The record's context, after checking that it has every key ``parts`` name."""
+    context = _context(record)
+    needed = {
+        key for part in parts for s in _strings(part) for key in Template(s).get_identifiers()
+    }
+    missing = sorted(needed - context.keys())
+    if missing:
+        raise Rejected(
+            f"field context: template {record.get('template')!r} needs the key(s) "
+            + ", ".join(repr(k) for k in missing),
+            f"the context has: {', '.join(sorted(context)) or 'no keys'}",
+        )
+    return context
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
+
+
+def render_text(record: Mapping[str, Any]) -> tuple[str, str]:
+    """Subject and plain-text body (e-mail, webhook). The record's own ``subject`` wins."""
+    template = template_for(record)
+    context = _require(record, template.text, [] if record.get("subject") else template.subject)
+    subject = record.get("subject") or Template(template.subject).substitute(context)
+    return _one_line(subject), Template(template.text).substitute(context)
+
+
+def render_sms(record: Mapping[str, Any]) -> str:
+    """One line of at most SMS_MAX_CHARS characters."""
+    template = template_for(record)
+    context = _require(record, template.sms)
+    return _clip(_one_line(Template(template.sms).substitute(context)), SMS_MAX_CHARS)
+
+
+def slack_escape(value: str) -> str:
+    """Slack reads ``&``, ``<`` and ``>`` as control characters in mrkdwn (links,
+    mentions such as ``<!channel>``): a contact's name must not ping a whole channel."""
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _render_blocks(value: Any, context: dict[str, str], escaped: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        plain = value.get("type") == "plain_text"
+        return {
+            k: (
+                _clip(Template(v).substitute(context), SLACK_HEADER_MAX)
+                if plain and k == "text"
+                else _render_blocks(v, context, escaped)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_render_blocks(item, context, escaped) for item in value]
+    if isinstance(value, str):
+        return _clip(Template(value).substitute(escaped), SLACK_TEXT_MAX)
+    return value
+
+
+def render_slack(record: Mapping[str, Any]) -> dict[str, Any]:
+    """An incoming-webhook payload: ``text`` (the notification and fallback) and blocks."""
+    template = template_for(record)
+    context = _require(record, template.slack_text, template.slack_blocks)
+    escaped = {k: slack_escape(v) for k, v in context.items()}
+    payload: dict[str, Any] = {
+        "text": _clip(Template(template.slack_text).substitute(escaped), SLACK_TEXT_MAX)
+    }
+    if template.slack_blocks:
+        payload["blocks"] = _render_blocks(template.slack_blocks, context, escaped)
+    return payload
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        when = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return when.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def render_webhook(record: Mapping[str, Any]) -> bytes:
+    """The record as JSON (``issued_at`` in ISO 8601) plus ``rendered`` subject and text:
+    receivers get the data to act on and the words to show."""
+    subject, text = render_text(record)
+    payload = {**record, "rendered": {"subject": subject, "text": text}}
+    return json.dumps(
+        payload, default=_jsonable, ensure_ascii=False, separators=(",", ":")
+    ).encode()
