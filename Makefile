@@ -11,9 +11,9 @@ BIN    := $(VENV)/bin
 help:
 	@echo "make run          start Kafka + registry + the pipeline (Ctrl-C stops it all)"
 	@echo "make test         run the tests against the real broker and registry"
-	@echo "make bench        print spine, gateway and stateful-core throughput and latency"
+	@echo "make bench        print spine, gateway, stateful-core and sink throughput and latency"
 	@echo "make lint         ruff + mypy"
-	@echo "make infra-up     start the single-node Kafka and the schema registry"
+	@echo "make infra-up     start the single-node Kafka, the schema registry and PostgreSQL"
 	@echo "make infra-down   stop them"
 	@echo "make cluster-up   start the 3-broker KRaft cluster (19092-19094)"
 	@echo "make cluster-down stop it"
@@ -30,14 +30,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 infra-up:
 	@bash infra/kafka/kafka.sh start single & kafka=$$!; \
 	 bash infra/registry/registry.sh start & registry=$$!; \
-	 wait $$kafka && wait $$registry
+	 bash infra/postgres/postgres.sh start & postgres=$$!; \
+	 status=0; wait $$kafka || status=1; wait $$registry || status=1; \
+	 wait $$postgres || status=1; exit $$status
 
 infra-down:
+	@bash infra/postgres/postgres.sh stop
 	@bash infra/registry/registry.sh stop
 	@bash infra/kafka/kafka.sh stop single
 
 infra-status:
-	@bash infra/kafka/kafka.sh status single; bash infra/registry/registry.sh status
+	@bash infra/kafka/kafka.sh status single; bash infra/registry/registry.sh status; \
+	 bash infra/postgres/postgres.sh status
 
 cluster-up:
 	@bash infra/kafka/kafka.sh start cluster
@@ -69,8 +73,10 @@ bench: install infra-up
 	$(BIN)/python -m tests.bench.bench_spine
 	$(BIN)/python -m tests.bench.bench_gateway
 	$(BIN)/python -m tests.bench.bench_core
+	$(BIN)/python -m tests.bench.bench_sinks
 
 clean:
+	-@bash infra/postgres/postgres.sh stop
 	-@bash infra/registry/registry.sh stop
 	-@bash infra/kafka/kafka.sh stop single
 	-@bash infra/kafka/kafka.sh stop cluster

@@ -1,0 +1,448 @@
+"""The SQL CRM store against real SQLite and PostgreSQL: what each command writes,
+exactly-once application across redeliveries and restarts, per-record rejection inside a
+batch, and the migration runner."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import inspect, select
+
+from connectors.sinks.crm.migrations import (
+    CRM_MIGRATIONS,
+    SCHEMA_MIGRATIONS,
+    create_sql_engine,
+    migrate_crm,
+)
+from connectors.sinks.crm.sql import TABLES, SqlCrmStore, open_store
+from connectors.sinks.delivery import Destination, Outcome, Rejected, Retryable
+from connectors.sinks.ledger import DeliveryLedger
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+def command(
+    command_id: str,
+    command_type: str,
+    contact_id: str,
+    payload: dict[str, Any],
+    *,
+    at: datetime = T0,
+) -> dict[str, Any]:
+    """A CRM command as the Avro contract decodes it."""
+    return {
+        "command_id": command_id,
+        "command_type": command_type,
+        "contact_id": contact_id,
+        "issued_at": at,
+        "causation_event_id": f"evt-{command_id}",
+        "payload": payload,
+    }
+
+
+def deliver(store: SqlCrmStore, records: Sequence[dict[str, Any]]) -> list[Outcome]:
+    return asyncio.run(store.deliver(records))
+
+
+@pytest.fixture
+def store(sql_url: str) -> Iterator[SqlCrmStore]:
+    opened = open_store(sql_url)
+    yield opened
+    asyncio.run(opened.close())
+
+
+def contact_history(contact: str = "c-1") -> list[dict[str, Any]]:
+    """One command of each type for ``contact``, a minute apart, in contact order."""
+    at = [T0 + timedelta(minutes=n) for n in range(7)]
+    return [
+        command(
+            "cmd-1",
+            "UPSERT_CONTACT",
+            contact,
+            {
+                "email": "ada@example.com",
+                "phone": "+14155550100",
+                "crm_id": None,
+                "first_name": "Ada",
+                "last_name": "Lovelace",
+                "company": "Analytical Engines",
+                "title": "CTO",
+                "properties": {"source": "webform"},
+            },
+            at=at[0],
+        ),
+        command(
+            "cmd-2",
+            "SET_OWNER",
+            contact,
+            {"owner_id": "rep-7", "previous_owner_id": None, "reason": "round robin"},
+            at=at[1],
+        ),
+        command(
+            "cmd-3",
+            "CREATE_DEAL",
+            contact,
+            {
+                "deal_id": "deal-1",
+                "name": "Engines x 3",
+                "stage": "qualified",
+                "pipeline": "sales",
+                "amount_minor": 1_250_000,
+                "currency": "EUR",
+            },
+            at=at[2],
+        ),
+        command(
+            "cmd-4",
+            "UPDATE_DEAL_STAGE",
+            contact,
+            {"deal_id": "deal-1", "stage": "proposal", "previous_stage": "qualified"},
+            at=at[3],
+        ),
+        command(
+            "cmd-5",
+            "CREATE_TASK",
+            contact,
+            {
+                "task_id": "task-1",
+                "title": "Call back",
+                "due_at": T0 + timedelta(days=1),
+                "owner_id": "rep-7",
+                "priority": "high",
+                "notes": "asked for pricing",
+            },
+            at=at[4],
+        ),
+        command(
+            "cmd-6",
+            "LOG_ACTIVITY",
+            contact,
+            {
+                "activity_id": "act-1",
+                "activity_type": "call",
+                "occurred_at": T0 + timedelta(minutes=3),
+                "outcome": "connected",
+                "duration_seconds": 312,
+                "summary": "interested",
+            },
+            at=at[5],
+        ),
+        command("cmd-7", "ADD_NOTE", contact, {"note_id": "note-1", "body": "VIP"}, at=at[6]),
+    ]
+
+
+def snapshot(store: SqlCrmStore) -> dict[str, list[dict[str, Any]]]:
+    return {name: store.rows(name) for name in TABLES}
+
+
+def test_each_command_type_writes_exactly_its_rows(store: SqlCrmStore) -> None:
+    history = contact_history()
+    for record in history:  # one call each: the runtime sends one command per contact
+        assert deliver(store, [record]) == [None]
+
+    at = [T0 + timedelta(minutes=n) for n in range(7)]
+    assert store.contact("c-1") == {
+        "contact_id": "c-1",
+        "email": "ada@example.com",
+        "phone": "+14155550100",
+        "crm_id": None,
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "company": "Analytical Engines",
+        "title": "CTO",
+        "owner_id": "rep-7",
+        "properties": {"source": "webform"},
+        "created_at": at[0],
+        "updated_at": at[1],
+    }
+    assert store.rows("owner_changes") == [
+        {
+            "command_id": "cmd-2",
+            "contact_id": "c-1",
+            "owner_id": "rep-7",
+            "previous_owner_id": None,
+            "reason": "round robin",
+            "changed_at": at[1],
+        }
+    ]
+    assert store.rows("deals") == [
+        {
+            "deal_id": "deal-1",
+            "contact_id": "c-1",
+            "name": "Engines x 3",
+            "stage": "proposal",
+            "pipeline": "sales",
+            "amount_minor": 1_250_000,
+            "currency": "EUR",
+            "created_at": at[2],
+            "updated_at": at[3],
+            "stage_changed_at": at[3],
+        }
+    ]
+    assert store.rows("tasks") == [
+        {
+            "task_id": "task-1",
+            "contact_id": "c-1",
+            "title": "Call back",
+            "due_at": T0 + timedelta(days=1),
+            "owner_id": "rep-7",
+            "priority": "high",
+            "notes": "asked for pricing",
+            "created_at": at[4],
+            "updated_at": at[4],
+        }
+    ]
+    assert store.rows("activities") == [
+        {
+            "activity_id": "act-1",
+            "contact_id": "c-1",
+            "activity_type": "call",
+            "occurred_at": T0 + timedelta(minutes=3),
+            "outcome": "connected",
+            "duration_seconds": 312,
+            "summary": "interested",
+            "created_at": at[5],
+            "updated_at": at[5],
+        }
+    ]
+    assert store.rows("notes") == [
+        {
+            "note_id": "note-1",
+            "contact_id": "c-1",
+            "body": "VIP",
+            "created_at": at[6],
+            "updated_at": at[6],
+        }
+    ]
+    applied = store.rows("applied_commands")
+    assert [(r["command_id"], r["command_type"], r["contact_id"]) for r in applied] == [
+        (r["command_id"], r["command_type"], "c-1") for r in history
+    ]
+    assert [r["causation_event_id"] for r in applied] == [f"evt-cmd-{n}" for n in range(1, 8)]
+    assert store.counts() == {
+        "contacts": 1,
+        "owner_changes": 1,
+        "deals": 1,
+        "tasks": 1,
+        "activities": 1,
+        "notes": 1,
+        "applied_commands": 7,
+    }
+
+
+def test_upsert_contact_keeps_known_fields_and_merges_properties(store: SqlCrmStore) -> None:
+    later = T0 + timedelta(hours=1)
+    first = command(
+        "u-1",
+        "UPSERT_CONTACT",
+        "c-1",
+        {"email": "ada@example.com", "first_name": "Ada", "properties": {"a": "1", "b": "2"}},
+    )
+    second = command(
+        "u-2",
+        "UPSERT_CONTACT",
+        "c-1",
+        {"email": None, "company": "Babbage & Co", "properties": {"b": "3", "c": "4"}},
+        at=later,
+    )
+    assert deliver(store, [first]) == [None]
+    assert deliver(store, [second]) == [None]
+
+    contact = store.contact("c-1")
+    assert contact is not None
+    assert contact["email"] == "ada@example.com"  # null means "not known", not "erase"
+    assert contact["first_name"] == "Ada"
+    assert contact["company"] == "Babbage & Co"
+    assert contact["properties"] == {"a": "1", "b": "3", "c": "4"}
+    assert (contact["created_at"], contact["updated_at"]) == (T0, later)
+
+
+def test_commands_for_an_unknown_contact_make_a_bare_contact(store: SqlCrmStore) -> None:
+    owner = {"owner_id": "rep-1", "previous_owner_id": None, "reason": "territory"}
+    again = {"owner_id": "rep-2", "previous_owner_id": "rep-1", "reason": "rebalance"}
+    assert deliver(store, [command("o-1", "SET_OWNER", "c-9", owner)]) == [None]
+    assert deliver(store, [command("o-2", "SET_OWNER", "c-9", again)]) == [None]
+    upsert = {"email": "new@example.com", "properties": {}}
+    assert deliver(store, [command("o-3", "UPSERT_CONTACT", "c-9", upsert)]) == [None]
+
+    contact = store.contact("c-9")
+    assert contact is not None
+    assert (contact["owner_id"], contact["email"]) == ("rep-2", "new@example.com")
+    changes = store.rows("owner_changes", contact_id="c-9")
+    assert [(c["owner_id"], c["previous_owner_id"]) for c in changes] == [
+        ("rep-1", None),
+        ("rep-2", "rep-1"),
+    ]
+
+
+def test_redelivery_and_restart_apply_each_command_once(sql_url: str) -> None:
+    records = [r for contact in ("c-1", "c-2") for r in _renamed(contact_history(contact))]
+    first = open_store(sql_url)
+    for record in records:
+        assert deliver(first, [record]) == [None]
+    before = snapshot(first)
+
+    # The same batch again (a crash before the offsets were committed), all at once.
+    assert deliver(first, records) == [None] * len(records)
+    # A redelivery is recognised by its key, not its content: a changed body is ignored.
+    changed = _renamed(contact_history("c-1"))[0]
+    changed["payload"] = {**changed["payload"], "email": "other@example.com"}
+    assert deliver(first, [changed]) == [None]
+    asyncio.run(first.close())
+
+    restarted = open_store(sql_url)  # a new process: nothing remembered but the database
+    assert deliver(restarted, records) == [None] * len(records)
+    assert snapshot(restarted) == before
+    counts = restarted.counts()
+    assert counts["applied_commands"] == len(records) == 14
+    assert counts["contacts"] == 2 and counts["deals"] == 2 and counts["notes"] == 2
+    asyncio.run(restarted.close())
+
+
+def _renamed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ids unique per contact, so two contacts' histories can share one database."""
+    out = []
+    for record in records:
+        contact = record["contact_id"]
+        payload = {
+            k: f"{contact}/{v}" if k.endswith("_id") and k != "owner_id" and v else v
+            for k, v in record["payload"].items()
+        }
+        out.append(
+            {**record, "command_id": f"{contact}/{record['command_id']}", "payload": payload}
+        )
+    return out
+
+
+def test_a_rejected_record_leaves_its_batch_mates_applied(store: SqlCrmStore) -> None:
+    batch = [
+        command("ok-1", "UPSERT_CONTACT", "c-1", {"email": "a@example.com", "properties": {}}),
+        command("bad-1", "UPDATE_DEAL_STAGE", "c-2", {"deal_id": "deal-404", "stage": "won"}),
+        command("bad-2", "CREATE_DEAL", "c-3", {"deal_id": "deal-3", "stage": "new"}),
+        command(
+            "bad-3",
+            "LOG_ACTIVITY",
+            "c-4",
+            {"activity_id": "a-4", "activity_type": "fax", "occurred_at": T0},
+        ),
+        command("bad-4", "ADD_NOTE", "", {"note_id": "n-0", "body": "who?"}),
+        command("ok-2", "ADD_NOTE", "c-5", {"note_id": "n-5", "body": "hello"}),
+    ]
+    outcomes = deliver(store, batch)
+
+    assert outcomes[0] is None and outcomes[-1] is None
+    rejected = outcomes[1:-1]
+    assert all(isinstance(o, Rejected) for o in rejected), outcomes
+    assert "deal-404" in str(rejected[0]) and "payload.deal_id" in str(rejected[0])
+    assert "payload.name" in str(rejected[1])
+    assert "payload.activity_type" in str(rejected[2])
+    assert "contact_id" in str(rejected[3])
+
+    counts = store.counts()
+    assert (counts["contacts"], counts["notes"], counts["deals"], counts["activities"]) == (
+        2,
+        1,
+        0,
+        0,
+    )
+    assert [r["command_id"] for r in store.rows("applied_commands")] == ["ok-1", "ok-2"]
+    # Not recorded as applied: the fixed-up replay from the dead-letter topic still works.
+    assert isinstance(deliver(store, [batch[1]])[0], Rejected)
+    deal = {"deal_id": "deal-404", "name": "Found", "stage": "new"}
+    assert deliver(store, [command("fix-1", "CREATE_DEAL", "c-2", deal)]) == [None]
+    assert deliver(store, [batch[1]]) == [None]
+    assert store.rows("deals")[0]["stage"] == "won"
+
+
+def test_a_deal_of_another_contact_is_refused(store: SqlCrmStore) -> None:
+    deal = {
+        "deal_id": "deal-1",
+        "name": "Mine",
+        "stage": "new",
+        "amount_minor": 5,
+        "currency": "USD",
+    }
+    assert deliver(store, [command("d-1", "CREATE_DEAL", "c-1", deal)]) == [None]
+
+    stolen = command("d-2", "UPDATE_DEAL_STAGE", "c-2", {"deal_id": "deal-1", "stage": "won"})
+    moved = command("d-3", "CREATE_DEAL", "c-2", {**deal, "name": "Yours"})
+    no_currency = command("d-4", "CREATE_DEAL", "c-1", {**deal, "currency": None})
+    outcomes = deliver(store, [stolen, moved, no_currency])
+
+    assert all(isinstance(o, Rejected) for o in outcomes), outcomes
+    assert "belongs to contact 'c-1'" in str(outcomes[0])
+    assert "belongs to contact 'c-1'" in str(outcomes[1])
+    assert "currency" in str(outcomes[2])
+    [row] = store.rows("deals")
+    assert (row["contact_id"], row["name"], row["stage"]) == ("c-1", "Mine", "new")
+
+
+def test_the_store_is_a_destination(store: SqlCrmStore) -> None:
+    destination: Destination = store  # mypy checks the protocol; this checks the values
+    assert (destination.name, destination.max_batch) == ("sql", 500)
+
+
+def test_an_unreachable_database_is_retryable() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Nothing listens on the port once the socket is closed: connection refused.
+    store = SqlCrmStore(
+        f"postgresql+psycopg://switchboard@127.0.0.1:{port}/switchboard", migrate=False
+    )
+    with pytest.raises(Retryable):
+        deliver(store, contact_history()[:1])
+    asyncio.run(store.close())
+
+
+def test_migrations_run_twice_are_a_no_op(sql_url: str) -> None:
+    engine = create_sql_engine(sql_url)
+    try:
+        assert migrate_crm(engine) == [m.version for m in CRM_MIGRATIONS]
+        assert migrate_crm(engine) == []
+        open_store(sql_url).engine.dispose()
+        assert _migration_rows(sql_url) == [("crm", 1)]
+    finally:
+        engine.dispose()
+
+
+def test_the_migrated_schema_is_the_one_the_store_uses(store: SqlCrmStore) -> None:
+    inspector = inspect(store.engine)
+    for name, table in TABLES.items():
+        assert {c["name"] for c in inspector.get_columns(name)} == set(table.c.keys()), name
+
+
+def test_concurrent_opens_apply_migrations_once(sql_url: str) -> None:
+    workers = 4
+    start = threading.Barrier(workers)
+
+    def open_one(n: int) -> str:
+        start.wait()  # all at once, on a database that has no tables yet
+        if n % 2:
+            ledger = DeliveryLedger(sql_url)
+            asyncio.run(ledger.close())
+            return "ledger"
+        opened = open_store(sql_url)
+        asyncio.run(opened.close())
+        return "crm"
+
+    with ThreadPoolExecutor(workers) as pool:
+        assert sorted(pool.map(open_one, range(workers))) == ["crm", "crm", "ledger", "ledger"]
+    assert _migration_rows(sql_url) == [("crm", 1), ("ledger", 1)]
+
+
+def _migration_rows(url: str) -> list[tuple[str, int]]:
+    engine = create_sql_engine(url)
+    try:
+        with engine.connect() as connection:
+            query = select(SCHEMA_MIGRATIONS.c.component, SCHEMA_MIGRATIONS.c.version)
+            return sorted((c, v) for c, v in connection.execute(query))
+    finally:
+        engine.dispose()
