@@ -130,6 +130,38 @@ def gateway() -> None:
     run_gateway(_settings())
 
 
+@main.command()
+@click.argument("which", type=click.Choice(["crm", "notify"]))
+def sink(which: str) -> None:
+    """Run a sink until SIGINT/SIGTERM: ``crm`` writes CRM commands to the configured CRM
+    (crm_backend: sql, hubspot, salesforce), ``notify`` sends notifications through the
+    configured channels. The batch in flight finishes before it stops."""
+    import asyncio
+    import signal
+
+    from connectors.sinks.factory import SinkConfigError, build_sink
+    from streams import metrics
+
+    settings = _settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        runner = build_sink(settings, "crm" if which == "crm" else "notify")
+    except SinkConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    metrics.serve(settings.metrics_port)
+
+    async def main_loop() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await runner.run(stop)
+
+    asyncio.run(main_loop())
+
+
 @main.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--source", required=True, help="contacts (CSV) or a webhook source (JSONL).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Message, Producer
 
 from streams.kafka import producer_config, read_topic
-from streams.settings import Settings
+from streams.settings import Settings, secret_env
 
 
 def producer(settings: Settings) -> Producer:
@@ -52,7 +53,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
     for name, value in settings.model_dump().items():
         if value is not None:
-            env[f"SWITCHBOARD_{name.upper()}"] = str(value)
+            text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+            env[f"SWITCHBOARD_{name.upper()}"] = text
     return env
 
 
@@ -97,10 +99,7 @@ def running_gateway(
     settings: Settings, log_path: Path, secrets: dict[str, str], ready_timeout: float = 30.0
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``switchboard gateway`` process, answering on its port."""
-    env = settings_env(settings) | {
-        "SWITCHBOARD_SECRET_" + name.upper().replace("-", "_"): value
-        for name, value in secrets.items()
-    }
+    env = settings_env(settings) | {secret_env(name): value for name, value in secrets.items()}
 
     def ready() -> bool:
         try:
@@ -110,6 +109,25 @@ def running_gateway(
         return True
 
     with _running(["gateway"], env, log_path, ready, ready_timeout) as process:
+        yield process
+
+
+@contextmanager
+def running_sink(
+    settings: Settings,
+    which: str,
+    log_path: Path,
+    secrets: dict[str, str] | None = None,
+    ready_timeout: float = 30.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``switchboard sink WHICH`` process, subscribed to its topic."""
+    env = settings_env(settings) | {"SWITCHBOARD_LOG_LEVEL": "info"}
+    env |= {secret_env(name): value for name, value in (secrets or {}).items()}
+
+    def ready() -> bool:
+        return b"consuming" in log_path.read_bytes()
+
+    with _running(["sink", which], env, log_path, ready, ready_timeout) as process:
         yield process
 
 

@@ -32,3 +32,21 @@ def contact_event(**overrides: Any) -> dict[str, Any]:
     }
     record.update(overrides)
     return record
+
+
+def crm_command(
+    kind: str,
+    contact_id: str,
+    payload: dict[str, Any],
+    command_id: str = "",
+    issued_at: datetime | None = None,
+) -> dict[str, Any]:
+    """A CRM command as the processors write it (schemas/crm_command.avsc)."""
+    return {
+        "command_id": command_id or f"cmd-{kind.lower()}-{contact_id}",
+        "command_type": kind,
+        "contact_id": contact_id,
+        "issued_at": issued_at or datetime(2026, 11, 20, 15, 0, tzinfo=UTC),
+        "causation_event_id": "evt-1",
+        "payload": payload,
+    }

@@ -100,6 +100,8 @@ class Sink:
     limits: Limits = field(default_factory=Limits)
     ledger: Ledger | None = None
     gates: dict[str, Gate] = field(init=False, default_factory=dict)
+    # Set once the group gave this sink its partitions (a rebalance takes seconds).
+    assigned: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self._producer = Producer(producer_config(self.settings))
@@ -132,31 +134,61 @@ class Sink:
                 "log_level": 4,
             }
         )
-        consumer.subscribe([self.serde.topic])
+        loop = asyncio.get_running_loop()
+
+        def on_assign(_consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+            loop.call_soon_threadsafe(self.assigned.set)
+
+        consumer.subscribe([self.serde.topic], on_assign=on_assign)
+        log.info(
+            "sink %s: consuming %s as group %s, delivering to %s",
+            self.name,
+            self.serde.topic,
+            self.group_id,
+            ", ".join(sorted(self.destinations)) or "nothing (every record is dead-lettered)",
+        )
         carried: list[Message] = []
         try:
             while not stop.is_set():
-                fetched = await asyncio.to_thread(consumer.consume, self.limits.batch_size, 0.5)
+                fetched = await asyncio.to_thread(self._fetch, consumer)
                 messages = carried + [m for m in fetched if not _is_error(m)]
                 carried = []
                 if not messages:
                     continue
+                started = time.perf_counter()
                 delivering = asyncio.create_task(self.deliver(messages))
-                consumer.pause(consumer.assignment())
-                while not delivering.done():
-                    # Paused, a poll returns nothing but keeps the group membership alive
-                    # through a long outage; a partition assigned meanwhile is not
-                    # paused, so what it yields waits for the next batch.
-                    polled = await asyncio.to_thread(consumer.poll, 0.2)
-                    if polled is not None and not _is_error(polled):
-                        carried.append(polled)
-                consumer.resume(consumer.assignment())
+                if not (await asyncio.wait({delivering}, timeout=1.0))[0]:
+                    # A slow batch (an outage, a backoff): paused, a poll returns nothing
+                    # but keeps the group membership alive; a partition assigned meanwhile
+                    # is not paused, so what it yields waits for the next batch. A quick
+                    # batch is not paused: pausing drops what the consumer fetched ahead.
+                    consumer.pause(consumer.assignment())
+                    while not (await asyncio.wait({delivering}, timeout=1.0))[0]:
+                        polled = await asyncio.to_thread(consumer.poll, 0)
+                        if polled is not None and not _is_error(polled):
+                            carried.append(polled)
+                    consumer.resume(consumer.assignment())
                 await delivering
+                delivered = time.perf_counter()
                 await asyncio.to_thread(self._commit, consumer, messages)
+                log.debug(
+                    "batch of %d: delivered in %.1f ms, committed in %.1f ms",
+                    len(messages),
+                    (delivered - started) * 1000,
+                    (time.perf_counter() - delivered) * 1000,
+                )
         finally:
             await asyncio.to_thread(consumer.close)
             for destination in self.destinations.values():
                 await destination.close()
+
+    def _fetch(self, consumer: Consumer) -> list[Message]:
+        """Wait for one record, then take what else has already arrived, up to a batch:
+        a quiet topic is delivered at once, a busy one in full batches."""
+        first = consumer.poll(0.5)
+        if first is None:
+            return []
+        return [first, *consumer.consume(self.limits.batch_size - 1, 0)]
 
     async def deliver(self, messages: Sequence[Message]) -> None:
         """Deliver or dead-letter every message; return when each one is settled."""

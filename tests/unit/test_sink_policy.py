@@ -24,6 +24,11 @@ class FakeClock:
         self.now += seconds
 
 
+def state(breaker: CircuitBreaker) -> BreakerState:
+    """Read afresh each time (an attribute read would stay narrowed to its last check)."""
+    return breaker.state
+
+
 @given(
     attempt=st.integers(min_value=1, max_value=40),
     retry_after=st.one_of(st.none(), st.floats(min_value=0, max_value=600)),
@@ -71,16 +76,16 @@ def test_breaker_opens_after_threshold_waits_cooldown_then_probes() -> None:
         for _ in range(3):
             assert await breaker.admit() is False
             breaker.record(False, probe=False)
-        assert breaker.state is BreakerState.OPEN
+        assert state(breaker) is BreakerState.OPEN
         # Paused: the next caller waits out the cooldown and goes as the probe.
         assert await breaker.admit() is True
         assert clock.now >= 10.0
         breaker.record(False, probe=True)  # still down: another cooldown
-        assert breaker.state is BreakerState.OPEN
+        assert state(breaker) is BreakerState.OPEN
         assert await breaker.admit() is True
         assert clock.now >= 20.0
         breaker.record(True, probe=True)
-        assert breaker.state is BreakerState.CLOSED
+        assert state(breaker) is BreakerState.CLOSED
         assert await breaker.admit() is False
 
     asyncio.run(scenario())
@@ -97,7 +102,7 @@ def test_breaker_success_resets_the_failure_count() -> None:
     breaker = CircuitBreaker(3, 10.0)
     for ok in (False, False, True, False, False):
         breaker.record(ok, probe=False)
-    assert breaker.state is BreakerState.CLOSED
+    assert state(breaker) is BreakerState.CLOSED
 
 
 def test_gate_tells_the_breaker_and_frees_a_cancelled_probe() -> None:
@@ -108,7 +113,7 @@ def test_gate_tells_the_breaker_and_frees_a_cancelled_probe() -> None:
     async def scenario() -> None:
         async with gate.call() as attempt:
             attempt.ok = False
-        assert breaker.state is BreakerState.OPEN
+        assert state(breaker) is BreakerState.OPEN
         # A probe that never finishes (cancelled) must not keep the breaker half-open forever.
         try:
             async with gate.call() as attempt:
@@ -119,6 +124,6 @@ def test_gate_tells_the_breaker_and_frees_a_cancelled_probe() -> None:
         async with gate.call() as attempt:
             assert attempt.probe
             attempt.ok = True
-        assert breaker.state is BreakerState.CLOSED
+        assert state(breaker) is BreakerState.CLOSED
 
     asyncio.run(scenario())

@@ -1,0 +1,396 @@
+"""The sinks as processes, on the real broker: a crash after the destination accepted a
+write, an outage of the destination, and dead letters replayed (twice) from the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from connectors.sinks.crm.sql import open_store
+from streams.registry import register_catalog
+from streams.serde import AvroSerde
+from streams.settings import Settings
+from streams.topics import CRM_COMMANDS, DEAD_LETTERS, NOTIFICATIONS, ensure_topics
+from tests.fakes.hubspot import FakeHubSpot
+from tests.kafka_helpers import producer, read_all, running_sink, settings_env
+from tests.records import crm_command
+from tests.sinks.notify_servers import SlackWebhook, sample_notification, smtp_server
+
+pytestmark = pytest.mark.integration
+
+CONTACTS = 40
+STAGES = ["appointmentscheduled", "qualifiedtobuy", "presentationscheduled", "closedwon"]
+
+
+def story(n: int, stages: Sequence[str] = STAGES) -> list[dict[str, Any]]:
+    """Contact n's commands in the order the processors issued them: create the contact,
+    open a deal and move it through three stages (names as the CRM's pipeline has
+    them), a task, a note."""
+    contact = f"c-{n:03d}"
+    at = datetime(2026, 11, 20, 9, 0, tzinfo=UTC) + timedelta(minutes=n)
+    deal = f"deal-{n:03d}"
+    commands = [
+        crm_command(
+            "UPSERT_CONTACT",
+            contact,
+            {
+                "email": f"lead{n}@example.com",
+                "phone": None,
+                "crm_id": None,
+                "first_name": "Lead",
+                "last_name": str(n),
+                "company": "Acme",
+                "title": None,
+                "properties": {},
+            },
+        ),
+        crm_command(
+            "CREATE_DEAL",
+            contact,
+            {
+                "deal_id": deal,
+                "name": f"Boiler {n}",
+                "stage": stages[0],
+                "pipeline": "default",
+                "amount_minor": 250_000,
+                "currency": "EUR",
+            },
+        ),
+    ]
+    for previous, stage in pairwise(stages):
+        commands.append(
+            crm_command(
+                "UPDATE_DEAL_STAGE",
+                contact,
+                {"deal_id": deal, "stage": stage, "previous_stage": previous},
+                command_id=f"cmd-stage-{stage}-{contact}",
+            )
+        )
+    commands.append(
+        crm_command(
+            "CREATE_TASK",
+            contact,
+            {
+                "task_id": f"task-{n:03d}",
+                "title": "Call back",
+                "due_at": at + timedelta(hours=4),
+                "owner_id": None,
+                "priority": "HIGH",
+                "notes": None,
+            },
+        )
+    )
+    commands.append(
+        crm_command("ADD_NOTE", contact, {"note_id": f"note-{n:03d}", "body": f"Lead {n} asked"})
+    )
+    return [{**c, "issued_at": at} for c in commands]
+
+
+ALL = [c for n in range(CONTACTS) for c in story(n)]
+
+
+@pytest.fixture
+def sink_settings(settings: Settings, registry: SchemaRegistryClient) -> Settings:
+    ensure_topics(settings)
+    register_catalog(registry, settings)
+    return settings.model_copy(
+        update={
+            "sink_batch_size": 20,
+            "sink_backoff_base_s": 0.1,
+            "sink_backoff_cap_s": 1.0,
+            "sink_breaker_threshold": 3,
+            "sink_breaker_cooldown_s": 1.0,
+            "metrics_port": 0,
+        }
+    )
+
+
+def publish(
+    settings: Settings, registry: SchemaRegistryClient, commands: list[dict[str, Any]]
+) -> None:
+    serde = AvroSerde(
+        registry,
+        CRM_COMMANDS.schema,
+        CRM_COMMANDS.full_name(settings),
+        discriminator=CRM_COMMANDS.discriminator,
+    )
+    out = producer(settings)
+    for command in commands:
+        out.produce(serde.topic, key=command["contact_id"].encode(), value=serde.encode(command))
+    assert out.flush(30) == 0
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def sink_dead_letters(settings: Settings, registry: SchemaRegistryClient) -> list[dict[str, Any]]:
+    serde = AvroSerde(registry, DEAD_LETTERS.schema, DEAD_LETTERS.full_name(settings))
+    letters = [serde.decode(m.value()) for m in read_all(settings, serde.topic)]
+    return [letter for letter in letters if letter["stage"].startswith("sink-")]
+
+
+@pytest.fixture
+def hubspot() -> Iterator[FakeHubSpot]:
+    with FakeHubSpot.running() as fake:
+        yield fake
+
+
+def hubspot_settings(settings: Settings, fake: FakeHubSpot) -> Settings:
+    return settings.model_copy(update={"crm_backend": "hubspot", "hubspot_url": fake.url})
+
+
+def assert_hubspot_holds_each_record_once(fake: FakeHubSpot) -> None:
+    for n in range(CONTACTS):
+        contact = f"c-{n:03d}"
+        assert len(fake.find("contacts", "switchboard_contact_id", contact)) == 1
+        deals = fake.find("deals", "switchboard_deal_id", f"deal-{n:03d}")
+        assert len(deals) == 1
+        assert deals[0]["dealstage"] == STAGES[-1], f"{contact}: stages applied out of order"
+        for kind, command in (("tasks", "create_task"), ("notes", "add_note")):
+            found = fake.find(kind, "switchboard_command_id", f"cmd-{command}-{contact}")
+            assert len(found) == 1, f"{contact}: {len(found)} {kind}"
+    assert len(fake.objects["contacts"]) == CONTACTS
+    assert len(fake.objects["deals"]) == CONTACTS
+
+
+def test_sql_sink_applies_each_command_once_in_order_across_a_sigkill(
+    sink_settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    settings = sink_settings.model_copy(update={"crm_database_url": url})
+    store = open_store(url)
+    publish(settings, registry, ALL)
+
+    def applied() -> int:
+        return store.counts()["applied_commands"]
+
+    with running_sink(settings, "crm", tmp_path / "first.log") as first:
+        wait_for(lambda: applied() >= len(ALL) // 4, 60, "the first sink to apply some")
+        first.kill()  # SIGKILL: the batch in flight is neither finished nor committed
+        first.wait()
+    assert applied() < len(ALL), "the first sink finished before it was killed"
+
+    with running_sink(settings, "crm", tmp_path / "second.log"):
+        wait_for(lambda: applied() == len(ALL), 60, "every command applied")
+        time.sleep(1)  # anything applied twice would show up now
+    counts = store.counts()
+    assert counts["applied_commands"] == len(ALL)
+    assert counts["contacts"] == counts["deals"] == counts["tasks"] == CONTACTS
+    assert counts["notes"] == CONTACTS
+    stages = {row["deal_id"]: row["stage"] for row in store.rows("deals")}
+    assert set(stages.values()) == {STAGES[-1]}
+    assert sink_dead_letters(settings, registry) == []
+
+
+def test_a_write_the_crm_accepted_before_the_sink_died_is_not_made_twice(
+    sink_settings: Settings, registry: SchemaRegistryClient, hubspot: FakeHubSpot, tmp_path: Path
+) -> None:
+    settings = hubspot_settings(sink_settings, hubspot)
+    secrets = {"hubspot_token": hubspot.token}
+    publish(settings, registry, ALL)
+
+    with running_sink(settings, "crm", tmp_path / "first.log", secrets) as first:
+        wait_for(lambda: len(hubspot.objects["deals"]) >= 5, 60, "the first deals")
+        # From now on HubSpot stores each write but answers it late: the sink is killed
+        # while it waits, with writes accepted that its committed offsets do not cover.
+        hubspot.answer_delay_s = 5
+        seen = len(hubspot.requests)
+        wait_for(lambda: len(hubspot.requests) > seen, 10, "a write into the slow window")
+        time.sleep(0.5)
+        first.kill()
+        first.wait()
+    hubspot.answer_delay_s = 0
+
+    with running_sink(settings, "crm", tmp_path / "second.log", secrets):
+        wait_for(lambda: len(hubspot.objects["notes"]) == CONTACTS, 90, "every note")
+        wait_for(
+            lambda: (
+                all(d["dealstage"] == STAGES[-1] for d in hubspot.objects["deals"].values())
+                and len(hubspot.objects["deals"]) == CONTACTS
+            ),
+            30,
+            "every deal at its last stage",
+        )
+    assert_hubspot_holds_each_record_once(hubspot)
+    # The window was hit: some write reached HubSpot twice, and still made one record.
+    traces = [
+        tuple(i.get("objectWriteTraceId") for i in r.body["inputs"])
+        for r in hubspot.requests
+        if r.path.endswith("/batch/upsert")
+    ]
+    assert len(traces) > len(set(traces)), "no write was redelivered: the kill missed the window"
+    assert sink_dead_letters(settings, registry) == []
+
+
+def test_an_outage_pauses_the_sink_and_everything_arrives_once_in_order(
+    sink_settings: Settings, registry: SchemaRegistryClient, hubspot: FakeHubSpot, tmp_path: Path
+) -> None:
+    settings = hubspot_settings(sink_settings, hubspot)
+    hubspot.outage(6)  # every call answers 503 for six seconds
+    publish(settings, registry, ALL)
+    log = tmp_path / "sink.log"
+
+    with running_sink(settings, "crm", log, {"hubspot_token": hubspot.token}):
+        wait_for(lambda: len(hubspot.objects["notes"]) == CONTACTS, 90, "every note")
+        wait_for(
+            lambda: all(d["dealstage"] == STAGES[-1] for d in hubspot.objects["deals"].values()),
+            30,
+            "every deal at its last stage",
+        )
+    assert b"hubspot: circuit open" in log.read_bytes()
+    assert b"hubspot: circuit closed" in log.read_bytes()
+    assert_hubspot_holds_each_record_once(hubspot)
+    assert sink_dead_letters(settings, registry) == []
+
+
+def switchboard(settings: Settings, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_rejected_commands_are_dead_lettered_with_the_answer_and_replay_delivers_once(
+    sink_settings: Settings, registry: SchemaRegistryClient, hubspot: FakeHubSpot, tmp_path: Path
+) -> None:
+    settings = hubspot_settings(sink_settings, hubspot)
+    secrets = {"hubspot_token": hubspot.token}
+    hubspot.reject("deal-007", "Property values were not valid: dealstage")
+    publish(settings, registry, ALL)
+
+    with running_sink(settings, "crm", tmp_path / "sink.log", secrets):
+        wait_for(lambda: len(hubspot.objects["notes"]) == CONTACTS, 90, "every note")
+        wait_for(lambda: len(sink_dead_letters(settings, registry)) == 4, 30, "4 dead letters")
+        letters = sink_dead_letters(settings, registry)
+        assert {letter["error_type"] for letter in letters} == {"Rejected"}
+        assert all("Property values were not valid" in letter["reason"] for letter in letters)
+        assert "deal-007" not in {
+            d["switchboard_deal_id"] for d in hubspot.objects["deals"].values()
+        }
+
+        listed = switchboard(settings, "dlq", "list", "--stage", "sink-hubspot")
+        assert len(listed.splitlines()) == 4
+        hubspot.accept("deal-007")  # the portal was fixed
+        for _ in range(2):  # replaying twice changes nothing the second time
+            out = switchboard(settings, "dlq", "replay", "--stage", "sink-hubspot")
+            assert "replayed 4 dead letters" in out
+        wait_for(
+            lambda: (
+                [d["dealstage"] for d in hubspot.find("deals", "switchboard_deal_id", "deal-007")]
+                == [STAGES[-1]]
+            ),
+            30,
+            "the replayed deal at its last stage",
+        )
+        time.sleep(1)
+    assert_hubspot_holds_each_record_once(hubspot)
+    assert len(sink_dead_letters(settings, registry)) == 4  # nothing new failed
+
+
+def committed_to_end(settings: Settings, group: str, topic: str) -> bool:
+    """Whether consumer group ``group`` has committed ``topic`` up to its end."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        tps = [TopicPartition(topic, p) for p in partitions]
+        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+        committed = consumer.committed(tps, timeout=10)
+        return all(tp.offset >= ends[tp.partition] for tp in committed if ends[tp.partition])
+    finally:
+        consumer.close()
+
+
+def test_notifications_go_out_once_through_smtp_slack_and_the_outbox_even_when_redelivered(
+    sink_settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
+) -> None:
+    emails = [
+        sample_notification(notification_id=f"n-mail-{i}", recipient=f"rep{i % 3}@example.com")
+        for i in range(30)
+    ]
+    slacks = [
+        sample_notification(notification_id=f"n-slack-{i}", channel="SLACK", recipient="#sales")
+        for i in range(10)
+    ]
+    texts = [  # no SMS settings here: these go to the outbox
+        sample_notification(notification_id=f"n-sms-{i}", channel="SMS", recipient="+14155550123")
+        for i in range(5)
+    ]
+    broken = sample_notification(notification_id="n-bad", template="no_such_template")
+    serde = AvroSerde(registry, NOTIFICATIONS.schema, NOTIFICATIONS.full_name(sink_settings))
+    out = producer(sink_settings)
+    for record in [*emails, *slacks, *texts, broken]:
+        out.produce(serde.topic, key=record["contact_id"].encode(), value=serde.encode(record))
+    assert out.flush(30) == 0
+    outbox = tmp_path / "outbox.jsonl"
+
+    with smtp_server() as smtp, SlackWebhook.running() as slack:
+        settings = sink_settings.model_copy(
+            update={
+                "smtp_host": smtp.host,
+                "smtp_port": smtp.port,
+                "smtp_starttls": False,
+                "notify_outbox": outbox,
+                "sink_ledger_url": f"sqlite:///{tmp_path / 'ledger.db'}",
+            }
+        )
+        secrets = {"slack_webhook_url": slack.webhook_url}
+
+        def outboxed() -> list[dict[str, Any]]:
+            return (
+                [json.loads(line) for line in outbox.read_text().splitlines()]
+                if outbox.exists()
+                else []
+            )
+
+        with running_sink(settings, "notify", tmp_path / "first.log", secrets):
+            wait_for(
+                lambda: (
+                    len(smtp.handler.mail) == 30
+                    and len(slack.requests) == 10
+                    and len(outboxed()) == 5
+                ),
+                60,
+                "every notification",
+            )
+            wait_for(lambda: len(sink_dead_letters(settings, registry)) == 1, 30, "the bad one")
+        ids = sorted(m.message()["X-Switchboard-Notification-Id"] for m in smtp.handler.mail)
+        assert ids == sorted(r["notification_id"] for r in emails)
+        assert sorted(r["notification_id"] for r in outboxed()) == sorted(
+            r["notification_id"] for r in texts
+        )
+        [letter] = sink_dead_letters(settings, registry)
+        assert "no_such_template" in letter["reason"]
+
+        # Everything delivered again (a new consumer group reads the topic from the start),
+        # as after a crash: the ledger knows each one went out, nothing is sent twice.
+        again = settings.model_copy(update={"app_id": settings.app_id + "-again"})
+        with running_sink(again, "notify", tmp_path / "second.log", secrets):
+            wait_for(
+                lambda: committed_to_end(again, f"{again.app_id}-sink-notify", serde.topic),
+                60,
+                "the second sink to read everything",
+            )
+        assert len(smtp.handler.mail) == 30
+        assert len(slack.requests) == 10
+        assert len(outboxed()) == 5
