@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: the embedded default. Starts the native Kafka and schema registry (unless
 # they are already up), creates the catalog's topics, registers the contract, then runs
-# the webhook gateway, a load generator feeding it signed provider webhooks, and a
-# worker in the foreground. Ctrl-C stops all of it, then whatever services it started.
+# the webhook gateway, a load generator feeding it signed provider webhooks, the CRM and
+# notification sinks, and a worker. Ctrl-C stops all of it, then whatever services it started.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -62,10 +62,20 @@ until curl -sf -o /dev/null "http://127.0.0.1:$port/healthz"; do
 done
 "$sb" loadgen --rate "${SWITCHBOARD_DEMO_RATE:-20}" --duration 86400 >.run/loadgen.log 2>&1 &
 children+=($!)
+# The sinks: CRM commands into the embedded SQL store (SQLite, .run/crm.db), and
+# notifications, with no mail server or Slack configured, into the outbox file.
+SWITCHBOARD_METRICS_PORT="${SWITCHBOARD_METRICS_PORT:-9464}" "$sb" sink crm >.run/sink-crm.log 2>&1 &
+children+=($!)
+SWITCHBOARD_METRICS_PORT=$((${SWITCHBOARD_METRICS_PORT:-9464} + 1)) \
+  SWITCHBOARD_NOTIFY_OUTBOX="${SWITCHBOARD_NOTIFY_OUTBOX:-.run/outbox.jsonl}" \
+  "$sb" sink notify >.run/sink-notify.log 2>&1 &
+children+=($!)
 
 echo "switchboard: gateway http://127.0.0.1:$port/webhooks/<source> (log .run/gateway.log),"
 echo "             load generator at ${SWITCHBOARD_DEMO_RATE:-20} webhooks/s (.run/loadgen.log),"
-echo "             worker metrics http://127.0.0.1:${SWITCHBOARD_WEB_PORT:-6066}/metrics."
+echo "             worker metrics http://127.0.0.1:${SWITCHBOARD_WEB_PORT:-6066}/metrics,"
+echo "             CRM sink into .run/crm.db (SQLite; .run/sink-crm.log),"
+echo "             notifications into ${SWITCHBOARD_NOTIFY_OUTBOX:-.run/outbox.jsonl} (.run/sink-notify.log)."
 echo "             Ctrl-C stops everything."
 # In the background too, so that Ctrl-C reaches this script at once (a foreground child
 # would make it wait for the worker's own shutdown) and cleanup() bounds how long it takes.

@@ -41,19 +41,24 @@ async def each_decoded(
             try:
                 record = decoder.decode(message.value)
             except UndecodableMessage as exc:
-                letter = dead_letter(
-                    stage=stage,
-                    error=exc,
-                    value=message.value,
-                    key=message.key,
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    headers=_headers(message.headers),
-                )
+                letter = undecodable(message, stage, exc)
                 await dead_letters.send(key=message.key, value=dead_letter_serde.encode(letter))
                 continue
             await handle(Decoded(message.key, record, message.topic))
+
+
+def undecodable(message: Any, stage: str, error: Exception) -> dict[str, Any]:
+    """The dead letter of a Faust message that ``stage`` could not decode."""
+    return dead_letter(
+        stage=stage,
+        error=error,
+        value=message.value,
+        key=message.key,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        headers=_headers(message.headers),
+    )
 
 
 def _headers(raw: Any) -> dict[str, bytes]:

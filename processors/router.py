@@ -15,11 +15,10 @@ from typing import Any
 import faust
 from pydantic import BaseModel, Field
 
-from processors.decoding import Decoded, each_decoded
+from processors.decoding import Decoded, each_decoded, undecodable
 from processors.routing import Assignment, Rep, RoutingRules, rep_from_record, route
 from processors.stages import ROUTER_KEY, Channels, decision_id
 from processors.state import ContactState
-from streams.dlq import dead_letter
 from streams.serde import UndecodableMessage
 from streams.settings import Settings
 from streams.transactions import step
@@ -198,18 +197,7 @@ def register(app: faust.App, settings: Settings, c: Channels, rules: RoutingRule
                     try:
                         rep = json.dumps(c.roster.serde.decode(message.value))
                     except UndecodableMessage as exc:
-                        await c.dead_letters.send_raw(
-                            message,
-                            dead_letter(
-                                stage="roster",
-                                error=exc,
-                                value=message.value,
-                                key=message.key,
-                                topic=message.topic,
-                                partition=message.partition,
-                                offset=message.offset,
-                            ),
-                        )
+                        await c.dead_letters.send_raw(message, undecodable(message, "roster", exc))
                         continue
                 await c.routing.send(
                     ROUTER_KEY,

@@ -143,9 +143,12 @@ def sink(which: str) -> None:
     from streams import metrics
 
     settings = _settings()
+    # Switchboard's own records at the configured level; libraries' (HTTP clients) only
+    # when they warn.
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    logging.getLogger("switchboard").setLevel(settings.log_level.upper())
     try:
         runner = build_sink(settings, "crm" if which == "crm" else "notify")
     except SinkConfigError as exc:

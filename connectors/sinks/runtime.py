@@ -20,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
@@ -36,6 +36,7 @@ from streams.serde import AvroSerde, UndecodableMessage
 from streams.settings import Settings
 
 log = logging.getLogger("switchboard.sink")
+T = TypeVar("T")
 
 
 class Ledger(Protocol):
@@ -194,7 +195,8 @@ class Sink:
         """Deliver or dead-letter every message; return when each one is settled."""
         items = [item for item in map(self._decode, messages) if item is not None]
         if self.ledger is not None and items:
-            done = await self.ledger.seen([i.key for i in items])
+            ledger, keys = self.ledger, [i.key for i in items]
+            done = await self._until_done("ledger lookup", lambda: ledger.seen(keys))
             for item in items:
                 if item.key in done:
                     metrics.SINK_DELIVERIES.labels(
@@ -261,7 +263,10 @@ class Sink:
 
     async def _delivered(self, destination: str, items: list[Item]) -> None:
         if self.ledger is not None:
-            await self.ledger.record([i.key for i in items], destination, "delivered")
+            ledger, keys = self.ledger, [i.key for i in items]
+            await self._until_done(
+                "ledger record", lambda: ledger.record(keys, destination, "delivered")
+            )
         now = time.time()
         for item in items:
             metrics.SINK_DELIVERIES.labels(destination=destination, outcome="delivered").inc()
@@ -269,6 +274,18 @@ class Sink:
             metrics.SINK_DELIVERY_SECONDS.labels(destination=destination).observe(
                 max(now - produced_ms / 1000, 0.0)
             )
+
+    async def _until_done(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """The ledger is not a destination: without it the sink can neither skip what it
+        delivered nor remember what it just sent, so it waits for it, however long."""
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except Retryable as exc:
+                attempt += 1
+                log.warning("%s failed (attempt %d), retrying: %s", what, attempt, exc)
+                await asyncio.sleep(self.limits.backoff.delay(attempt))
 
     def _decode(self, message: Message) -> Item | None:
         try:

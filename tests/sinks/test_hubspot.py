@@ -15,6 +15,7 @@ from connectors.sinks.crm.hubspot import HubSpotWriter
 from connectors.sinks.delivery import Outcome, Rejected, Retryable
 from tests.fakes import Scripted
 from tests.fakes.hubspot import FakeHubSpot
+from tests.records import crm_command
 
 ISSUED = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 AUTH = "Bearer pat-na1-test"
@@ -27,14 +28,7 @@ def hubspot() -> Iterator[FakeHubSpot]:
 
 
 def command(kind: str, contact_id: str, payload: dict[str, Any], cid: str = "") -> dict[str, Any]:
-    return {
-        "command_id": cid or f"cmd-{kind.lower()}-{contact_id}",
-        "command_type": kind,
-        "contact_id": contact_id,
-        "issued_at": ISSUED,
-        "causation_event_id": "evt-1",
-        "payload": payload,
-    }
+    return crm_command(kind, contact_id, payload, command_id=cid, issued_at=ISSUED)
 
 
 def contact(contact_id: str, email: str | None = None, **fields: Any) -> dict[str, Any]:

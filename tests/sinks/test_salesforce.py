@@ -14,6 +14,7 @@ from connectors.sinks.crm.salesforce import SalesforceWriter
 from connectors.sinks.delivery import Outcome, Rejected, Retryable
 from tests.fakes import Scripted
 from tests.fakes.salesforce import FakeSalesforce
+from tests.records import crm_command
 
 ISSUED = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 TOKEN = "00Dxx0000000001!test"
@@ -28,14 +29,7 @@ def salesforce() -> Iterator[FakeSalesforce]:
 
 
 def command(kind: str, contact_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "command_id": f"cmd-{kind.lower()}-{contact_id}",
-        "command_type": kind,
-        "contact_id": contact_id,
-        "issued_at": ISSUED,
-        "causation_event_id": None,
-        "payload": payload,
-    }
+    return crm_command(kind, contact_id, payload, issued_at=ISSUED)
 
 
 def contact(contact_id: str, last_name: str | None = "Lovelace", **fields: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from connectors.sinks.crm.migrations import (
 from connectors.sinks.crm.sql import TABLES, SqlCrmStore, open_store
 from connectors.sinks.delivery import Destination, Outcome, Rejected, Retryable
 from connectors.sinks.ledger import DeliveryLedger
+from tests.records import crm_command
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -37,14 +38,8 @@ def command(
     at: datetime = T0,
 ) -> dict[str, Any]:
     """A CRM command as the Avro contract decodes it."""
-    return {
-        "command_id": command_id,
-        "command_type": command_type,
-        "contact_id": contact_id,
-        "issued_at": at,
-        "causation_event_id": f"evt-{command_id}",
-        "payload": payload,
-    }
+    record = crm_command(command_type, contact_id, payload, command_id=command_id, issued_at=at)
+    return record | {"causation_event_id": f"evt-{command_id}"}
 
 
 def deliver(store: SqlCrmStore, records: Sequence[dict[str, Any]]) -> list[Outcome]:

@@ -37,12 +37,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 
+from connectors.sinks.crm.values import major_units, task_priority, utc
 from connectors.sinks.delivery import DeliveryError, Outcome, Rejected, Retryable
 from connectors.sinks.http import Answer, raise_for_status, request, retry_after_seconds
 
@@ -59,12 +59,6 @@ ACTIVITY_OBJECTS = {
     "sms": "communications",
 }
 TASK_PRIORITIES = {"low": "LOW", "medium": "MEDIUM", "normal": "MEDIUM", "high": "HIGH"}
-# ISO 4217 minor-unit exponents that are not 2 (amount_minor -> HubSpot's major units).
-CURRENCY_EXPONENTS = {
-    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW"), 0),
-    **dict.fromkeys(("PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"), 0),
-    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
-}
 
 
 @dataclass(frozen=True)
@@ -181,7 +175,7 @@ class HubSpotWriter:
                 "dealname": payload["name"],
                 "dealstage": payload["stage"],
                 "pipeline": payload.get("pipeline"),
-                "amount": _major_units(payload.get("amount_minor"), payload.get("currency")),
+                "amount": _amount(payload.get("amount_minor"), payload.get("currency")),
                 "deal_currency_code": payload.get("currency"),
             }
             return write("deals", DEAL_KEY, payload["deal_id"], props)
@@ -194,7 +188,9 @@ class HubSpotWriter:
                 "hs_task_body": payload.get("notes"),
                 "hs_timestamp": _instant(payload["due_at"]),
                 "hs_task_status": "NOT_STARTED",
-                "hs_task_priority": _task_priority(priority) if priority else None,
+                "hs_task_priority": task_priority(priority, TASK_PRIORITIES, "hubspot")
+                if priority
+                else None,
                 "hubspot_owner_id": self._owner(payload["owner_id"])
                 if payload.get("owner_id")
                 else None,
@@ -404,26 +400,13 @@ def _text(value: Any) -> str:
 
 
 def _instant(value: datetime | int) -> str:
-    """An Avro timestamp-millis (datetime, or epoch millis) as ISO 8601 UTC with millis."""
-    if isinstance(value, int):
-        value = datetime.fromtimestamp(value / 1000, UTC)
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """An Avro timestamp-millis as ISO 8601 UTC with millis."""
+    return utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _major_units(amount_minor: int | None, currency: str | None) -> str | None:
-    if amount_minor is None:
-        return None
-    exponent = CURRENCY_EXPONENTS.get((currency or "").upper(), 2)
-    return str(Decimal(amount_minor).scaleb(-exponent))
-
-
-def _task_priority(priority: str) -> str:
-    value = TASK_PRIORITIES.get(priority.lower())
-    if value is None:
-        raise Rejected(
-            f"hubspot: task priority {priority!r} unknown; use one of {sorted(TASK_PRIORITIES)}"
-        )
-    return value
+def _amount(amount_minor: int | None, currency: str | None) -> str | None:
+    amount = major_units(amount_minor, currency)
+    return None if amount is None else str(amount)
 
 
 def _activity(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -33,12 +33,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
 
+from connectors.sinks.crm.values import major_units, task_priority, utc
 from connectors.sinks.delivery import Outcome, Rejected, Retryable
 from connectors.sinks.http import Answer, raise_for_status, request, retry_after_seconds
 
@@ -49,11 +49,6 @@ RETRYABLE_CODES = {"UNABLE_TO_LOCK_ROW", "REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVA
 CLOSE_AFTER = timedelta(days=30)
 TASK_PRIORITIES = {"low": "Low", "normal": "Normal", "medium": "Normal", "high": "High"}
 ACTIVITY_TYPES = {"call": "Call", "email": "Email", "meeting": "Meeting", "sms": "Other"}
-CURRENCY_EXPONENTS = {
-    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW"), 0),
-    **dict.fromkeys(("PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"), 0),
-    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
-}
 _API_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 
 
@@ -149,7 +144,7 @@ class SalesforceWriter:
         if command == "SET_OWNER":
             return write("Contact", {**contact_key, "OwnerId": self._owner(payload["owner_id"])})
         if command == "CREATE_DEAL":
-            close = (_date_time(record["issued_at"]) + CLOSE_AFTER).date().isoformat()
+            close = (utc(record["issued_at"]) + CLOSE_AFTER).date().isoformat()
             return write(
                 "Opportunity",
                 {
@@ -157,7 +152,7 @@ class SalesforceWriter:
                     "Name": payload["name"],
                     "StageName": payload["stage"],
                     "CloseDate": close,
-                    "Amount": _major_units(payload.get("amount_minor"), payload.get("currency")),
+                    "Amount": _amount(payload.get("amount_minor"), payload.get("currency")),
                 },
             )
         if command == "UPDATE_DEAL_STAGE":
@@ -176,9 +171,11 @@ class SalesforceWriter:
                     **task_key,
                     **who,
                     "Subject": payload["title"],
-                    "ActivityDate": _date_time(payload["due_at"]).date().isoformat(),
+                    "ActivityDate": utc(payload["due_at"]).date().isoformat(),
                     "Status": "Not Started",
-                    "Priority": _task_priority(priority) if priority else None,
+                    "Priority": task_priority(priority, TASK_PRIORITIES, "salesforce")
+                    if priority
+                    else None,
                     "Description": payload.get("notes"),
                     "OwnerId": self._owner(payload["owner_id"])
                     if payload.get("owner_id")
@@ -203,7 +200,7 @@ class SalesforceWriter:
                     "Subject": f"{kind.capitalize()}: {outcome}" if outcome else kind.capitalize(),
                     "Type": task_type,
                     "Status": "Completed",
-                    "ActivityDate": _date_time(payload["occurred_at"]).date().isoformat(),
+                    "ActivityDate": utc(payload["occurred_at"]).date().isoformat(),
                     "Description": payload.get("summary"),
                     "CallDurationInSeconds": payload.get("duration_seconds") if is_call else None,
                     "CallDisposition": outcome if is_call else None,
@@ -217,7 +214,7 @@ class SalesforceWriter:
                     **who,
                     "Subject": "Note",
                     "Status": "Completed",
-                    "ActivityDate": _date_time(record["issued_at"]).date().isoformat(),
+                    "ActivityDate": utc(record["issued_at"]).date().isoformat(),
                     "Description": payload["body"],
                 },
             )
@@ -293,24 +290,6 @@ def _error_codes(answer: Answer) -> str:
     return ", ".join(str(e.get("errorCode")) for e in items if isinstance(e, dict))
 
 
-def _date_time(value: datetime | int) -> datetime:
-    """An Avro timestamp-millis (datetime, or epoch millis) as an aware UTC datetime."""
-    if isinstance(value, int):
-        return datetime.fromtimestamp(value / 1000, UTC)
-    return value.astimezone(UTC)
-
-
-def _major_units(amount_minor: int | None, currency: str | None) -> float | None:
-    if amount_minor is None:
-        return None
-    exponent = CURRENCY_EXPONENTS.get((currency or "").upper(), 2)
-    return float(Decimal(amount_minor).scaleb(-exponent))
-
-
-def _task_priority(priority: str) -> str:
-    value = TASK_PRIORITIES.get(priority.lower())
-    if value is None:
-        raise Rejected(
-            f"salesforce: task priority {priority!r} unknown; use one of {sorted(TASK_PRIORITIES)}"
-        )
-    return value
+def _amount(amount_minor: int | None, currency: str | None) -> float | None:
+    amount = major_units(amount_minor, currency)
+    return None if amount is None else float(amount)
