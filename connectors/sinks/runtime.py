@@ -189,6 +189,8 @@ class Sink:
         first = consumer.poll(0.5)
         if first is None:
             return []
+        if self.limits.batch_size == 1:
+            return [first]
         return [first, *consumer.consume(self.limits.batch_size - 1, 0)]
 
     async def deliver(self, messages: Sequence[Message]) -> None:
