@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import aiohttp
+
 from connectors.sinks.delivery import Outcome, Rejected, Retryable
+from connectors.sinks.http import Answer, request
 
 
 async def deliver_each(
@@ -31,3 +34,39 @@ async def deliver_each(
         else:
             outcomes.append(None)
     return outcomes
+
+
+class HttpChannel:
+    """A channel that POSTs one notification per call to ``url`` (Slack, Twilio, webhooks):
+    the session, the call and its settings live here; a channel says what it posts."""
+
+    max_batch = 1
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def deliver(self, records: Sequence[dict[str, Any]]) -> list[Outcome]:
+        return await deliver_each(records, self._send)
+
+    async def _send(self, record: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def post(self, what: str, **kwargs: Any) -> Answer:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return await request(
+            self._session,
+            "POST",
+            self.url,
+            what=what,
+            timeout_s=self.timeout,
+            allow_redirects=False,
+            **kwargs,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

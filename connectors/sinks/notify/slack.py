@@ -18,45 +18,16 @@ ledger of delivered ``notification_id``s, not by Slack."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
-
-from connectors.sinks.delivery import Outcome
-from connectors.sinks.http import raise_for_status, request
-from connectors.sinks.notify import deliver_each
+from connectors.sinks.http import raise_for_status
+from connectors.sinks.notify import HttpChannel
 from connectors.sinks.notify.templates import render_slack
 
 
-class SlackChannel:
+class SlackChannel(HttpChannel):
     name = "slack"
-    max_batch = 1
-
-    def __init__(self, webhook_url: str, timeout: float = 10.0) -> None:
-        self.webhook_url = webhook_url
-        self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
-
-    async def deliver(self, records: Sequence[dict[str, Any]]) -> list[Outcome]:
-        return await deliver_each(records, self._send)
 
     async def _send(self, record: dict[str, Any]) -> None:
         payload = render_slack(record)
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        answer = await request(
-            self._session,
-            "POST",
-            self.webhook_url,
-            what="slack",
-            timeout_s=self.timeout,
-            json=payload,
-            allow_redirects=False,
-        )
-        raise_for_status(answer, "slack")
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        raise_for_status(await self.post("slack", json=payload), "slack")

@@ -15,15 +15,14 @@ The Messages API takes no idempotency key, so the runtime's ledger of delivered
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from connectors.sinks.delivery import Outcome, Rejected
-from connectors.sinks.http import raise_for_status, request
-from connectors.sinks.notify import deliver_each
+from connectors.sinks.delivery import Rejected
+from connectors.sinks.http import raise_for_status
+from connectors.sinks.notify import HttpChannel
 from connectors.sinks.notify.templates import render_sms
 from connectors.sources import base, identity
 
@@ -41,9 +40,8 @@ def e164(value: str, field: str = "recipient") -> str:
     return normalised
 
 
-class SmsChannel:
+class SmsChannel(HttpChannel):
     name = "sms"
-    max_batch = 1
 
     def __init__(
         self,
@@ -53,40 +51,20 @@ class SmsChannel:
         base_url: str = "https://api.twilio.com",
         timeout: float = 10.0,
     ) -> None:
-        self.url = (
+        super().__init__(
             f"{base_url.rstrip('/')}/2010-04-01/Accounts/{quote(account_sid, safe='')}"
-            "/Messages.json"
+            "/Messages.json",
+            timeout,
         )
         self.headers = {"Authorization": aiohttp.encode_basic_auth(account_sid, auth_token)}
         self.from_number = from_number
-        self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
-
-    async def deliver(self, records: Sequence[dict[str, Any]]) -> list[Outcome]:
-        return await deliver_each(records, self._send)
 
     async def _send(self, record: dict[str, Any]) -> None:
         to = e164(str(record.get("recipient") or ""))
         form = {"To": to, "From": self.from_number, "Body": render_sms(record)}
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        answer = await request(
-            self._session,
-            "POST",
-            self.url,
-            what="twilio",
-            timeout_s=self.timeout,
-            data=form,
-            headers=self.headers,
-            allow_redirects=False,
-        )
+        answer = await self.post("twilio", data=form, headers=self.headers)
         error = answer.json()
         what = "twilio"
         if answer.status >= 400 and isinstance(error, dict) and "code" in error:
             what = f"twilio error {error['code']} ({error.get('message', '')})"
         raise_for_status(answer, what)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None

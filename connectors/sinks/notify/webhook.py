@@ -19,14 +19,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
-from connectors.sinks.delivery import Outcome
-from connectors.sinks.http import raise_for_status, request
-from connectors.sinks.notify import deliver_each
+from connectors.sinks.http import raise_for_status
+from connectors.sinks.notify import HttpChannel
 from connectors.sinks.notify.templates import render_webhook
 
 SIGNATURE_HEADER = "X-Switchboard-Signature"
@@ -38,9 +35,8 @@ def signature(key: bytes, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={mac}"
 
 
-class WebhookChannel:
+class WebhookChannel(HttpChannel):
     name = "webhook"
-    max_batch = 1
 
     def __init__(
         self,
@@ -49,14 +45,9 @@ class WebhookChannel:
         timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.url = url
+        super().__init__(url, timeout)
         self.signing_key = signing_key.encode() if isinstance(signing_key, str) else signing_key
-        self.timeout = timeout
         self.clock = clock
-        self._session: aiohttp.ClientSession | None = None
-
-    async def deliver(self, records: Sequence[dict[str, Any]]) -> list[Outcome]:
-        return await deliver_each(records, self._send)
 
     async def _send(self, record: dict[str, Any]) -> None:
         body = render_webhook(record)
@@ -65,21 +56,4 @@ class WebhookChannel:
             "Idempotency-Key": str(record["notification_id"]),
             SIGNATURE_HEADER: signature(self.signing_key, body, int(self.clock())),
         }
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        answer = await request(
-            self._session,
-            "POST",
-            self.url,
-            what="webhook",
-            timeout_s=self.timeout,
-            data=body,
-            headers=headers,
-            allow_redirects=False,
-        )
-        raise_for_status(answer, "webhook")
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        raise_for_status(await self.post("webhook", data=body, headers=headers), "webhook")
