@@ -5,7 +5,6 @@ a secret stops the sink at start with a message that names what is missing."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 from connectors.sinks.delivery import Destination
@@ -34,10 +33,6 @@ def crm_destination(settings: Settings) -> Destination:
     if backend == "sql":
         from connectors.sinks.crm.sql import open_store
 
-        if settings.crm_database_url.startswith("sqlite:///"):
-            Path(settings.crm_database_url.removeprefix("sqlite:///")).parent.mkdir(
-                parents=True, exist_ok=True
-            )
         return open_store(settings.crm_database_url)
     if backend == "hubspot":
         from connectors.sinks.crm.hubspot import HubSpotWriter
@@ -147,10 +142,6 @@ def build_sink(settings: Settings, which: SinkName) -> Sink:
     from connectors.sinks.ledger import DeliveryLedger
 
     destinations = notify_destinations(settings)
-    if settings.sink_ledger_url.startswith("sqlite:///"):
-        Path(settings.sink_ledger_url.removeprefix("sqlite:///")).parent.mkdir(
-            parents=True, exist_ok=True
-        )
     return Sink(
         name="notify",
         serde=serde(NOTIFICATIONS),
