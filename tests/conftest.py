@@ -20,6 +20,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from streams.serde import registry_client
 from streams.settings import Settings
+from tests.kafka_helpers import delete_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_IMAGE = "apicurio/apicurio-registry:3.3.3"
@@ -79,8 +80,12 @@ def infra() -> Iterator[Infra]:
 
 
 @pytest.fixture(scope="session")
-def session_prefix() -> str:
-    return f"test-{uuid.uuid4().hex[:8]}."
+def session_prefix(infra: Infra) -> Iterator[str]:
+    """Every topic of this session starts with it (Faust's too: app ids do), and goes
+    at its end."""
+    prefix = f"test-{uuid.uuid4().hex[:8]}."
+    yield prefix
+    delete_topics(infra.bootstrap, prefix)
 
 
 def free_port() -> int:
@@ -99,7 +104,7 @@ def settings(infra: Infra, session_prefix: str, tmp_path: Path) -> Settings:
         schema_registry_url=infra.registry_url,
         topic_prefix=f"{session_prefix}{test_id}.",
         partitions=3,
-        app_id=f"switchboard-test-{test_id}",
+        app_id=f"{session_prefix}{test_id}-app",
         web_port=free_port(),
         data_dir=tmp_path / "worker",
     )

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka.admin import AdminClient
 
 from streams.kafka import producer_config, read_topic
 from streams.settings import Settings, secret_env
@@ -165,3 +166,13 @@ def _running(
 def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> list[Message]:
     """Every committed message now in ``topic`` (see streams.kafka.read_topic)."""
     return read_topic(settings, topic, timeout)
+
+
+def delete_topics(bootstrap: str, *prefixes: str) -> int:
+    """Delete every topic whose name starts with one of ``prefixes``; how many. Each run
+    makes its own topics, and a broker that keeps them all runs out of file handles."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefixes)]
+    for future in admin.delete_topics(names, operation_timeout=30).values() if names else ():
+        future.result()
+    return len(names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,3 +17,14 @@ def write_results(kind: str, results: dict[str, Any]) -> Path:
     out = RESULTS / f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.write_text(json.dumps(results, indent=2))
     return out
+
+
+def run_then_clean(main: Callable[[], None]) -> None:
+    """Run a benchmark, then delete the topics benchmarks make (``bench-…``)."""
+    from streams.settings import Settings
+    from tests.kafka_helpers import delete_topics
+
+    try:
+        main()
+    finally:
+        delete_topics(Settings().kafka_bootstrap, "bench-", "switchboard-bench-")

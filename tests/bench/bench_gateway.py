@@ -20,7 +20,7 @@ from streams.registry import register_catalog
 from streams.serde import registry_client
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.bench import write_results
+from tests.bench import run_then_clean, write_results
 from tests.conftest import free_port
 from tests.kafka_helpers import running_gateway
 from tests.webhooks import SECRETS
@@ -94,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_then_clean(main)

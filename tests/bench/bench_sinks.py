@@ -33,7 +33,7 @@ from streams.registry import register_catalog
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
 from streams.topics import CRM_COMMANDS, DEAD_LETTERS, NOTIFICATIONS, TopicSpec, ensure_topics
-from tests.bench import write_results
+from tests.bench import run_then_clean, write_results
 from tests.bench.bench_core import percentile
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.salesforce import FakeSalesforce
@@ -313,4 +313,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_then_clean(main)

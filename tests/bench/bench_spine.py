@@ -21,7 +21,7 @@ from streams.registry import register_catalog
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
 from streams.topics import CONTACT_EVENTS, ensure_topics
-from tests.bench import write_results
+from tests.bench import run_then_clean, write_results
 from tests.conftest import free_port
 from tests.kafka_helpers import producer, running_worker, worker_metric
 from tests.records import contact_event
@@ -154,4 +154,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_then_clean(main)
