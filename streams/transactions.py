@@ -15,7 +15,12 @@ runs beside the agents. Three gaps let a SIGKILL lose or repeat work:
 A step closes all three: it holds the app's step lock, which the commit also takes; every
 send made in the step (changelog writes included, collected instead of buffered) goes to
 the source partition's transaction; and the message is acknowledged before the lock is
-released, so a commit sees each message either whole or not at all."""
+released, so a commit sees each message either whole or not at all.
+
+One more gap is in table recovery: with transactions, Faust asks aiokafka for the last
+stable offset it saw in a fetch, which a fresh process has not made yet, so a restarted
+worker believed its changelogs empty and started with empty tables. The consumer here
+asks the broker instead (ListOffsets under read_committed gives the same offset)."""
 
 from __future__ import annotations
 
@@ -118,6 +123,19 @@ class _TransactionManager(TransactionManager):
             return await super().commit(offsets, start_new_transaction)
 
 
+class _ConsumerThread(driver.AIOKafkaConsumerThread):
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        # Under read_committed the broker answers with the last stable offset.
+        offsets: Mapping[TP, int] = await self._ensure_consumer().end_offsets(partitions)
+        return offsets
+
+
+class _Consumer(driver.Consumer):
+    def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
 class _Transport(driver.Transport):
+    Consumer = _Consumer
     Producer = _Producer
     TransactionManager = _TransactionManager
