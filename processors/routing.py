@@ -14,16 +14,14 @@ from __future__ import annotations
 from datetime import datetime, time
 from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from processors.hours import WEEKDAYS, Weekday, known_zone
 from processors.state import ContactState
 from streams import rules as rule_files
 from streams.rules import RuleModel
-
-Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class WorkingHours(RuleModel):
@@ -54,16 +52,7 @@ class Rep(RuleModel):
     named_accounts: list[str] = Field(default_factory=list, description="Company e-mail domains.")
     manager_id: str | None = None
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown time zone {value!r} (use an IANA name like Europe/Lisbon)"
-            ) from None
-        return value
+    _zone = field_validator("timezone")(known_zone)
 
     def working_at(self, at: datetime) -> bool:
         local = at.astimezone(ZoneInfo(self.timezone))
@@ -186,7 +175,10 @@ def route(
     """Choose a rep for ``contact``; returns the new rotation state and the decision.
 
     ``rotation`` holds each rep's current weight in smooth weighted round-robin; it
-    changes only when a rep is chosen."""
+    changes only when a rep is chosen. A contact that has an owner is being reassigned
+    (an SLA escalation): its owner is not chosen again."""
+    if contact.owner_id is not None:
+        roster = {rep_id: rep for rep_id, rep in roster.items() if rep_id != contact.owner_id}
     for rule in rules.rules:
         if not rule.when.match(contact, roster):
             continue

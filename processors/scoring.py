@@ -13,34 +13,14 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from processors.matching import EventType, payload_matches
 from processors.state import Award, ContactState, ScoringState
 from streams import rules as rule_files
 from streams.rules import RuleModel
-
-EventType = Literal[
-    "FORM_SUBMITTED",
-    "PAGE_VIEWED",
-    "CALL_COMPLETED",
-    "PAYMENT_RECEIVED",
-    "INVOICE_PAID",
-    "JOB_STATUS_CHANGED",
-    "MEETING_BOOKED",
-    "MEETING_COMPLETED",
-    "MEETING_CANCELLED",
-    "EMAIL_SENT",
-    "EMAIL_OPENED",
-    "EMAIL_CLICKED",
-    "EMAIL_REPLIED",
-    "EMAIL_BOUNCED",
-    "EMAIL_UNSUBSCRIBED",
-    "REP_ACTIVITY_LOGGED",
-    "DEAL_STAGE_CHANGED",
-    "CONTACT_UPDATED",
-]
 
 
 class Frequency(RuleModel):
@@ -64,19 +44,7 @@ class BehaviourRule(RuleModel):
         return self.points > 0 if self.decays is None else self.decays
 
     def matches(self, event: dict[str, Any]) -> bool:
-        if event["event_type"] != self.event:
-            return False
-        payload = event["payload"]
-        for key, expected in self.when.items():
-            if key.endswith("_contains"):
-                if (
-                    expected.lower()
-                    not in str(payload.get(key.removesuffix("_contains")) or "").lower()
-                ):
-                    return False
-            elif str(payload.get(key)) != expected:
-                return False
-        return True
+        return event["event_type"] == self.event and payload_matches(event["payload"], self.when)
 
 
 class FirmographicRule(RuleModel):
