@@ -77,6 +77,19 @@ class Settings(BaseSettings):
     routing_rules: Path | None = Field(
         None, description="Lead routing rules (YAML); the packaged ones when unset."
     )
+    sla_policies: Path | None = Field(
+        None, description="SLA policies (YAML); the packaged ones when unset."
+    )
+    pipeline_rules: Path | None = Field(
+        None, description="Pipeline triggers (YAML); the packaged ones when unset."
+    )
+    clock: str = Field(
+        "system",
+        description="What drives timers: 'system', or 'file:PATH' (the ISO-8601 time written "
+        "in PATH; tests and demos run days of SLA time in seconds with it).",
+        pattern=r"^(system|file:.+)$",
+    )
+    timer_tick_s: float = Field(0.25, gt=0, description="How often a worker looks for due timers.")
 
     gateway_bind: str = Field("127.0.0.1", description="Webhook gateway address.")
     gateway_port: int = Field(8787, ge=1, le=65535, description="Webhook gateway port.")
