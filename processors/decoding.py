@@ -20,6 +20,7 @@ class Decoded:
     key: bytes | None
     record: dict[str, Any]
     topic: str
+    partition: int
 
 
 async def each_decoded(
@@ -44,7 +45,7 @@ async def each_decoded(
                 letter = undecodable(message, stage, exc)
                 await dead_letters.send(key=message.key, value=dead_letter_serde.encode(letter))
                 continue
-            await handle(Decoded(message.key, record, message.topic))
+            await handle(Decoded(message.key, record, message.topic, message.partition))
 
 
 def undecodable(message: Any, stage: str, error: Exception) -> dict[str, Any]:

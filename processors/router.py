@@ -16,8 +16,10 @@ import faust
 from pydantic import BaseModel, Field
 
 from processors.decoding import Decoded, each_decoded, undecodable
+from processors.ids import decision_id
+from processors.records import ROUTER_KEY
 from processors.routing import Assignment, Rep, RoutingRules, rep_from_record, route
-from processors.stages import ROUTER_KEY, Channels, decision_id
+from processors.stages import Channels
 from processors.state import ContactState
 from streams.serde import UndecodableMessage
 from streams.settings import Settings
@@ -77,6 +79,16 @@ def notification_context(contact: ContactState, decision: Assignment, rep: Rep) 
     }
 
 
+def addresses(roster: dict[str, Rep], rep_id: str | None) -> dict[str, str | None]:
+    """The chosen rep's e-mail and their manager's, for SLA reminders and escalations."""
+    rep = roster.get(rep_id) if rep_id else None
+    manager = roster.get(rep.manager_id) if rep and rep.manager_id else None
+    return {
+        "rep_email": rep.email if rep else None,
+        "manager_email": manager.email if manager else None,
+    }
+
+
 async def handle(
     message: dict[str, Any],
     state: RouterState,
@@ -110,6 +122,7 @@ async def handle(
             "reason": decision.reason,
             "held": decision.held,
             "at": at,
+            **addresses(state.roster, decision.rep_id),
         },
     )
     outcome = "assigned" if decision.rep_id else ("held" if decision.held else "unassigned")

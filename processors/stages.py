@@ -3,37 +3,54 @@
 identity (keyed by identifier)     contact-events + identity-claims  -> table identity
     resolves each event to a contact id, claims the event's other identifiers, starts
     merges, and re-keys the event by contact id onto events-by-contact.
-contact (keyed by contact id)      events-by-contact + contact-merges -> tables contacts, aliases
+contact (keyed by contact id)      events-by-contact, contact-merges, assignments, timers
+                                   -> tables contacts, aliases, timers
     keeps the contact's state and score (processors.contact), runs merges step by step,
-    forwards a retired contact's events to its survivor, and writes CRM commands and
-    audit entries.
+    forwards a retired contact's events to its survivor, moves deals on what happened
+    (processors.pipeline), starts and stops SLA clocks and fires their escalation steps
+    when due (processors.sla, processors.timers), and writes CRM commands,
+    notifications, routing requests and audit entries (processors.records).
 
 Everything a stage sends is in the Kafka transaction of the message it is processing
 (processing_guarantee=exactly_once), together with its table writes."""
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from confluent_kafka import Producer
 
+from processors import sla, timers
 from processors.contact import advance
 from processors.decoding import Decoded, each_decoded
 from processors.identity import claim, merge_states, resolve
+from processors.ids import decision_id
+from processors.matching import ASSIGNED
+from processors.pipeline import PipelineRules, apply_rules
+from processors.records import (
+    Output,
+    audit_entry,
+    firing_outputs,
+    pipeline_outputs,
+    route_request,
+    stage_change_triggers,
+    timer_change_audit,
+    upsert_contact,
+)
 from processors.routing import RoutingRules
 from processors.scoring import ScoringModel, components_at, is_meaningful, total
 from processors.state import ContactState, identifiers_of
 from streams import metrics
 from streams.app import raw_topic
+from streams.clock import Clock
+from streams.kafka import producer_config
 from streams.serde import AvroSerde
 from streams.settings import Settings
-
-# Every routing message goes to one partition, where the router decides in one order.
-ROUTER_KEY = "router"
 
 
 @dataclass(frozen=True)
@@ -68,47 +85,29 @@ class Channels:
     roster: Channel
     routing: Channel
     assignments: Channel
+    timers: Channel
 
 
-def decision_id(*parts: str) -> str:
-    """A deterministic id for an output: the same decision from the same inputs, the same id
-    (the sinks' idempotency key)."""
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+@dataclass(frozen=True)
+class Rules:
+    """The declarative files the stages run on, validated at load."""
 
-
-def audit_entry(
-    contact_id: str,
-    stage: str,
-    decision: str,
-    reason: str,
-    inputs: dict[str, Any],
-    causes: list[str],
-    at: datetime,
-) -> dict[str, Any]:
-    return {
-        # The same decision from the same inputs has the same id (a replay is recognisable);
-        # the reason tells apart two decisions of one kind without a causing event (merges).
-        "audit_id": decision_id(contact_id, stage, decision, reason, *causes),
-        "contact_id": contact_id,
-        "recorded_at": at,
-        "stage": stage,
-        "decision": decision,
-        "reason": reason,
-        "inputs": {k: str(v) for k, v in inputs.items()},
-        "causation_event_ids": causes,
-    }
+    scoring: ScoringModel
+    routing: RoutingRules
+    sla: sla.SlaPolicies
+    pipeline: PipelineRules
 
 
 def register(
-    app: faust.App,
-    settings: Settings,
-    channels: Channels,
-    model: ScoringModel,
-    routing_rules: RoutingRules,
+    app: faust.App, settings: Settings, channels: Channels, rules: Rules, clock: Clock
 ) -> None:
     identity = app.Table("identity", partitions=settings.partitions, key_type=str, value_type=str)
     contacts = app.Table("contacts", partitions=settings.partitions, key_type=str, value_type=str)
     aliases = app.Table("aliases", partitions=settings.partitions, key_type=str, value_type=str)
+    # Running SLA timers per contact (sla.TimerBook JSON), co-partitioned with contacts.
+    timer_books = app.Table("timers", partitions=settings.partitions, key_type=str, value_type=str)
+    schedule = timers.Schedule()
+    model, routing_rules = rules.scoring, rules.routing
     c = channels
 
     async def resolve_event(item: Decoded) -> None:
@@ -170,35 +169,111 @@ def register(
         return None if stored is None else ContactState.model_validate_json(stored)
 
     async def upsert_command(state: ContactState, cause: str, at: datetime) -> None:
-        properties = {
-            "lead_score": f"{state.score:g}",
-            **({"lead_band": state.band} if state.band else {}),
-        }
-        email = next((i[6:] for i in state.identifiers if i.startswith("email:")), None)
-        phone = next((i[6:] for i in state.identifiers if i.startswith("phone:")), None)
-        crm = next((i[4:] for i in state.identifiers if i.startswith("crm:")), None)
-        await c.commands.send(
-            state.contact_id,
-            {
-                "command_id": decision_id("upsert", state.contact_id, cause),
-                "command_type": "UPSERT_CONTACT",
-                "contact_id": state.contact_id,
-                "issued_at": at,
-                "causation_event_id": cause,
-                "payload": {
-                    "email": email,
-                    "phone": phone,
-                    "crm_id": crm,
-                    "first_name": state.profile.get("first_name"),
-                    "last_name": state.profile.get("last_name"),
-                    "company": state.profile.get("company"),
-                    "title": state.profile.get("title"),
-                    "properties": properties,
-                },
-            },
-        )
+        command_id = decision_id("upsert", state.contact_id, cause)
+        await c.commands.send(state.contact_id, upsert_contact(state, command_id, cause, at))
 
-    async def on_event(contact_id: str, event: dict[str, Any]) -> None:
+    async def send_all(outputs: list[Output]) -> None:
+        for channel, key, record in outputs:
+            await getattr(c, channel).send(key, record)
+
+    def load_timers(contact_id: str) -> sla.TimerBook:
+        stored = timer_books.get(contact_id)
+        return sla.TimerBook() if stored is None else sla.TimerBook.model_validate_json(stored)
+
+    def store_timers(contact_id: str, book: sla.TimerBook, partition: int) -> None:
+        if book.timers:
+            book.partition = partition
+            timer_books[contact_id] = book.model_dump_json(exclude_defaults=True)
+        elif contact_id in timer_books:
+            del timer_books[contact_id]
+
+    async def run_timers(
+        state: ContactState, triggers: list[dict[str, Any]], partition: int
+    ) -> None:
+        """Start, stop or cancel the contact's SLA clocks for what just happened."""
+        contact_id = state.contact_id
+        book = load_timers(contact_id)
+        changed = False
+        for trigger in triggers:
+            book, changes = sla.on_event(rules.sla, book, state, trigger)
+            for change in changes:
+                changed = True
+                timer = change.timer
+                await c.audit.send(
+                    contact_id, timer_change_audit(contact_id, change, trigger["event_id"])
+                )
+                if change.change in ("started", "restarted"):
+                    schedule.put(contact_id, timer.timer_id, timer.due_at, timer.level, partition)
+                    metrics.TIMERS_SCHEDULED.labels(policy=timer.policy).inc()
+                    continue
+                schedule.discard(contact_id, timer.timer_id)
+                metrics.TIMERS_CANCELLED.labels(policy=timer.policy, reason=change.change).inc()
+                policy = rules.sla.policy(timer.policy)
+                if change.change == "stopped" and policy and policy.kind == "first_touch":
+                    waited = (change.at - timer.started_at).total_seconds()
+                    metrics.TIME_TO_FIRST_TOUCH.labels(policy=timer.policy).observe(waited)
+        if changed:
+            store_timers(contact_id, book, partition)
+
+    async def on_timer_due(contact_id: str, notice: dict[str, Any], partition: int) -> None:
+        """Fire the escalation step a due notice announces, once (sla.on_due ignores a
+        notice that no longer matches the timer)."""
+        book = load_timers(contact_id)
+        now = clock.now()
+        key = notice["timer_id"]
+        after, firing = sla.on_due(
+            rules.sla, book, key, notice["due_at"], notice["escalation_level"], now
+        )
+        if after is book:
+            return
+        store_timers(contact_id, after, partition)
+        if firing is None:
+            return
+        policy = firing.timer.policy
+        metrics.TIMERS_FIRED.labels(policy=policy).inc()
+        metrics.SLA_BREACHES.labels(policy=policy, level=str(firing.level)).inc()
+        metrics.TIMER_LATENESS.labels(policy=policy).observe(firing.lateness.total_seconds())
+        following = after.timers.get(key)
+        if following is not None:
+            schedule.put(contact_id, key, following.due_at, following.level, partition)
+        state = load(contact_id) or ContactState(contact_id=contact_id)
+        await send_all(firing_outputs(state, firing, now))
+
+    notices = Producer(producer_config(settings, **{"linger.ms": 5}))
+
+    async def send_due(due: list[timers.DueTimer]) -> None:
+        now = clock.now()
+        for timer in due:
+            notice = {
+                "timer_id": timer.key,
+                "contact_id": timer.contact_id,
+                "policy": timer.key.split(":", 1)[0],
+                "scheduled_at": now,
+                "due_at": timer.due_at,
+                "escalation_level": timer.level,
+                "status": "PENDING",
+                "fired_at": None,
+                "lateness_ms": max(sla.to_ms(now) - sla.to_ms(timer.due_at), 0),
+                "context": {},
+            }
+            notices.produce(
+                c.timers.name, key=timer.contact_id.encode(), value=c.timers.serde.encode(notice)
+            )
+        unsent = await asyncio.to_thread(notices.flush, 30)
+        if unsent:
+            raise RuntimeError(f"{unsent} due notices not acknowledged by Kafka")
+
+    timers.register(
+        app,
+        timer_books,
+        schedule,
+        clock,
+        c.by_contact.name,
+        send_due,
+        settings.timer_tick_s,
+    )
+
+    async def on_event(contact_id: str, event: dict[str, Any], partition: int) -> None:
         survivor = aliases.get(contact_id)
         if survivor is not None:  # retired by a merge: its survivor takes the event
             await c.by_contact.send(survivor, {**event, "contact_id": survivor})
@@ -267,21 +342,18 @@ def register(
                 )
                 if before is not None:
                     await upsert_command(state, event["event_id"], at)
+        moved = apply_rules(rules.pipeline, state, event)
+        if moved.moves or moved.tasks or moved.messages or moved.skipped:
+            state = moved.state
+            contacts[contact_id] = state.model_dump_json()
+            for move in moved.moves:
+                metrics.PIPELINE_MOVES.labels(rule=move.rule, stage=move.stage).inc()
+            await send_all(pipeline_outputs(state, moved, event))
+        await run_timers(state, [event, *stage_change_triggers(moved, event)], partition)
         if routable(state):
             state = state.model_copy(update={"routing": "requested"})
             contacts[contact_id] = state.model_dump_json()
-            await c.routing.send(
-                ROUTER_KEY,
-                {
-                    "kind": "ROUTE",
-                    "contact_id": contact_id,
-                    "contact": state.model_dump_json(),
-                    "rep_id": None,
-                    "rep": None,
-                    "cause": event["event_id"],
-                    "at": at,
-                },
-            )
+            await send_all([route_request(state, event["event_id"], at)])
 
     def routable(state: ContactState) -> bool:
         if state.owner_id is not None or state.routing is not None:
@@ -289,7 +361,7 @@ def register(
         wanted = routing_rules.route_from_band
         return wanted is None or model.band_rank(state.band) >= model.band_rank(wanted)
 
-    async def on_assignment(contact_id: str, assignment: dict[str, Any]) -> None:
+    async def on_assignment(contact_id: str, assignment: dict[str, Any], partition: int) -> None:
         survivor = aliases.get(contact_id)
         if survivor is not None:
             await c.assignments.send(survivor, {**assignment, "contact_id": survivor})
@@ -299,8 +371,24 @@ def register(
             return
         rep_id = assignment["rep_id"]
         outcome = "assigned" if rep_id else ("held" if assignment["held"] else "unassigned")
-        update = {"routing": outcome, "owner_id": rep_id or state.owner_id}
-        contacts[contact_id] = state.model_copy(update=update).model_dump_json()
+        update: dict[str, Any] = {"routing": outcome}
+        if rep_id and rep_id != state.owner_id:
+            update |= {
+                "owner_id": rep_id,
+                "owner_email": assignment.get("rep_email"),
+                "manager_email": assignment.get("manager_email"),
+            }
+        assigned = state.model_copy(update=update)
+        contacts[contact_id] = assigned.model_dump_json()
+        if "owner_id" in update:  # clocks that start on assignment start (a running one goes on)
+            at = assignment["at"]
+            trigger = {
+                "event_id": decision_id("assigned", contact_id, rep_id, at.isoformat()),
+                "event_type": ASSIGNED,
+                "event_time": at,
+                "payload": {"rep_id": rep_id, "rule": assignment["rule"]},
+            }
+            await run_timers(assigned, [trigger], partition)
 
     async def on_merge_step(contact_id: str, step: dict[str, Any]) -> None:
         kind, other, at = step["step"], step["other"], step["at"]
@@ -325,6 +413,7 @@ def register(
             state = load(contact_id)
             if state is not None:
                 del contacts[contact_id]
+            await cancel_timers(contact_id, other, at)
             await c.merges.send(
                 other,
                 {
@@ -376,6 +465,16 @@ def register(
                 ),
             )
 
+    async def cancel_timers(contact_id: str, survivor: str, at: datetime) -> None:
+        """A retired contact's clocks end with it; the survivor's own clocks go on."""
+        book = load_timers(contact_id)
+        for key, timer in book.timers.items():
+            schedule.discard(contact_id, key)
+            metrics.TIMERS_CANCELLED.labels(policy=timer.policy, reason="merged").inc()
+            change = sla.TimerChange("cancelled", timer, f"merged into {survivor}", at)
+            await c.audit.send(contact_id, timer_change_audit(contact_id, change, timer.cause))
+        store_timers(contact_id, sla.TimerBook(), -1)
+
     # Read-only views for `switchboard explain`; Faust forwards each request to the
     # worker that owns the key's partition.
     @app.page("/identifiers/{identifier}")
@@ -396,21 +495,22 @@ def register(
             }
         )
 
-    source = raw_topic(app, settings, c.by_contact.name, c.merges.name, c.assignments.name)
+    inputs = (c.by_contact, c.merges, c.assignments, c.timers)
+    source = raw_topic(app, settings, *(channel.name for channel in inputs))
 
     async def on_contact_input(item: Decoded) -> None:
         contact_id = (item.key or b"").decode()
         if item.topic == c.by_contact.name:
-            await on_event(contact_id, item.record)
+            await on_event(contact_id, item.record, item.partition)
         elif item.topic == c.merges.name:
             await on_merge_step(contact_id, item.record)
+        elif item.topic == c.assignments.name:
+            await on_assignment(contact_id, item.record, item.partition)
         else:
-            await on_assignment(contact_id, item.record)
+            await on_timer_due(contact_id, item.record, item.partition)
 
     @app.agent(source, name="contact")
     async def contact_stage(stream: faust.StreamT[bytes]) -> None:
-        serdes = {
-            channel.name: channel.serde for channel in (c.by_contact, c.merges, c.assignments)
-        }
+        serdes = {channel.name: channel.serde for channel in inputs}
         dead = c.dead_letters
         await each_decoded(stream, serdes, dead.topic, dead.serde, "contact", on_contact_input)

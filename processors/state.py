@@ -46,6 +46,8 @@ class ContactState(BaseModel):
     profile: dict[str, str] = Field(default_factory=dict)
     lifecycle_stage: str | None = None
     owner_id: str | None = None
+    owner_email: str | None = None  # from the roster at assignment, for SLA reminders
+    manager_email: str | None = None
     score: float = 0.0
     score_components: dict[str, float] = Field(default_factory=dict)
     band: str | None = None

@@ -5,9 +5,12 @@ from __future__ import annotations
 import faust
 
 from processors import router, stages
+from processors.pipeline import load_rules as load_pipeline
 from processors.routing import load_rules
 from processors.scoring import load_model
+from processors.sla import load_policies
 from streams.app import catalog_topic, create_app
+from streams.clock import clock_from_setting
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
 from streams.topics import (
@@ -22,14 +25,22 @@ from streams.topics import (
     NOTIFICATIONS,
     REP_ROSTER,
     ROUTING,
+    TIMERS,
     TopicSpec,
 )
 
 
 def build_app(settings: Settings) -> faust.App:
     # Invalid rule files stop the worker before it starts.
-    model = load_model(settings.scoring_model) if settings.scoring_model else load_model()
-    routing_rules = load_rules(settings.routing_rules) if settings.routing_rules else load_rules()
+    rules = stages.Rules(
+        scoring=load_model(settings.scoring_model) if settings.scoring_model else load_model(),
+        routing=load_rules(settings.routing_rules) if settings.routing_rules else load_rules(),
+        sla=load_policies(settings.sla_policies) if settings.sla_policies else load_policies(),
+        pipeline=(
+            load_pipeline(settings.pipeline_rules) if settings.pipeline_rules else load_pipeline()
+        ),
+    )
+    clock = clock_from_setting(settings.clock)
     app = create_app(settings)
     registry = registry_client(settings.schema_registry_url)
 
@@ -51,7 +62,8 @@ def build_app(settings: Settings) -> faust.App:
         roster=channel(REP_ROSTER),
         routing=channel(ROUTING),
         assignments=channel(ASSIGNMENTS),
+        timers=channel(TIMERS),
     )
-    stages.register(app, settings, channels, model, routing_rules)
-    router.register(app, settings, channels, routing_rules)
+    stages.register(app, settings, channels, rules, clock)
+    router.register(app, settings, channels, rules.routing)
     return app

@@ -85,6 +85,50 @@ SINK_BREAKER_OPEN = Gauge(
 )
 
 
+TIMERS_SCHEDULED = Counter(
+    "switchboard_timers_scheduled_total",
+    "Timers started or started again, by policy.",
+    ["policy"],
+)
+TIMERS_FIRED = Counter(
+    "switchboard_timers_fired_total",
+    "Timer steps fired (each escalation step once), by policy.",
+    ["policy"],
+)
+TIMERS_CANCELLED = Counter(
+    "switchboard_timers_cancelled_total",
+    "Timers ended before they fired, by policy and reason (stopped: the awaited activity "
+    "came; cancelled: the policy no longer applies; merged: the contact was merged).",
+    ["policy", "reason"],
+)
+TIMERS_PENDING = Gauge(
+    "switchboard_timers_pending",
+    "Timers this worker holds for its partitions (its in-memory schedule).",
+)
+TIMER_LATENESS = Histogram(
+    "switchboard_timer_lateness_seconds",
+    "How late a timer fired after it was due (downtime shows here).",
+    ["policy"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
+)
+SLA_BREACHES = Counter(
+    "switchboard_sla_breaches_total",
+    "SLA escalation steps taken, by policy and escalation level (1 is the breach itself).",
+    ["policy", "level"],
+)
+TIME_TO_FIRST_TOUCH = Histogram(
+    "switchboard_time_to_first_touch_seconds",
+    "From a lead's assignment to its owner's first touch, by first-touch policy.",
+    ["policy"],
+    buckets=(30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400, 259200),
+)
+PIPELINE_MOVES = Counter(
+    "switchboard_pipeline_moves_total",
+    "Deals moved by a pipeline trigger, by rule and the stage they moved to.",
+    ["rule", "stage"],
+)
+
+
 def serve(port: int, addr: str = "127.0.0.1") -> None:
     """Expose this process's metrics on http://addr:port/metrics (a daemon thread)."""
     if port:

@@ -126,6 +126,15 @@ ASSIGNMENTS = TopicSpec(
     retention_ms=7 * DAY_MS,
 )
 
+TIMERS = TopicSpec(
+    "timers",
+    schema="sla_timer",
+    key="contact id",
+    description="Due notices: a worker tells the contact stage that a timer in its "
+    "table is due (status PENDING); the stage fires it once.",
+    retention_ms=7 * DAY_MS,
+)
+
 CATALOG: tuple[TopicSpec, ...] = (
     CONTACT_EVENTS,
     CRM_COMMANDS,
@@ -138,6 +147,7 @@ CATALOG: tuple[TopicSpec, ...] = (
     REP_ROSTER,
     ROUTING,
     ASSIGNMENTS,
+    TIMERS,
 )
 
 

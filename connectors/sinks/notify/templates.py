@@ -79,6 +79,53 @@ TEMPLATES: dict[str, NotificationTemplate] = {
             },
         ],
     ),
+    # processors/records.py: an SLA clock ran out; its owner is reminded (firing_outputs).
+    "sla_reminder": NotificationTemplate(
+        subject="SLA reminder: ${who} is waiting (${policy})",
+        text=(
+            "${who} is still waiting.\n\n"
+            "Expected: ${expectation}\n"
+            "Waiting since: ${started_at}\n"
+            "Due by: ${breach_at}\n\n"
+            "Company: ${company}\n"
+            "Score: ${score}\n"
+            "Policy: ${policy}, escalation step ${level}\n"
+            "Contact id: ${contact_id}\n"
+        ),
+        sms="SLA: ${who} waiting since ${started_at}, due ${breach_at}. ${expectation}",
+        slack_text="SLA reminder: *${who}* is waiting since ${started_at} (due ${breach_at}). "
+        "${expectation}",
+    ),
+    # processors/records.py: an SLA clock ran out and its owner did not act; their manager hears.
+    "sla_escalation": NotificationTemplate(
+        subject="SLA escalation: ${who} missed ${policy} (owner ${owner_id})",
+        text=(
+            "${who} was not handled in time and the owner has been reminded.\n\n"
+            "Expected: ${expectation}\n"
+            "Waiting since: ${started_at}\n"
+            "Due by: ${breach_at}\n"
+            "Owner: ${owner_id}\n\n"
+            "Company: ${company}\n"
+            "Policy: ${policy}, escalation step ${level}\n"
+            "Contact id: ${contact_id}\n"
+        ),
+        sms="SLA escalation: ${who} (owner ${owner_id}) missed ${policy}, due ${breach_at}.",
+        slack_text="SLA escalation: *${who}* (owner ${owner_id}) missed ${policy}, "
+        "due ${breach_at}. ${expectation}",
+    ),
+    # processors/pipeline.py: a field-service job was completed; the customer is asked.
+    "satisfaction_survey": NotificationTemplate(
+        subject="How did we do?",
+        text=(
+            "Hi ${who},\n\n"
+            "Thank you for choosing us for your ${job_type}. How did we do?\n"
+            "Reply to this message with a score from 1 to 10 and anything we could do better.\n\n"
+            "Job reference: ${job_id}\n"
+        ),
+        sms="Hi ${who}, thanks for choosing us for your ${job_type} (job ${job_id}). "
+        "How did we do? Reply with a score from 1 to 10.",
+        slack_text="Survey sent to *${who}* for ${job_type} job ${job_id}.",
+    ),
 }
 
 

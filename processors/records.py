@@ -1,0 +1,353 @@
+"""The records the contact stage sends for its decisions: audit entries, CRM commands,
+notifications and routing requests, built from pure inputs (state, decision, time), so
+what a decision sends is unit-tested without Kafka.
+
+Ids are deterministic (``decision_id``): the same decision from the same inputs has the
+same id, which is the sinks' idempotency key and makes a replay recognisable."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from processors.ids import decision_id
+from processors.pipeline import PipelineOutcome
+from processors.sla import Firing, Timer, TimerChange
+from processors.state import ContactState
+
+# Every routing message goes to one partition, where the router decides in one order.
+ROUTER_KEY = "router"
+
+# (channel name, key, record): what a stage sends, to which Channels field.
+Output = tuple[str, str, dict[str, Any]]
+
+
+def audit_entry(
+    contact_id: str,
+    stage: str,
+    decision: str,
+    reason: str,
+    inputs: dict[str, Any],
+    causes: list[str],
+    at: datetime,
+) -> dict[str, Any]:
+    return {
+        # The reason tells apart two decisions of one kind without a causing event (merges).
+        "audit_id": decision_id(contact_id, stage, decision, reason, *causes),
+        "contact_id": contact_id,
+        "recorded_at": at,
+        "stage": stage,
+        "decision": decision,
+        "reason": reason,
+        "inputs": {k: str(v) for k, v in inputs.items()},
+        "causation_event_ids": causes,
+    }
+
+
+def upsert_contact(
+    state: ContactState, command_id: str, cause: str | None, at: datetime, **properties: str
+) -> dict[str, Any]:
+    """An UPSERT_CONTACT with what the CRM should show: identifiers, profile, score."""
+
+    def identifier(prefix: str) -> str | None:
+        return next((i[len(prefix) :] for i in state.identifiers if i.startswith(prefix)), None)
+
+    return {
+        "command_id": command_id,
+        "command_type": "UPSERT_CONTACT",
+        "contact_id": state.contact_id,
+        "issued_at": at,
+        "causation_event_id": cause,
+        "payload": {
+            "email": identifier("email:"),
+            "phone": identifier("phone:"),
+            "crm_id": identifier("crm:"),
+            "first_name": state.profile.get("first_name"),
+            "last_name": state.profile.get("last_name"),
+            "company": state.profile.get("company"),
+            "title": state.profile.get("title"),
+            "properties": {
+                "lead_score": f"{state.score:g}",
+                **({"lead_band": state.band} if state.band else {}),
+                **properties,
+            },
+        },
+    }
+
+
+def route_request(state: ContactState, cause: str, at: datetime) -> Output:
+    return (
+        "routing",
+        ROUTER_KEY,
+        {
+            "kind": "ROUTE",
+            "contact_id": state.contact_id,
+            "contact": state.model_dump_json(),
+            "rep_id": None,
+            "rep": None,
+            "cause": cause,
+            "at": at,
+        },
+    )
+
+
+def who(state: ContactState) -> str:
+    name = " ".join(filter(None, (state.profile.get("first_name"), state.profile.get("last_name"))))
+    address = next(
+        (i.split(":", 1)[1] for i in state.identifiers if i.startswith(("email:", "phone:"))),
+        state.contact_id,
+    )
+    return name or address
+
+
+# ---- SLA timers ------------------------------------------------------------------------
+
+_CHANGE_DECISIONS = {
+    "started": "sla_started",
+    "restarted": "sla_restarted",
+    "stopped": "sla_met",
+    "cancelled": "sla_cancelled",
+}
+
+
+def timer_change_audit(contact_id: str, change: TimerChange, cause: str) -> dict[str, Any]:
+    timer = change.timer
+    inputs: dict[str, Any] = {
+        "policy": timer.policy,
+        "timer_id": timer.timer_id,
+        "started_at": timer.started_at.isoformat(),
+        "breach_at": timer.breach_at.isoformat(),
+        "owner_id": timer.owner_id or "",
+        **timer.context,
+    }
+    if change.change == "stopped":
+        inputs["waited_s"] = int((change.at - timer.started_at).total_seconds())
+        inputs["level"] = timer.level
+    return audit_entry(
+        contact_id,
+        "sla",
+        _CHANGE_DECISIONS[change.change],
+        f"{timer.policy}: {change.reason}",
+        inputs,
+        [cause],
+        change.at,
+    )
+
+
+def _step_id(kind: str, contact_id: str, timer: Timer, level: int) -> str:
+    # A timer is one run of a clock: its policy, subject and start tell it apart.
+    return decision_id(kind, contact_id, timer.timer_id, timer.started_at.isoformat(), str(level))
+
+
+def firing_outputs(state: ContactState, firing: Firing, now: datetime) -> list[Output]:
+    """What one escalation step sends: its action, and an audit entry that says why."""
+    timer, step, level = firing.timer, firing.step, firing.level
+    contact_id = state.contact_id
+    policy = firing.policy
+    outputs: list[Output] = []
+    context = {
+        "who": who(state),
+        "contact_id": contact_id,
+        "company": state.profile.get("company", ""),
+        "policy": policy.name,
+        "expectation": policy.description,
+        "breach_at": f"{timer.breach_at:%Y-%m-%d %H:%M}Z",
+        "started_at": f"{timer.started_at:%Y-%m-%d %H:%M}Z",
+        "level": str(level),
+        "owner_id": state.owner_id or "",
+        "score": f"{state.score:g}",
+        **timer.context,
+    }
+    outcome: str = step.action
+    if step.action in ("remind_owner", "notify_manager"):
+        owner = step.action == "remind_owner"
+        recipient = step.recipient or (state.owner_email if owner else state.manager_email)
+        if recipient is None:
+            outcome = f"{step.action} skipped: no e-mail known for the " + (
+                "owner" if owner else "owner's manager"
+            )
+        else:
+            outputs.append(
+                (
+                    "notifications",
+                    contact_id,
+                    {
+                        "notification_id": _step_id("sla-notify", contact_id, timer, level),
+                        "channel": step.channel or "EMAIL",
+                        "recipient": recipient,
+                        "template": "sla_reminder" if owner else "sla_escalation",
+                        "subject": None,
+                        "context": context,
+                        "contact_id": contact_id,
+                        "issued_at": now,
+                        "causation_event_id": timer.cause,
+                    },
+                )
+            )
+    elif step.action == "reassign":
+        outputs.append(route_request(state, timer.cause, now))
+    else:  # flag_crm
+        command_id = _step_id("sla-flag", contact_id, timer, level)
+        outputs.append(
+            (
+                "commands",
+                contact_id,
+                upsert_contact(
+                    state,
+                    command_id,
+                    timer.cause,
+                    now,
+                    sla_breach=policy.name,
+                    sla_breached_at=timer.breach_at.isoformat(),
+                ),
+            )
+        )
+    decision = "sla_breached" if level == 1 else "sla_escalated"
+    late = (
+        f", {firing.lateness.total_seconds():.0f}s late"
+        if firing.lateness.total_seconds() >= 1
+        else ""
+    )
+    reason = (
+        f"{policy.name}: not met by {timer.breach_at:%Y-%m-%d %H:%M}Z "
+        f"({policy.description}); step {level} of {len(policy.escalations)}: {outcome}{late}"
+    )
+    inputs = {
+        "policy": policy.name,
+        "timer_id": timer.timer_id,
+        "level": level,
+        "action": step.action,
+        "started_at": timer.started_at.isoformat(),
+        "breach_at": timer.breach_at.isoformat(),
+        "due_at": timer.due_at.isoformat(),
+        "fired_at": now.isoformat(),
+        "lateness_ms": int(firing.lateness.total_seconds() * 1000),
+        "owner_id": state.owner_id or "",
+        "final": firing.final,
+        **timer.context,
+    }
+    audit = audit_entry(contact_id, "sla", decision, reason, inputs, [timer.cause], now)
+    audit["audit_id"] = _step_id("sla-audit", contact_id, timer, level)
+    outputs.append(("audit", contact_id, audit))
+    return outputs
+
+
+# ---- pipeline triggers -----------------------------------------------------------------
+
+
+def pipeline_outputs(
+    state: ContactState, outcome: PipelineOutcome, event: dict[str, Any]
+) -> list[Output]:
+    """The commands, notifications and audit entries of the pipeline rules an event met."""
+    contact_id, at, cause = state.contact_id, event["event_time"], event["event_id"]
+    outputs: list[Output] = []
+
+    def command(kind: str, command_id: str, payload: dict[str, Any]) -> None:
+        record = {
+            "command_id": command_id,
+            "command_type": kind,
+            "contact_id": contact_id,
+            "issued_at": at,
+            "causation_event_id": cause,
+            "payload": payload,
+        }
+        outputs.append(("commands", contact_id, record))
+
+    def audit(decision: str, reason: str, inputs: dict[str, Any]) -> None:
+        entry = audit_entry(contact_id, "pipeline", decision, reason, inputs, [cause], at)
+        outputs.append(("audit", contact_id, entry))
+
+    for move in outcome.moves:
+        deal = outcome.state.open_deals.get(move.deal_id)
+        if move.created:
+            command(
+                "CREATE_DEAL",
+                decision_id("create-deal", contact_id, move.deal_id, cause),
+                {
+                    "deal_id": move.deal_id,
+                    "name": move.deal_name or move.deal_id,
+                    "stage": move.stage,
+                    "pipeline": None,
+                    "amount_minor": deal.amount_minor if deal else None,
+                    "currency": deal.currency if deal else None,
+                },
+            )
+        else:
+            command(
+                "UPDATE_DEAL_STAGE",
+                decision_id("deal-stage", contact_id, move.deal_id, move.stage, cause),
+                {
+                    "deal_id": move.deal_id,
+                    "stage": move.stage,
+                    "previous_stage": move.previous_stage,
+                },
+            )
+        inputs = {
+            "rule": move.rule,
+            "deal_id": move.deal_id,
+            "stage": move.stage,
+            "previous_stage": move.previous_stage or "",
+        }
+        audit("deal_created" if move.created else "deal_moved", move.reason, inputs)
+    for task in outcome.tasks:
+        command(
+            "CREATE_TASK",
+            task.task_id,
+            {
+                "task_id": task.task_id,
+                "title": task.title,
+                "due_at": task.due_at,
+                "owner_id": task.owner_id,
+                "priority": task.priority,
+                "notes": task.notes,
+            },
+        )
+        audit(
+            "task_created",
+            f"{task.rule}: {task.title}",
+            {"rule": task.rule, "task_id": task.task_id, "due_at": task.due_at.isoformat()},
+        )
+    for message in outcome.messages:
+        outputs.append(
+            (
+                "notifications",
+                contact_id,
+                {
+                    "notification_id": message.notification_id,
+                    "channel": message.channel,
+                    "recipient": message.recipient,
+                    "template": message.template,
+                    "subject": message.subject,
+                    "context": message.context,
+                    "contact_id": contact_id,
+                    "issued_at": at,
+                    "causation_event_id": cause,
+                },
+            )
+        )
+        audit(
+            "contact_notified",
+            f"{message.rule}: {message.template} by {message.channel}",
+            {"rule": message.rule, "template": message.template, "channel": message.channel},
+        )
+    for reason in outcome.skipped:
+        audit("notification_skipped", reason, {})
+    return outputs
+
+
+def stage_change_triggers(outcome: PipelineOutcome, event: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pipeline's own deal moves as DEAL_STAGE_CHANGED triggers, so the stale-deal
+    clock follows them without waiting for the CRM's change feed to echo them."""
+    return [
+        {
+            "event_id": f"{event['event_id']}:{move.rule}:{move.deal_id}",
+            "event_type": "DEAL_STAGE_CHANGED",
+            "event_time": event["event_time"],
+            "payload": {
+                "deal_id": move.deal_id,
+                "stage": move.stage,
+                "previous_stage": move.previous_stage,
+            },
+        }
+        for move in outcome.moves
+    ]
