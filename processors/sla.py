@@ -254,6 +254,27 @@ def on_event(
     return TimerBook(timers=timers), changes
 
 
+def merge_books(
+    survivor: TimerBook, retired: TimerBook
+) -> tuple[TimerBook, list[Timer], list[Timer]]:
+    """The survivor of a merge takes over the retired contact's clocks. Where both run
+    the same one, the clock that started first stands: the person has waited that long.
+    Returns the book, the timers it adopted and the ones it dropped."""
+    timers = dict(survivor.timers)
+    adopted: list[Timer] = []
+    dropped: list[Timer] = []
+    for key, timer in retired.timers.items():
+        own = timers.get(key)
+        if own is not None and own.started_at <= timer.started_at:
+            dropped.append(timer)
+            continue
+        if own is not None:
+            dropped.append(own)
+        timers[key] = timer
+        adopted.append(timer)
+    return TimerBook(partition=survivor.partition, timers=timers), adopted, dropped
+
+
 def on_due(
     policies: SlaPolicies,
     book: TimerBook,

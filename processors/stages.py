@@ -155,6 +155,7 @@ def register(
                     "other": merge.survivor,
                     "identifier": identifier,
                     "state": None,
+                    "timers": None,
                     "at": request["claimed_at"],
                 },
             )
@@ -390,7 +391,7 @@ def register(
             }
             await run_timers(assigned, [trigger], partition)
 
-    async def on_merge_step(contact_id: str, step: dict[str, Any]) -> None:
+    async def on_merge_step(contact_id: str, step: dict[str, Any], partition: int) -> None:
         kind, other, at = step["step"], step["other"], step["at"]
         alias = aliases.get(contact_id)
         if kind in ("REQUEST", "RESOLVE", "TRANSFER") and alias is not None:
@@ -413,7 +414,10 @@ def register(
             state = load(contact_id)
             if state is not None:
                 del contacts[contact_id]
-            await cancel_timers(contact_id, other, at)
+            book = load_timers(contact_id)  # the clocks go on with the survivor
+            for key in book.timers:
+                schedule.discard(contact_id, key)
+            store_timers(contact_id, sla.TimerBook(), partition)
             await c.merges.send(
                 other,
                 {
@@ -422,6 +426,7 @@ def register(
                     "target": other,
                     "other": contact_id,
                     "state": state.model_dump_json() if state else None,
+                    "timers": book.model_dump_json() if book.timers else None,
                 },
             )
             await c.audit.send(
@@ -452,6 +457,8 @@ def register(
                     }
                 )
             contacts[contact_id] = merged.model_dump_json()
+            if step.get("timers"):
+                await adopt_timers(contact_id, other, step["timers"], at, partition)
             await c.audit.send(
                 contact_id,
                 audit_entry(
@@ -465,15 +472,33 @@ def register(
                 ),
             )
 
-    async def cancel_timers(contact_id: str, survivor: str, at: datetime) -> None:
-        """A retired contact's clocks end with it; the survivor's own clocks go on."""
-        book = load_timers(contact_id)
-        for key, timer in book.timers.items():
-            schedule.discard(contact_id, key)
+    async def adopt_timers(
+        contact_id: str, retired: str, stored: str, at: datetime, partition: int
+    ) -> None:
+        """The survivor of a merge takes over the retired contact's running clocks."""
+        theirs = sla.TimerBook.model_validate_json(stored)
+        book, adopted, dropped = sla.merge_books(load_timers(contact_id), theirs)
+        store_timers(contact_id, book, partition)
+        for timer in dropped:
+            schedule.discard(contact_id, timer.timer_id)
             metrics.TIMERS_CANCELLED.labels(policy=timer.policy, reason="merged").inc()
-            change = sla.TimerChange("cancelled", timer, f"merged into {survivor}", at)
+            reason = f"merged with {retired}: the clock that started first stands"
+            change = sla.TimerChange("cancelled", timer, reason, at)
             await c.audit.send(contact_id, timer_change_audit(contact_id, change, timer.cause))
-        store_timers(contact_id, sla.TimerBook(), -1)
+        for timer in adopted:
+            schedule.put(contact_id, timer.timer_id, timer.due_at, timer.level, partition)
+            await c.audit.send(
+                contact_id,
+                audit_entry(
+                    contact_id,
+                    "sla",
+                    "sla_transferred",
+                    f"{timer.policy}: the clock of {retired} goes on here (merged)",
+                    {"policy": timer.policy, "timer_id": timer.timer_id, "from": retired},
+                    [timer.cause],
+                    at,
+                ),
+            )
 
     # Read-only views for `switchboard explain`; Faust forwards each request to the
     # worker that owns the key's partition.
@@ -503,7 +528,7 @@ def register(
         if item.topic == c.by_contact.name:
             await on_event(contact_id, item.record, item.partition)
         elif item.topic == c.merges.name:
-            await on_merge_step(contact_id, item.record)
+            await on_merge_step(contact_id, item.record, item.partition)
         elif item.topic == c.assignments.name:
             await on_assignment(contact_id, item.record, item.partition)
         else:

@@ -19,6 +19,7 @@ from processors.sla import (
     TimerBook,
     TimerChange,
     load_policies,
+    merge_books,
     on_due,
     on_event,
 )
@@ -746,3 +747,33 @@ def test_a_duration_too_large_is_a_rule_file_error(tmp_path: Path) -> None:
     path = write(tmp_path, BASE.replace("within: 1d", "within: 9999999999d"))
     with pytest.raises(RuleFileError, match=r":7: field policies\.0\.due\.within"):
         load(path, SlaPolicies)
+
+
+# merges: the survivor takes over the retired contact's clocks.
+
+
+def test_the_survivor_of_a_merge_takes_over_the_retired_contacts_clocks() -> None:
+    survivor, retired = Worker(ManualClock(IN_HOURS)), Worker(ManualClock(IN_HOURS))
+    survivor.handle(OWNED, deal(IN_HOURS, "d1", "proposalsent"))
+    retired.handle(HOT, assigned(IN_HOURS - 2 * MINUTE))
+    retired.handle(OWNED, deal(IN_HOURS, "d2", "contractsent"))
+    book, adopted, dropped = merge_books(survivor.book, retired.book)
+    assert sorted(book.timers) == ["first-touch-hot", "stale-deal:d1", "stale-deal:d2"]
+    assert sorted(t.timer_id for t in adopted) == ["first-touch-hot", "stale-deal:d2"]
+    assert dropped == []
+    # The adopted clock keeps its own start and due time: the person has waited that long.
+    assert book.timers["first-touch-hot"] == retired.book.timers["first-touch-hot"]
+
+
+@pytest.mark.parametrize("survivor_first", [True, False])
+def test_where_both_run_the_same_clock_the_one_that_started_first_stands(
+    survivor_first: bool,
+) -> None:
+    early, late = IN_HOURS - 3 * MINUTE, IN_HOURS
+    survivor, retired = Worker(ManualClock(IN_HOURS)), Worker(ManualClock(IN_HOURS))
+    survivor.handle(HOT, assigned(early if survivor_first else late))
+    retired.handle(HOT, assigned(late if survivor_first else early))
+    book, adopted, dropped = merge_books(survivor.book, retired.book)
+    assert book.timers["first-touch-hot"].started_at == early
+    assert [t.started_at for t in dropped] == [late]
+    assert [t.started_at for t in adopted] == ([] if survivor_first else [early])
