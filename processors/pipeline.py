@@ -26,20 +26,13 @@ from processors.ids import decision_id
 from processors.matching import EventMatch, payload_matches
 from processors.state import CLOSED_STAGES, ContactState, Deal
 from streams import rules as rule_files
-from streams.rules import RuleModel
+from streams.rules import RuleModel, unique_names
 
 CLOSED_LOST = "closedlost"  # terminal, outside the forward order: any open deal can be lost
 DEFAULT_RULES = Path(__file__).parent / "rules" / "pipeline.yaml"
 
 Channel = Literal["EMAIL", "SMS"]
 _NAME = r"^[a-z0-9][a-z0-9-]*$"  # kebab-case: rule names label metrics
-
-
-def _unique_names(items: list[Any], what: str) -> None:
-    names = [item.name for item in items]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(f"{what} names must be unique; repeated: {', '.join(repeated)}")
 
 
 class Task(RuleModel):
@@ -91,8 +84,8 @@ class Rule(RuleModel):
             raise ValueError("give at least one of: move_to, tasks, notify_contact")
         if self.move_to is None and (self.create_deal or self.allow_backwards):
             raise ValueError("create_deal and allow_backwards need move_to")
-        _unique_names(self.tasks, "task")
-        _unique_names(self.notify_contact, "notify_contact")
+        unique_names(self.tasks, "task")
+        unique_names(self.notify_contact, "notify_contact")
         return self
 
 
@@ -115,7 +108,7 @@ class PipelineRules(RuleModel):
     @field_validator("rules")
     @classmethod
     def _unique(cls, rules: list[Rule]) -> list[Rule]:
-        _unique_names(rules, "rule")
+        unique_names(rules, "rule")
         return rules
 
     @model_validator(mode="after")
@@ -313,7 +306,7 @@ def _message(
             subject=notice.subject,
             context=payload
             | {
-                "who": _person(state) or address,
+                "who": state.person_name() or address,
                 "company": state.profile.get("company", ""),
                 "contact_id": state.contact_id,
             },
@@ -325,7 +318,7 @@ def _reachable(state: ContactState, channel: Channel) -> tuple[str | None, str]:
     """The contact's address on ``channel``, or None and why not."""
     consent = state.consent
     if channel == "EMAIL":
-        address = _identifier(state, "email:")
+        address = state.identifier("email")
         if address is None:
             return None, "no e-mail address"
         if consent.email_opt_out:
@@ -333,7 +326,7 @@ def _reachable(state: ContactState, channel: Channel) -> tuple[str | None, str]:
         if consent.email_bounced:
             return None, "address bounced"
         return address, ""
-    address = _identifier(state, "phone:")
+    address = state.identifier("phone")
     if address is None:
         return None, "no phone number"
     if consent.sms_opt_out:
@@ -341,21 +334,11 @@ def _reachable(state: ContactState, channel: Channel) -> tuple[str | None, str]:
     return address, ""
 
 
-def _identifier(state: ContactState, prefix: str) -> str | None:
-    # Identifiers are strongest first: the first of a kind is the one to use.
-    return next((i[len(prefix) :] for i in state.identifiers if i.startswith(prefix)), None)
-
-
-def _person(state: ContactState) -> str:
-    names = (state.profile.get("first_name", ""), state.profile.get("last_name", ""))
-    return " ".join(n for n in names if n)
-
-
 def _display_name(state: ContactState) -> str:
     return (
         state.profile.get("company")
-        or _person(state)
-        or _identifier(state, "email:")
+        or state.person_name()
+        or state.identifier("email")
         or state.contact_id
     )
 

@@ -49,9 +49,6 @@ def upsert_contact(
 ) -> dict[str, Any]:
     """An UPSERT_CONTACT with what the CRM should show: identifiers, profile, score."""
 
-    def identifier(prefix: str) -> str | None:
-        return next((i[len(prefix) :] for i in state.identifiers if i.startswith(prefix)), None)
-
     return {
         "command_id": command_id,
         "command_type": "UPSERT_CONTACT",
@@ -59,9 +56,9 @@ def upsert_contact(
         "issued_at": at,
         "causation_event_id": cause,
         "payload": {
-            "email": identifier("email:"),
-            "phone": identifier("phone:"),
-            "crm_id": identifier("crm:"),
+            "email": state.identifier("email"),
+            "phone": state.identifier("phone"),
+            "crm_id": state.identifier("crm"),
             "first_name": state.profile.get("first_name"),
             "last_name": state.profile.get("last_name"),
             "company": state.profile.get("company"),
@@ -89,15 +86,6 @@ def route_request(state: ContactState, cause: str, at: datetime) -> Output:
             "at": at,
         },
     )
-
-
-def who(state: ContactState) -> str:
-    name = " ".join(filter(None, (state.profile.get("first_name"), state.profile.get("last_name"))))
-    address = next(
-        (i.split(":", 1)[1] for i in state.identifiers if i.startswith(("email:", "phone:"))),
-        state.contact_id,
-    )
-    return name or address
 
 
 # ---- SLA timers ------------------------------------------------------------------------
@@ -146,7 +134,7 @@ def firing_outputs(state: ContactState, firing: Firing, now: datetime) -> list[O
     policy = firing.policy
     outputs: list[Output] = []
     context = {
-        "who": who(state),
+        "who": state.who(),
         "contact_id": contact_id,
         "company": state.profile.get("company", ""),
         "policy": policy.name,

@@ -56,10 +56,6 @@ def recommended_action(contact: ContactState) -> str:
 
 def notification_context(contact: ContactState, decision: Assignment, rep: Rep) -> dict[str, str]:
     profile = contact.profile
-    who = " ".join(filter(None, (profile.get("first_name"), profile.get("last_name")))) or next(
-        (i.split(":", 1)[1] for i in contact.identifiers if i.startswith(("email:", "phone:"))),
-        contact.contact_id,
-    )
     recent = ", ".join(
         f"{channel} {at:%Y-%m-%d %H:%M}Z"
         for channel, at in sorted(contact.last_inbound.items(), key=lambda i: i[1], reverse=True)[
@@ -68,7 +64,7 @@ def notification_context(contact: ContactState, decision: Assignment, rep: Rep) 
     )
     return {
         "rep": rep.name,
-        "who": who,
+        "who": contact.who(),
         "company": profile.get("company", ""),
         "contact_id": contact.contact_id,
         "identifiers": ", ".join(contact.identifiers),

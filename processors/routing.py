@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from processors.hours import WEEKDAYS, Weekday, known_zone
 from processors.state import ContactState
 from streams import rules as rule_files
-from streams.rules import RuleModel
+from streams.rules import RuleModel, unique_names
 
 
 class WorkingHours(RuleModel):
@@ -131,10 +131,7 @@ class RoutingRules(RuleModel):
     @field_validator("rules")
     @classmethod
     def _unique(cls, rules: list[Rule]) -> list[Rule]:
-        names = [r.name for r in rules]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"rule names must be unique; repeated: {', '.join(repeated)}")
+        unique_names(rules, "rule")
         return rules
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from processors.matching import EventType, payload_matches
 from processors.state import Award, ContactState, ScoringState
 from streams import rules as rule_files
-from streams.rules import RuleModel
+from streams.rules import RuleModel, unique_names
 
 
 class Frequency(RuleModel):
@@ -110,10 +110,7 @@ class ScoringModel(RuleModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> ScoringModel:
-        names = [r.name for r in self.behaviour] + [r.name for r in self.firmographic]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
+        unique_names([*self.behaviour, *self.firmographic], "rule")
         return self
 
     def band_rank(self, band: str | None) -> int:

@@ -25,7 +25,7 @@ from processors.hours import BusinessHours
 from processors.matching import EventMatch
 from processors.state import ContactState
 from streams import rules as rule_files
-from streams.rules import RuleModel
+from streams.rules import RuleModel, unique_names
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_POLICIES = Path(__file__).parent / "rules" / "sla.yaml"
@@ -134,10 +134,7 @@ class SlaPolicies(RuleModel):
     @field_validator("policies")
     @classmethod
     def _unique(cls, policies: list[Policy]) -> list[Policy]:
-        names = [p.name for p in policies]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"policy names must be unique; repeated: {', '.join(repeated)}")
+        unique_names(policies, "policy")
         return policies
 
     def policy(self, name: str) -> Policy | None:

@@ -65,6 +65,31 @@ class ContactState(BaseModel):
     def has_seen(self, event_id: str) -> bool:
         return event_id in self.recent_event_ids
 
+    def identifier(self, kind: str) -> str | None:
+        """The strongest identifier of a kind (email, phone, crm), without its prefix."""
+        prefix = f"{kind}:"
+        return next((i[len(prefix) :] for i in self.identifiers if i.startswith(prefix)), None)
+
+    def person_name(self) -> str:
+        return " ".join(
+            filter(None, (self.profile.get("first_name"), self.profile.get("last_name")))
+        )
+
+    def who(self) -> str:
+        """How a person is named in a message: their name, else an address, else the id."""
+        return (
+            self.person_name()
+            or next(
+                (
+                    i.split(":", 1)[1]
+                    for i in self.identifiers
+                    if i.startswith(("email:", "phone:"))
+                ),
+                None,
+            )
+            or self.contact_id
+        )
+
 
 CLOSED_STAGES = {"closedwon", "closedlost", "closed_won", "closed_lost"}
 

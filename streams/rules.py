@@ -28,6 +28,14 @@ class RuleModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def unique_names(items: list[Any], what: str) -> None:
+    """Refuse two items of one list with the same ``name`` (rules, policies, steps)."""
+    names = [item.name for item in items]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} names must be unique; repeated: {', '.join(repeated)}")
+
+
 class RuleFileError(ValueError):
     """An invalid rule file; one line per problem."""
 

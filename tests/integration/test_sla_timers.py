@@ -27,6 +27,7 @@ from streams.topics import (
     ensure_topics,
 )
 from tests.conftest import free_port
+from tests.integration.test_stateful_core import ALWAYS
 from tests.kafka_helpers import get, producer, read_all, running_worker
 
 pytestmark = pytest.mark.integration
@@ -53,11 +54,6 @@ policies:
       - {after: 30m, action: flag_crm}
 """
 
-ALWAYS = {
-    "work_start": "00:00",
-    "work_end": "23:59",
-    "work_days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
-}
 REPS: list[dict[str, Any]] = [
     {
         "rep_id": "rep-jordan",
