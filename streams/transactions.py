@@ -34,7 +34,7 @@ from typing import Any
 import faust
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as driver
-from faust.types import TP, EventT, FutureMessage, RecordMetadata
+from faust.types import TP, AppT, EventT, FutureMessage, RecordMetadata
 
 
 @dataclass
@@ -70,8 +70,7 @@ async def step(event: EventT[Any]) -> AsyncIterator[None]:
     message = event.message
     transactional_id = None
     if app.in_transaction:
-        group = app.assignor.group_for_topic(message.topic)
-        transactional_id = f"{app.conf.id}-{group}-{message.partition}"
+        transactional_id = _transactional_id(app, message.topic, message.partition)
     current = _Step(transactional_id)
     async with app.step_lock:
         token = _current_step.set(current)
@@ -82,6 +81,11 @@ async def step(event: EventT[Any]) -> AsyncIterator[None]:
             event.ack()
         finally:
             _current_step.reset(token)
+
+
+def _transactional_id(app: AppT, topic: str, partition: int) -> str:
+    """The transactional producer of an input partition, named as Faust names it."""
+    return f"{app.conf.id}-{app.assignor.group_for_topic(topic)}-{partition}"
 
 
 class _Producer(driver.Producer):
@@ -120,7 +124,18 @@ class _TransactionManager(TransactionManager):
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         async with self.app.step_lock:  # type: ignore[attr-defined]
+            if not start_new_transaction:
+                # The last commit, at shutdown. A periodic commit cancelled by the shutdown
+                # between ending its transaction and beginning the next one leaves that
+                # producer outside any transaction, with nothing to commit: skip it rather
+                # than fail the whole shutdown commit.
+                offsets = {tp: o for tp, o in offsets.items() if self._in_transaction(tp)}
             return await super().commit(offsets, start_new_transaction)
+
+    def _in_transaction(self, tp: TP) -> bool:
+        tid = _transactional_id(self.app, tp.topic, tp.partition)
+        producer = self.producer._transaction_producers.get(tid)  # type: ignore[attr-defined]
+        return producer is None or bool(producer._txn_manager.is_in_transaction())
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
