@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from processors.durations import Duration
 from processors.hours import BusinessHours
-from processors.matching import EventMatch
+from processors.matching import ASSIGNED, EventMatch
 from processors.state import ContactState
 from streams import rules as rule_files
 from streams.rules import RuleModel, unique_names
@@ -313,5 +313,7 @@ def whole_ms(at: datetime) -> datetime:
 
 
 def _describe(event: dict[str, Any]) -> str:
+    if event["event_type"] == ASSIGNED:  # its id is a hash: the rep says more
+        return f"assignment to {event['payload'].get('rep_id')}"
     kind = str(event["event_type"]).lower().replace("_", " ")
     return f"{kind} ({event['event_id']})"
