@@ -8,7 +8,7 @@ contact (keyed by contact id)      events-by-contact, contact-merges, assignment
     keeps the contact's state and score (processors.contact), runs merges step by step,
     forwards a retired contact's events to its survivor, moves deals on what happened
     (processors.pipeline), starts and stops SLA clocks and fires their escalation steps
-    when due (processors.sla, processors.timers), and writes CRM commands,
+    when due (processors.sla_clocks), and writes CRM commands,
     notifications, routing requests and audit entries (processors.records).
 
 Everything a stage sends is in the Kafka transaction of the message it is processing
@@ -16,16 +16,14 @@ Everything a stage sends is in the Kafka transaction of the message it is proces
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from confluent_kafka import Producer
 
-from processors import sla, timers
+from processors import sla
 from processors.contact import advance
 from processors.decoding import Decoded, each_decoded
 from processors.identity import claim, merge_states, resolve
@@ -35,20 +33,18 @@ from processors.pipeline import PipelineRules, apply_rules
 from processors.records import (
     Output,
     audit_entry,
-    firing_outputs,
     pipeline_outputs,
     route_request,
     stage_change_triggers,
-    timer_change_audit,
     upsert_contact,
 )
 from processors.routing import RoutingRules
 from processors.scoring import ScoringModel, components_at, is_meaningful, total
+from processors.sla_clocks import SlaClocks
 from processors.state import ContactState, identifiers_of
 from streams import metrics
 from streams.app import raw_topic
 from streams.clock import Clock
-from streams.kafka import producer_config
 from streams.serde import AvroSerde
 from streams.settings import Settings
 
@@ -104,9 +100,6 @@ def register(
     identity = app.Table("identity", partitions=settings.partitions, key_type=str, value_type=str)
     contacts = app.Table("contacts", partitions=settings.partitions, key_type=str, value_type=str)
     aliases = app.Table("aliases", partitions=settings.partitions, key_type=str, value_type=str)
-    # Running SLA timers per contact (sla.TimerBook JSON), co-partitioned with contacts.
-    timer_books = app.Table("timers", partitions=settings.partitions, key_type=str, value_type=str)
-    schedule = timers.Schedule()
     model, routing_rules = rules.scoring, rules.routing
     c = channels
 
@@ -177,102 +170,7 @@ def register(
         for channel, key, record in outputs:
             await getattr(c, channel).send(key, record)
 
-    def load_timers(contact_id: str) -> sla.TimerBook:
-        stored = timer_books.get(contact_id)
-        return sla.TimerBook() if stored is None else sla.TimerBook.model_validate_json(stored)
-
-    def store_timers(contact_id: str, book: sla.TimerBook, partition: int) -> None:
-        if book.timers:
-            book.partition = partition
-            timer_books[contact_id] = book.model_dump_json(exclude_defaults=True)
-        elif contact_id in timer_books:
-            del timer_books[contact_id]
-
-    async def run_timers(
-        state: ContactState, triggers: list[dict[str, Any]], partition: int
-    ) -> None:
-        """Start, stop or cancel the contact's SLA clocks for what just happened."""
-        contact_id = state.contact_id
-        book = load_timers(contact_id)
-        changed = False
-        for trigger in triggers:
-            book, changes = sla.on_event(rules.sla, book, state, trigger)
-            for change in changes:
-                changed = True
-                timer = change.timer
-                await c.audit.send(
-                    contact_id, timer_change_audit(contact_id, change, trigger["event_id"])
-                )
-                if change.change in ("started", "restarted"):
-                    schedule.put(contact_id, timer.timer_id, timer.due_at, timer.level, partition)
-                    metrics.TIMERS_SCHEDULED.labels(policy=timer.policy).inc()
-                    continue
-                schedule.discard(contact_id, timer.timer_id)
-                metrics.TIMERS_CANCELLED.labels(policy=timer.policy, reason=change.change).inc()
-                policy = rules.sla.policy(timer.policy)
-                if change.change == "stopped" and policy and policy.kind == "first_touch":
-                    waited = (change.at - timer.started_at).total_seconds()
-                    metrics.TIME_TO_FIRST_TOUCH.labels(policy=timer.policy).observe(waited)
-        if changed:
-            store_timers(contact_id, book, partition)
-
-    async def on_timer_due(contact_id: str, notice: dict[str, Any], partition: int) -> None:
-        """Fire the escalation step a due notice announces, once (sla.on_due ignores a
-        notice that no longer matches the timer)."""
-        book = load_timers(contact_id)
-        now = clock.now()
-        key = notice["timer_id"]
-        after, firing = sla.on_due(
-            rules.sla, book, key, notice["due_at"], notice["escalation_level"], now
-        )
-        if after is book:
-            return
-        store_timers(contact_id, after, partition)
-        if firing is None:
-            return
-        policy = firing.timer.policy
-        metrics.TIMERS_FIRED.labels(policy=policy).inc()
-        metrics.SLA_BREACHES.labels(policy=policy, level=str(firing.level)).inc()
-        metrics.TIMER_LATENESS.labels(policy=policy).observe(firing.lateness.total_seconds())
-        following = after.timers.get(key)
-        if following is not None:
-            schedule.put(contact_id, key, following.due_at, following.level, partition)
-        state = load(contact_id) or ContactState(contact_id=contact_id)
-        await send_all(firing_outputs(state, firing, now))
-
-    notices = Producer(producer_config(settings, **{"linger.ms": 5}))
-
-    async def send_due(due: list[timers.DueTimer]) -> None:
-        now = clock.now()
-        for timer in due:
-            notice = {
-                "timer_id": timer.key,
-                "contact_id": timer.contact_id,
-                "policy": timer.key.split(":", 1)[0],
-                "scheduled_at": now,
-                "due_at": timer.due_at,
-                "escalation_level": timer.level,
-                "status": "PENDING",
-                "fired_at": None,
-                "lateness_ms": max(sla.to_ms(now) - sla.to_ms(timer.due_at), 0),
-                "context": {},
-            }
-            notices.produce(
-                c.timers.name, key=timer.contact_id.encode(), value=c.timers.serde.encode(notice)
-            )
-        unsent = await asyncio.to_thread(notices.flush, 30)
-        if unsent:
-            raise RuntimeError(f"{unsent} due notices not acknowledged by Kafka")
-
-    timers.register(
-        app,
-        timer_books,
-        schedule,
-        clock,
-        c.by_contact.name,
-        send_due,
-        settings.timer_tick_s,
-    )
+    clocks = SlaClocks(app, settings, rules.sla, clock, send_all, c.timers.serde, c.by_contact.name)
 
     async def on_event(contact_id: str, event: dict[str, Any], partition: int) -> None:
         survivor = aliases.get(contact_id)
@@ -350,7 +248,7 @@ def register(
             for move in moved.moves:
                 metrics.PIPELINE_MOVES.labels(rule=move.rule, stage=move.stage).inc()
             await send_all(pipeline_outputs(state, moved, event))
-        await run_timers(state, [event, *stage_change_triggers(moved, event)], partition)
+        await clocks.on_triggers(state, [event, *stage_change_triggers(moved, event)], partition)
         if routable(state):
             state = state.model_copy(update={"routing": "requested"})
             contacts[contact_id] = state.model_dump_json()
@@ -389,7 +287,7 @@ def register(
                 "event_time": at,
                 "payload": {"rep_id": rep_id, "rule": assignment["rule"]},
             }
-            await run_timers(assigned, [trigger], partition)
+            await clocks.on_triggers(assigned, [trigger], partition)
 
     async def on_merge_step(contact_id: str, step: dict[str, Any], partition: int) -> None:
         kind, other, at = step["step"], step["other"], step["at"]
@@ -414,10 +312,7 @@ def register(
             state = load(contact_id)
             if state is not None:
                 del contacts[contact_id]
-            book = load_timers(contact_id)  # the clocks go on with the survivor
-            for key in book.timers:
-                schedule.discard(contact_id, key)
-            store_timers(contact_id, sla.TimerBook(), partition)
+            running = clocks.retire(contact_id, partition)  # they go on with the survivor
             await c.merges.send(
                 other,
                 {
@@ -426,7 +321,7 @@ def register(
                     "target": other,
                     "other": contact_id,
                     "state": state.model_dump_json() if state else None,
-                    "timers": book.model_dump_json() if book.timers else None,
+                    "timers": running,
                 },
             )
             await c.audit.send(
@@ -458,7 +353,7 @@ def register(
                 )
             contacts[contact_id] = merged.model_dump_json()
             if step.get("timers"):
-                await adopt_timers(contact_id, other, step["timers"], at, partition)
+                await clocks.adopt(contact_id, other, step["timers"], at, partition)
             await c.audit.send(
                 contact_id,
                 audit_entry(
@@ -468,34 +363,6 @@ def register(
                     f"{other} proved to be the same person (shared {step['identifier']})",
                     {"retired": other, "identifier": step["identifier"], "score": merged.score},
                     [],
-                    at,
-                ),
-            )
-
-    async def adopt_timers(
-        contact_id: str, retired: str, stored: str, at: datetime, partition: int
-    ) -> None:
-        """The survivor of a merge takes over the retired contact's running clocks."""
-        theirs = sla.TimerBook.model_validate_json(stored)
-        book, adopted, dropped = sla.merge_books(load_timers(contact_id), theirs)
-        store_timers(contact_id, book, partition)
-        for timer in dropped:
-            schedule.discard(contact_id, timer.timer_id)
-            metrics.TIMERS_CANCELLED.labels(policy=timer.policy, reason="merged").inc()
-            reason = f"merged with {retired}: the clock that started first stands"
-            change = sla.TimerChange("cancelled", timer, reason, at)
-            await c.audit.send(contact_id, timer_change_audit(contact_id, change, timer.cause))
-        for timer in adopted:
-            schedule.put(contact_id, timer.timer_id, timer.due_at, timer.level, partition)
-            await c.audit.send(
-                contact_id,
-                audit_entry(
-                    contact_id,
-                    "sla",
-                    "sla_transferred",
-                    f"{timer.policy}: the clock of {retired} goes on here (merged)",
-                    {"policy": timer.policy, "timer_id": timer.timer_id, "from": retired},
-                    [timer.cause],
                     at,
                 ),
             )
@@ -532,7 +399,8 @@ def register(
         elif item.topic == c.assignments.name:
             await on_assignment(contact_id, item.record, item.partition)
         else:
-            await on_timer_due(contact_id, item.record, item.partition)
+            state = load(contact_id) or ContactState(contact_id=contact_id)
+            await clocks.on_due(contact_id, item.record, item.partition, state)
 
     @app.agent(source, name="contact")
     async def contact_stage(stream: faust.StreamT[bytes]) -> None:
