@@ -67,6 +67,10 @@ class Schedule:
         key = sys.intern(key)  # most timer ids are a policy name: one copy each
         self._current[(contact_id, key)] = (due, level, partition)
         heapq.heappush(self._heap, (due, contact_id, key))
+        # A clock restarted by every activity (at-risk: 30 days) leaves an old entry each
+        # time; drop them before they outnumber the live ones.
+        if len(self._heap) > 2 * len(self._current) + 1024:
+            self._heapify_current()
 
     def discard(self, contact_id: str, key: str) -> None:
         self._current.pop((contact_id, key), None)
@@ -90,13 +94,17 @@ class Schedule:
             (contact_id, sys.intern(key)): (to_ms(due_at), level, partition)
             for contact_id, key, due_at, level, partition in entries
         }
+        self._heapify_current()
+
+    def keep_partitions(self, partitions: set[int]) -> None:
+        self._current = {k: v for k, v in self._current.items() if v[2] in partitions}
+        self._heapify_current()
+
+    def _heapify_current(self) -> None:
         self._heap = [
             (due, contact_id, key) for (contact_id, key), (due, _, _) in self._current.items()
         ]
         heapq.heapify(self._heap)
-
-    def keep_partitions(self, partitions: set[int]) -> None:
-        self._current = {k: v for k, v in self._current.items() if v[2] in partitions}
 
 
 def stored_timers(

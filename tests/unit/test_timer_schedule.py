@@ -82,3 +82,13 @@ def test_the_rebuild_takes_only_the_owned_partitions_timers_from_the_table() -> 
     schedule = Schedule()
     schedule.rebuild(entries)
     assert len(schedule) == len(entries)
+
+
+def test_restarting_a_clock_again_and_again_does_not_grow_the_schedule_without_bound() -> None:
+    schedule = Schedule()
+    for n in range(100_000):  # an at-risk clock restarted by every activity
+        schedule.put("c1", "account-at-risk", T0 + timedelta(days=30, seconds=n), 0, 0)
+    assert len(schedule) == 1
+    assert len(schedule._heap) <= 1024 + 3
+    [due] = schedule.pop_due(T0 + timedelta(days=32))
+    assert due.due_at == T0 + timedelta(days=30, seconds=99_999)
