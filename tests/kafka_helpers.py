@@ -163,6 +163,14 @@ def _running(
             process.wait()
 
 
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
 def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> list[Message]:
     """Every committed message now in ``topic`` (see streams.kafka.read_topic)."""
     return read_topic(settings, topic, timeout)

@@ -14,8 +14,8 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from streams.settings import Settings
-from tests.integration.test_sla_timers import T0, Pipeline, wait_for, with_clock
-from tests.kafka_helpers import running_worker
+from tests.integration.test_sla_timers import T0, Pipeline, with_clock
+from tests.kafka_helpers import running_worker, wait_for
 
 pytestmark = pytest.mark.integration
 

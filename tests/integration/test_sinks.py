@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -23,7 +23,7 @@ from streams.serde import AvroSerde
 from streams.settings import Settings
 from streams.topics import CRM_COMMANDS, DEAD_LETTERS, NOTIFICATIONS, ensure_topics
 from tests.fakes.hubspot import FakeHubSpot
-from tests.kafka_helpers import producer, read_all, running_sink, settings_env
+from tests.kafka_helpers import producer, read_all, running_sink, settings_env, wait_for
 from tests.records import crm_command
 from tests.sinks.notify_servers import SlackWebhook, sample_notification, smtp_server
 
@@ -131,13 +131,6 @@ def publish(
     assert out.flush(30) == 0
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def sink_dead_letters(settings: Settings, registry: SchemaRegistryClient) -> list[dict[str, Any]]:
     serde = AvroSerde(registry, DEAD_LETTERS.schema, DEAD_LETTERS.full_name(settings))
     letters = [serde.decode(m.value()) for m in read_all(settings, serde.topic)]
@@ -180,13 +173,13 @@ def test_sql_sink_applies_each_command_once_in_order_across_a_sigkill(
         return store.counts()["applied_commands"]
 
     with running_sink(settings, "crm", tmp_path / "first.log") as first:
-        wait_for(lambda: applied() >= len(ALL) // 4, 60, "the first sink to apply some")
+        wait_for(lambda: applied() >= len(ALL) // 4, "the first sink to apply some", 60)
         first.kill()  # SIGKILL: the batch in flight is neither finished nor committed
         first.wait()
     assert applied() < len(ALL), "the first sink finished before it was killed"
 
     with running_sink(settings, "crm", tmp_path / "second.log"):
-        wait_for(lambda: applied() == len(ALL), 60, "every command applied")
+        wait_for(lambda: applied() == len(ALL), "every command applied", 60)
         time.sleep(1)  # anything applied twice would show up now
     counts = store.counts()
     assert counts["applied_commands"] == len(ALL)
@@ -205,7 +198,7 @@ def test_a_write_the_crm_accepted_before_the_sink_died_is_not_made_twice(
     publish(settings, registry, ALL)
 
     with running_sink(settings, "crm", tmp_path / "first.log", secrets) as first:
-        wait_for(lambda: len(hubspot.objects["deals"]) >= 5, 60, "the first deals")
+        wait_for(lambda: len(hubspot.objects["deals"]) >= 5, "the first deals", 60)
         # From now on HubSpot stores each write but answers it late: the sink is killed
         # while it waits, with writes accepted that its committed offsets do not cover.
         hubspot.answer_delay_s = 5
@@ -214,8 +207,8 @@ def test_a_write_the_crm_accepted_before_the_sink_died_is_not_made_twice(
         # a read has written nothing yet, and its redelivery would be its first write.
         wait_for(
             lambda: any(r.path.endswith("/batch/upsert") for r in hubspot.requests[seen:]),
-            20,
             "a write into the slow window",
+            20,
         )
         time.sleep(0.5)
         first.kill()
@@ -223,14 +216,14 @@ def test_a_write_the_crm_accepted_before_the_sink_died_is_not_made_twice(
     hubspot.answer_delay_s = 0
 
     with running_sink(settings, "crm", tmp_path / "second.log", secrets):
-        wait_for(lambda: len(hubspot.objects["notes"]) == CONTACTS, 90, "every note")
+        wait_for(lambda: len(hubspot.objects["notes"]) == CONTACTS, "every note", 90)
         wait_for(
             lambda: (
                 all(d["dealstage"] == STAGES[-1] for d in hubspot.objects["deals"].values())
                 and len(hubspot.objects["deals"]) == CONTACTS
             ),
-            30,
             "every deal at its last stage",
+            30,
         )
     assert_hubspot_holds_each_record_once(hubspot)
     # The window was hit: some write reached HubSpot twice, and still made one record.
@@ -252,11 +245,11 @@ def test_an_outage_pauses_the_sink_and_everything_arrives_once_in_order(
     log = tmp_path / "sink.log"
 
     with running_sink(settings, "crm", log, {"hubspot_token": hubspot.token}):
-        wait_for(lambda: len(hubspot.objects["notes"]) == CONTACTS, 90, "every note")
+        wait_for(lambda: len(hubspot.objects["notes"]) == CONTACTS, "every note", 90)
         wait_for(
             lambda: all(d["dealstage"] == STAGES[-1] for d in hubspot.objects["deals"].values()),
-            30,
             "every deal at its last stage",
+            30,
         )
     assert b"hubspot: circuit open" in log.read_bytes()
     assert b"hubspot: circuit closed" in log.read_bytes()
@@ -286,8 +279,8 @@ def test_rejected_commands_are_dead_lettered_with_the_answer_and_replay_delivers
     publish(settings, registry, ALL)
 
     with running_sink(settings, "crm", tmp_path / "sink.log", secrets):
-        wait_for(lambda: len(hubspot.objects["notes"]) == CONTACTS, 90, "every note")
-        wait_for(lambda: len(sink_dead_letters(settings, registry)) == 4, 30, "4 dead letters")
+        wait_for(lambda: len(hubspot.objects["notes"]) == CONTACTS, "every note", 90)
+        wait_for(lambda: len(sink_dead_letters(settings, registry)) == 4, "4 dead letters", 30)
         letters = sink_dead_letters(settings, registry)
         assert {letter["error_type"] for letter in letters} == {"Rejected"}
         assert all("Property values were not valid" in letter["reason"] for letter in letters)
@@ -306,8 +299,8 @@ def test_rejected_commands_are_dead_lettered_with_the_answer_and_replay_delivers
                 [d["dealstage"] for d in hubspot.find("deals", "switchboard_deal_id", "deal-007")]
                 == [STAGES[-1]]
             ),
-            30,
             "the replayed deal at its last stage",
+            30,
         )
         time.sleep(1)
     assert_hubspot_holds_each_record_once(hubspot)
@@ -376,10 +369,10 @@ def test_notifications_go_out_once_through_smtp_slack_and_the_outbox_even_when_r
                     and len(slack.requests) == 10
                     and len(outboxed()) == 5
                 ),
-                60,
                 "every notification",
+                60,
             )
-            wait_for(lambda: len(sink_dead_letters(settings, registry)) == 1, 30, "the bad one")
+            wait_for(lambda: len(sink_dead_letters(settings, registry)) == 1, "the bad one", 30)
         ids = sorted(m.message()["X-Switchboard-Notification-Id"] for m in smtp.handler.mail)
         assert ids == sorted(r["notification_id"] for r in emails)
         assert sorted(r["notification_id"] for r in outboxed()) == sorted(
@@ -394,8 +387,8 @@ def test_notifications_go_out_once_through_smtp_slack_and_the_outbox_even_when_r
         with running_sink(again, "notify", tmp_path / "second.log", secrets):
             wait_for(
                 lambda: committed_to_end(again, f"{again.app_id}-sink-notify", serde.topic),
-                60,
                 "the second sink to read everything",
+                60,
             )
         assert len(smtp.handler.mail) == 30
         assert len(slack.requests) == 10

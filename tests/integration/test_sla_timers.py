@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from streams.topics import (
 )
 from tests.conftest import free_port
 from tests.integration.test_stateful_core import ALWAYS
-from tests.kafka_helpers import get, producer, read_all, running_worker
+from tests.kafka_helpers import get, producer, read_all, running_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -170,14 +169,6 @@ def call_logged(email: str, rep_id: str, at: datetime) -> tuple[str, dict[str, A
             "notes": None,
         },
     }
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 def fired_on(port: int) -> float:

@@ -34,6 +34,7 @@ from tests.kafka_helpers import (
     read_all,
     running_worker,
     settings_env,
+    wait_for,
     worker_metric,
 )
 
@@ -177,14 +178,6 @@ def send(settings: Settings, serde: AvroSerde, story: list[tuple[bytes, dict[str
         out.flush(10)  # one at a time: the story's order across keys matters here
 
 
-def wait_for(condition: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the pipeline")
-        time.sleep(0.5)
-
-
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_nothing(
     settings: Settings, registry: SchemaRegistryClient, tmp_path: Path, store: str
@@ -219,7 +212,7 @@ def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_noth
                 and contacts[0].owner_id is not None
             )
 
-        wait_for(settled)
+        wait_for(settled, "the story to settle in one assigned contact")
         [contact] = live_contacts(settings).values()
         assert set(contact.identifiers) == {
             f"phone:{PHONE}",
@@ -270,7 +263,10 @@ def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_noth
         before = (live_contacts(settings), len(decisions), len(upserts))
         processed = worker_metric(settings, "switchboard_events_total{")
         send(settings, events, STORY)  # a replay of the same input
-        wait_for(lambda: worker_metric(settings, "switchboard_events_total{") >= processed + 3)
+        wait_for(
+            lambda: worker_metric(settings, "switchboard_events_total{") >= processed + 3,
+            "the replay to be processed",
+        )
         time.sleep(3)  # the contact stage runs behind the identity stage
         after = (
             live_contacts(settings),
