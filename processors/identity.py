@@ -91,6 +91,7 @@ def merge_states(survivor: ContactState, loser: ContactState) -> ContactState:
     merged.consent.sms_opt_out |= loser.consent.sms_opt_out
     merged.consent.email_bounced |= loser.consent.email_bounced
     merged.workflows = loser.workflows | survivor.workflows
+    merged.tags = [*survivor.tags, *(t for t in loser.tags if t not in survivor.tags)]
     seen = set(survivor.recent_event_ids)
     merged.recent_event_ids = [
         *survivor.recent_event_ids,

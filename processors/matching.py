@@ -5,6 +5,7 @@ every rule file."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field
@@ -35,7 +36,10 @@ EventType = Literal[
 # Not an event from a source: the router assigned the contact an owner. Its payload has
 # rep_id and rule.
 ASSIGNED = "ASSIGNED"
-TriggerType = Literal[EventType, "ASSIGNED"]  # one Literal: one error when it is misspelt
+# Not from a source either: an SLA clock breached (an escalation step fired). Its payload
+# has policy, level (a string: "1" is the breach itself) and deal_id for per-deal clocks.
+SLA_BREACHED = "SLA_BREACHED"
+TriggerType = Literal[EventType, "ASSIGNED", "SLA_BREACHED"]  # one Literal: one error if misspelt
 
 
 def payload_matches(payload: Mapping[str, Any], when: Mapping[str, str | list[str]]) -> bool:
@@ -55,6 +59,17 @@ def payload_matches(payload: Mapping[str, Any], when: Mapping[str, str | list[st
         elif str(payload.get(key)) != expected:
             return False
     return True
+
+
+def scalars(payload: Mapping[str, Any]) -> dict[str, str]:
+    """A payload's non-null scalar fields as strings (a map has no one string form)."""
+    found = {}
+    for key, value in payload.items():
+        if isinstance(value, datetime):
+            found[key] = value.isoformat()
+        elif value is not None and not isinstance(value, dict | list):
+            found[key] = str(value)
+    return found
 
 
 class EventMatch(RuleModel):

@@ -23,7 +23,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from processors.durations import Duration
 from processors.ids import decision_id
-from processors.matching import EventMatch, payload_matches
+from processors.matching import EventMatch, payload_matches, scalars
 from processors.state import CLOSED_STAGES, ContactState, Deal
 from streams import rules as rule_files
 from streams.rules import RuleModel, unique_names
@@ -194,7 +194,7 @@ def apply_rules(
     tasks: list[TaskToCreate] = []
     messages: list[ContactMessage] = []
     skipped: list[str] = []
-    payload = _strings(event["payload"])
+    payload = scalars(event["payload"])
     for rule in rules.rules:
         if not rule.trigger.matches(event):
             continue
@@ -243,8 +243,7 @@ def _move(
             deal_name=f"{_display_name(state)} \u2014 {rule.name}",
             reason=f"{why}: new deal at {target}",
         )
-    # The deal the contact is working on now: the one that changed last.
-    deal = max(deals.values(), key=lambda d: (d.updated_at, d.deal_id))
+    deal = current_deal(deals)
     if deal.stage == target:
         return None
     if not rule.allow_backwards and not rules.is_forward(deal.stage, target):
@@ -262,6 +261,11 @@ def _move(
         deal_name=None,
         reason=f"{why}: {deal.stage} -> {target}",
     )
+
+
+def current_deal(deals: dict[str, Deal]) -> Deal:
+    """The deal the contact is working on now: the open one that changed last."""
+    return max(deals.values(), key=lambda d: (d.updated_at, d.deal_id))
 
 
 def _task(
@@ -292,7 +296,7 @@ def _message(
     """The message, or why it cannot be sent."""
     refused = []
     for channel in notice.channels:
-        address, problem = _reachable(state, channel)
+        address, problem = state.address(channel)
         if address is None:
             refused.append(f"{channel} {problem}")
             continue
@@ -314,26 +318,6 @@ def _message(
     return f"{rule.name}/{notice.name}: {notice.template} not sent: {'; '.join(refused)}"
 
 
-def _reachable(state: ContactState, channel: Channel) -> tuple[str | None, str]:
-    """The contact's address on ``channel``, or None and why not."""
-    consent = state.consent
-    if channel == "EMAIL":
-        address = state.identifier("email")
-        if address is None:
-            return None, "no e-mail address"
-        if consent.email_opt_out:
-            return None, "opted out"
-        if consent.email_bounced:
-            return None, "address bounced"
-        return address, ""
-    address = state.identifier("phone")
-    if address is None:
-        return None, "no phone number"
-    if consent.sms_opt_out:
-        return None, "opted out"
-    return address, ""
-
-
 def _display_name(state: ContactState) -> str:
     return (
         state.profile.get("company")
@@ -341,14 +325,3 @@ def _display_name(state: ContactState) -> str:
         or state.identifier("email")
         or state.contact_id
     )
-
-
-def _strings(payload: dict[str, Any]) -> dict[str, str]:
-    """The payload's non-null scalar fields as strings (a map has no one string form)."""
-    found = {}
-    for key, value in payload.items():
-        if isinstance(value, datetime):
-            found[key] = value.isoformat()
-        elif value is not None and not isinstance(value, dict | list):
-            found[key] = str(value)
-    return found

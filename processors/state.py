@@ -56,6 +56,9 @@ class ContactState(BaseModel):
     last_outbound: dict[str, datetime] = Field(default_factory=dict)
     open_deals: dict[str, Deal] = Field(default_factory=dict)
     consent: Consent = Field(default_factory=Consent)
+    tags: list[str] = Field(default_factory=list)  # left by workflow exits
+    # The workflows the contact is in now: name -> "v<version> <step>" (the engine's
+    # table decides; this is what `switchboard explain` shows).
     workflows: dict[str, str] = Field(default_factory=dict)
     routing: str | None = None  # requested, assigned, held or unassigned
     recent_event_ids: list[str] = Field(default_factory=list)
@@ -69,6 +72,23 @@ class ContactState(BaseModel):
         """The strongest identifier of a kind (email, phone, crm), without its prefix."""
         prefix = f"{kind}:"
         return next((i[len(prefix) :] for i in self.identifiers if i.startswith(prefix)), None)
+
+    def address(self, channel: str) -> tuple[str | None, str]:
+        """The contact's address on ``channel`` (EMAIL or SMS) if they may be sent a
+        message there, else None and why not (no address, opted out, bounced)."""
+        if channel == "EMAIL":
+            address, problem = self.identifier("email"), "no e-mail address"
+            opted_out, bounced = self.consent.email_opt_out, self.consent.email_bounced
+        else:
+            address, problem = self.identifier("phone"), "no phone number"
+            opted_out, bounced = self.consent.sms_opt_out, False
+        if address is None:
+            return None, problem
+        if opted_out:
+            return None, "opted out"
+        if bounced:
+            return None, "address bounced"
+        return address, ""
 
     def person_name(self) -> str:
         return " ".join(

@@ -61,6 +61,16 @@ def load(path: Path, model: type[M]) -> M:
         ) from None
 
 
+def where(path: Path, loc: list[Any]) -> str:
+    """``FILE:LINE`` of the value at ``loc`` in a rule file (for problems found after
+    validation, across files)."""
+    try:
+        root = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        root = None
+    return f"{path}:{_line_of(root, loc)}"
+
+
 def _describe(path: Path, root: yaml.Node | None, error: Any) -> str:
     loc = [part for part in error["loc"] if not _is_tag(part)]
     line = _line_of(root, loc)
