@@ -76,6 +76,7 @@ def render(state: ContactState, path: list[str], entries: list[dict[str, Any]]) 
     touches = ", ".join(f"{k} {v:%Y-%m-%d %H:%M}Z" for k, v in sorted(state.last_inbound.items()))
     consent = [name for name, on in state.consent.model_dump().items() if on]
     deals = ", ".join(f"{d.deal_id} {d.stage}" for d in state.open_deals.values())
+    running = ", ".join(f"{name} ({where})" for name, where in state.workflows.items())
     lines += [
         f"  identifiers: {', '.join(state.identifiers)}",
         f"  score: {state.score:g} ({state.band or 'no band'}); {components}",
@@ -84,6 +85,8 @@ def render(state: ContactState, path: list[str], entries: list[dict[str, Any]]) 
         f"  last inbound: {touches or 'none'}",
         f"  open deals: {deals or 'none'}",
         f"  consent: {', '.join(consent) if consent else 'no restrictions'}",
+        f"  workflows: {running or 'none running'}",
+        f"  tags: {', '.join(state.tags) or 'none'}",
         f"  profile: {json.dumps(state.profile, sort_keys=True)}",
         "Decisions:",
     ]

@@ -11,9 +11,11 @@ from datetime import datetime
 from typing import Any
 
 from processors.ids import decision_id
+from processors.matching import SLA_BREACHED
 from processors.pipeline import PipelineOutcome
 from processors.sla import Firing, Timer, TimerChange
 from processors.state import ContactState
+from processors.workflow_engine import Audit, Effect, Message, Task, Upsert
 
 # Every routing message goes to one partition, where the router decides in one order.
 ROUTER_KEY = "router"
@@ -220,6 +222,23 @@ def firing_outputs(state: ContactState, firing: Firing, now: datetime) -> list[O
     return outputs
 
 
+def breach_trigger(contact_id: str, firing: Firing) -> dict[str, Any]:
+    """An escalation step as an SLA_BREACHED trigger, so a workflow can start on it (the
+    stale-deal clock breaching starts re-engagement)."""
+    timer = firing.timer
+    return {
+        "event_id": _step_id("sla-breach", contact_id, timer, firing.level),
+        "event_type": SLA_BREACHED,
+        "event_time": timer.due_at,
+        "payload": {
+            "policy": timer.policy,
+            "level": str(firing.level),
+            "timer_id": timer.timer_id,
+            **({"deal_id": timer.subject} if timer.subject else {}),
+        },
+    }
+
+
 # ---- pipeline triggers -----------------------------------------------------------------
 
 
@@ -339,3 +358,73 @@ def stage_change_triggers(outcome: PipelineOutcome, event: dict[str, Any]) -> li
         }
         for move in outcome.moves
     ]
+
+
+# ---- workflows -------------------------------------------------------------------------
+
+
+def workflow_outputs(state: ContactState, effects: list[Effect], now: datetime) -> list[Output]:
+    """What the workflow engine decided, as records, in the order it decided them."""
+    contact_id = state.contact_id
+    outputs: list[Output] = []
+
+    def command(kind: str, command_id: str, cause: str, payload: dict[str, Any]) -> Output:
+        record = {
+            "command_id": command_id,
+            "command_type": kind,
+            "contact_id": contact_id,
+            "issued_at": now,
+            "causation_event_id": cause,
+            "payload": payload,
+        }
+        return ("commands", contact_id, record)
+
+    for effect in effects:
+        if isinstance(effect, Audit):
+            entry = audit_entry(
+                contact_id,
+                "workflow",
+                effect.decision,
+                effect.reason,
+                effect.inputs,
+                [effect.cause],
+                now,
+            )
+            entry["audit_id"] = effect.audit_id
+            outputs.append(("audit", contact_id, entry))
+        elif isinstance(effect, Message):
+            record = {
+                "notification_id": effect.notification_id,
+                "channel": effect.channel,
+                "recipient": effect.recipient,
+                "template": effect.template,
+                "subject": effect.subject,
+                "context": effect.context,
+                "contact_id": contact_id,
+                "issued_at": now,
+                "causation_event_id": effect.cause,
+            }
+            outputs.append(("notifications", contact_id, record))
+        elif isinstance(effect, Upsert):
+            record = upsert_contact(
+                state, effect.command_id, effect.cause, now, **effect.properties
+            )
+            outputs.append(("commands", contact_id, record))
+        elif isinstance(effect, Task):
+            payload = {
+                "task_id": effect.task_id,
+                "title": effect.title,
+                "due_at": effect.due_at,
+                "owner_id": state.owner_id,
+                "priority": effect.priority,
+                "notes": effect.notes,
+            }
+            outputs.append(command("CREATE_TASK", effect.task_id, effect.cause, payload))
+        else:
+            payload = {
+                "deal_id": effect.deal_id,
+                "stage": effect.stage,
+                "previous_stage": effect.previous_stage,
+            }
+            outputs.append(command("UPDATE_DEAL_STAGE", effect.command_id, effect.cause, payload))
+    return outputs

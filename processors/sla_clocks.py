@@ -8,21 +8,17 @@ keeps the schedule in step with it, and sends what they decide."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import faust
-from confluent_kafka import Producer
 
 from processors import sla, timers
 from processors.records import Output, audit_entry, firing_outputs, timer_change_audit
 from processors.state import ContactState
 from streams import metrics
 from streams.clock import Clock
-from streams.kafka import producer_config
-from streams.serde import AvroSerde
 from streams.settings import Settings
 
 
@@ -34,7 +30,7 @@ class SlaClocks:
         policies: sla.SlaPolicies,
         clock: Clock,
         send: Callable[[list[Output]], Awaitable[None]],
-        notice_serde: AvroSerde,
+        notices: timers.DueNotices,
         source_topic: str,
     ) -> None:
         # Running timers per contact (sla.TimerBook JSON), co-partitioned with contacts.
@@ -45,16 +41,8 @@ class SlaClocks:
         self.policies = policies
         self.clock = clock
         self.send = send
-        self.notice_serde = notice_serde
-        self.notices = Producer(producer_config(settings, **{"linger.ms": 5}))
         timers.register(
-            app,
-            self.table,
-            self.schedule,
-            clock,
-            source_topic,
-            self.send_due,
-            settings.timer_tick_s,
+            app, self.table, self.schedule, clock, source_topic, notices.send, settings.timer_tick_s
         )
 
     def load(self, contact_id: str) -> sla.TimerBook:
@@ -99,9 +87,9 @@ class SlaClocks:
 
     async def on_due(
         self, contact_id: str, notice: dict[str, Any], partition: int, state: ContactState
-    ) -> None:
+    ) -> sla.Firing | None:
         """Fire the escalation step a due notice announces, once (sla.on_due ignores a
-        notice that no longer matches the timer)."""
+        notice that no longer matches the timer); the step fired, if one did."""
         book = self.load(contact_id)
         now = self.clock.now()
         key = notice["timer_id"]
@@ -109,10 +97,10 @@ class SlaClocks:
             self.policies, book, key, notice["due_at"], notice["escalation_level"], now
         )
         if after is book:
-            return
+            return None
         self.store(contact_id, after, partition)
         if firing is None:
-            return
+            return None
         policy = firing.timer.policy
         metrics.TIMERS_FIRED.labels(policy=policy).inc()
         metrics.SLA_BREACHES.labels(policy=policy, level=str(firing.level)).inc()
@@ -121,6 +109,7 @@ class SlaClocks:
         if following is not None:
             self.schedule.put(contact_id, key, following.due_at, following.level, partition)
         await self.send(firing_outputs(state, firing, now))
+        return firing
 
     def retire(self, contact_id: str, partition: int) -> str | None:
         """A contact merged into another: its clocks leave with it (JSON, or None)."""
@@ -156,27 +145,3 @@ class SlaClocks:
                 at,
             )
             await self.send([("audit", contact_id, audit)])
-
-    async def send_due(self, due: list[timers.DueTimer]) -> None:
-        now = self.clock.now()
-        for timer in due:
-            notice = {
-                "timer_id": timer.key,
-                "contact_id": timer.contact_id,
-                "policy": timer.key.split(":", 1)[0],
-                "scheduled_at": now,
-                "due_at": timer.due_at,
-                "escalation_level": timer.level,
-                "status": "PENDING",
-                "fired_at": None,
-                "lateness_ms": max(sla.to_ms(now) - sla.to_ms(timer.due_at), 0),
-                "context": {},
-            }
-            self.notices.produce(
-                self.notice_serde.topic,
-                key=timer.contact_id.encode(),
-                value=self.notice_serde.encode(notice),
-            )
-        unsent = await asyncio.to_thread(self.notices.flush, 30)
-        if unsent:
-            raise RuntimeError(f"{unsent} due notices not acknowledged by Kafka")

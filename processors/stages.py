@@ -33,6 +33,7 @@ from processors.pipeline import PipelineRules, apply_rules
 from processors.records import (
     Output,
     audit_entry,
+    breach_trigger,
     pipeline_outputs,
     route_request,
     stage_change_triggers,
@@ -42,6 +43,10 @@ from processors.routing import RoutingRules
 from processors.scoring import ScoringModel, components_at, is_meaningful, total
 from processors.sla_clocks import SlaClocks
 from processors.state import ContactState, identifiers_of
+from processors.timers import DueNotices
+from processors.workflow import Library
+from processors.workflow_engine import Engine
+from processors.workflow_runs import WorkflowRuns
 from streams import metrics
 from streams.app import raw_topic
 from streams.clock import Clock
@@ -92,6 +97,7 @@ class Rules:
     routing: RoutingRules
     sla: sla.SlaPolicies
     pipeline: PipelineRules
+    workflows: Library
 
 
 def register(
@@ -149,6 +155,7 @@ def register(
                     "identifier": identifier,
                     "state": None,
                     "timers": None,
+                    "workflows": None,
                     "at": request["claimed_at"],
                 },
             )
@@ -170,7 +177,10 @@ def register(
         for channel, key, record in outputs:
             await getattr(c, channel).send(key, record)
 
-    clocks = SlaClocks(app, settings, rules.sla, clock, send_all, c.timers.serde, c.by_contact.name)
+    notices = DueNotices(settings, c.timers.serde, clock)
+    clocks = SlaClocks(app, settings, rules.sla, clock, send_all, notices, c.by_contact.name)
+    engine = Engine(rules.workflows, rules.pipeline)
+    runs = WorkflowRuns(app, settings, engine, clock, send_all, notices, c.by_contact.name)
 
     async def on_event(contact_id: str, event: dict[str, Any], partition: int) -> None:
         survivor = aliases.get(contact_id)
@@ -249,6 +259,10 @@ def register(
                 metrics.PIPELINE_MOVES.labels(rule=move.rule, stage=move.stage).inc()
             await send_all(pipeline_outputs(state, moved, event))
         await clocks.on_triggers(state, [event, *stage_change_triggers(moved, event)], partition)
+        after = await runs.on_event(state, event, partition)
+        if after is not state:
+            state = after
+            contacts[contact_id] = state.model_dump_json()
         if routable(state):
             state = state.model_copy(update={"routing": "requested"})
             contacts[contact_id] = state.model_dump_json()
@@ -288,6 +302,9 @@ def register(
                 "payload": {"rep_id": rep_id, "rule": assignment["rule"]},
             }
             await clocks.on_triggers(assigned, [trigger], partition)
+            after = await runs.on_event(assigned, trigger, partition)
+            if after is not assigned:
+                contacts[contact_id] = after.model_dump_json()
 
     async def on_merge_step(contact_id: str, step: dict[str, Any], partition: int) -> None:
         kind, other, at = step["step"], step["other"], step["at"]
@@ -313,6 +330,7 @@ def register(
             if state is not None:
                 del contacts[contact_id]
             running = clocks.retire(contact_id, partition)  # they go on with the survivor
+            in_workflows = runs.retire(contact_id, partition)
             await c.merges.send(
                 other,
                 {
@@ -322,6 +340,7 @@ def register(
                     "other": contact_id,
                     "state": state.model_dump_json() if state else None,
                     "timers": running,
+                    "workflows": in_workflows,
                 },
             )
             await c.audit.send(
@@ -354,6 +373,9 @@ def register(
             contacts[contact_id] = merged.model_dump_json()
             if step.get("timers"):
                 await clocks.adopt(contact_id, other, step["timers"], at, partition)
+            if step.get("workflows"):
+                adopted = await runs.adopt(merged, other, step["workflows"], partition)
+                contacts[contact_id] = adopted.model_dump_json()
             await c.audit.send(
                 contact_id,
                 audit_entry(
@@ -399,8 +421,24 @@ def register(
         elif item.topic == c.assignments.name:
             await on_assignment(contact_id, item.record, item.partition)
         else:
-            state = load(contact_id) or ContactState(contact_id=contact_id)
-            await clocks.on_due(contact_id, item.record, item.partition, state)
+            await on_due(contact_id, item.record, item.partition)
+
+    async def on_due(contact_id: str, notice: dict[str, Any], partition: int) -> None:
+        """A timer is due: a workflow's wait, or an SLA clock's step (whose breach may
+        start a workflow)."""
+        state = load(contact_id)
+        if runs.is_wait(notice["timer_id"]):
+            if state is not None:
+                after = await runs.on_due(contact_id, notice, partition, state)
+                if after is not state:
+                    contacts[contact_id] = after.model_dump_json()
+            return
+        current = state or ContactState(contact_id=contact_id)
+        firing = await clocks.on_due(contact_id, notice, partition, current)
+        if firing is not None and state is not None:
+            after = await runs.on_event(state, breach_trigger(contact_id, firing), partition)
+            if after is not state:
+                contacts[contact_id] = after.model_dump_json()
 
     @app.agent(source, name="contact")
     async def contact_stage(stream: faust.StreamT[bytes]) -> None:

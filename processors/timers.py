@@ -24,16 +24,20 @@ import heapq
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import astuple, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import faust
+from confluent_kafka import Producer
 
 from processors.sla import EPOCH, to_ms
 from streams import metrics
 from streams.clock import Clock
+from streams.kafka import producer_config
+from streams.serde import AvroSerde
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +111,11 @@ class Schedule:
         heapq.heapify(self._heap)
 
 
-def stored_timers(
-    items: Iterable[tuple[str, str]], owned: set[int]
-) -> Iterator[tuple[str, str, datetime, int, int]]:
+# (contact id, timer id, due, level, partition) of each timer in a table
+Entries = Iterator[tuple[str, str, datetime, int, int]]
+
+
+def stored_timers(items: Iterable[tuple[str, str]], owned: set[int]) -> Entries:
     """The timers in the table's (contact id, TimerBook JSON) items on the ``owned``
     partitions. Plain JSON, not the pydantic model: a worker may hold millions."""
     for contact_id, stored in items:
@@ -122,17 +128,51 @@ def stored_timers(
             yield contact_id, key, due, timer.get("level", 0), partition
 
 
+class DueNotices:
+    """Sends due notices to the ``timers`` topic, keyed by contact: a plain idempotent
+    producer, outside the transactions (see the module's doc)."""
+
+    def __init__(self, settings: Settings, serde: AvroSerde, clock: Clock) -> None:
+        self.producer = Producer(producer_config(settings, **{"linger.ms": 5}))
+        self.serde = serde
+        self.clock = clock
+
+    async def send(self, due: list[DueTimer]) -> None:
+        now = self.clock.now()
+        for timer in due:
+            notice = {
+                "timer_id": timer.key,
+                "contact_id": timer.contact_id,
+                "policy": timer.key.split(":", 1)[0],
+                "scheduled_at": now,
+                "due_at": timer.due_at,
+                "escalation_level": timer.level,
+                "status": "PENDING",
+                "fired_at": None,
+                "lateness_ms": max(to_ms(now) - to_ms(timer.due_at), 0),
+                "context": {},
+            }
+            self.producer.produce(
+                self.serde.topic, key=timer.contact_id.encode(), value=self.serde.encode(notice)
+            )
+        unsent = await asyncio.to_thread(self.producer.flush, 30)
+        if unsent:
+            raise RuntimeError(f"{unsent} due notices not acknowledged by Kafka")
+
+
 def register(
     app: faust.App,
     table: Any,
     schedule: Schedule,
     clock: Clock,
     source_topic: str,
-    send_due: Any,
+    send_due: Callable[[list[DueTimer]], Awaitable[None]],
     tick_s: float,
+    stored: Callable[[Iterable[tuple[str, str]], set[int]], Entries] = stored_timers,
+    kind: str = "sla",
 ) -> None:
-    """Keep ``schedule`` in step with this worker's partitions of ``table``, and send due
-    notices (``send_due(list[DueTimer])``) for the timers as they fall due."""
+    """Keep ``schedule`` in step with this worker's partitions of ``table`` (whose values
+    ``stored`` reads), and send due notices (``send_due``) for timers as they fall due."""
 
     def owned() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source_topic}
@@ -140,10 +180,10 @@ def register(
     @table.on_recover  # type: ignore[untyped-decorator]
     async def rebuild() -> None:
         started = asyncio.get_running_loop().time()
-        schedule.rebuild(stored_timers(table.items(), owned()))
-        metrics.TIMERS_PENDING.set(len(schedule))
+        schedule.rebuild(stored(table.items(), owned()))
+        metrics.TIMERS_PENDING.labels(kind=kind).set(len(schedule))
         took = asyncio.get_running_loop().time() - started
-        log.info("timer schedule rebuilt: %d pending timers in %.2fs", len(schedule), took)
+        log.info("%s schedule rebuilt: %d pending timers in %.2fs", kind, len(schedule), took)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
@@ -163,4 +203,4 @@ def register(
                     for timer in due:
                         schedule.put(*astuple(timer))
                     break
-            metrics.TIMERS_PENDING.set(len(schedule))
+            metrics.TIMERS_PENDING.labels(kind=kind).set(len(schedule))

@@ -9,6 +9,7 @@ from processors.pipeline import load_rules as load_pipeline
 from processors.routing import load_rules
 from processors.scoring import load_model
 from processors.sla import load_policies
+from processors.workflow import load_library
 from streams.app import catalog_topic, create_app
 from streams.clock import clock_from_setting
 from streams.serde import AvroSerde, registry_client
@@ -39,6 +40,7 @@ def build_app(settings: Settings) -> faust.App:
         pipeline=(
             load_pipeline(settings.pipeline_rules) if settings.pipeline_rules else load_pipeline()
         ),
+        workflows=load_library(settings.workflows) if settings.workflows else load_library(),
     )
     clock = clock_from_setting(settings.clock)
     app = create_app(settings)

@@ -324,6 +324,88 @@ def explain(who: str, worker_url: str | None) -> None:
 
 
 @main.group()
+def workflows() -> None:
+    """Check and try out workflow definitions."""
+
+
+@workflows.command("lint")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+def workflows_lint(paths: tuple[Path, ...]) -> None:
+    """Check workflow files or directories (the configured ones by default) as one set:
+    every part declared, every step reachable, every path ending in an exit state, every
+    wait bounded, no hand-off cycle."""
+    from processors.workflow import load_library
+
+    if not paths:
+        configured = _settings().workflows
+        paths = (configured,) if configured else ()
+    try:
+        library = load_library(*paths)
+    except RuleFileError as exc:
+        raise click.ClickException(f"workflows rejected:\n{exc}") from None
+    for workflow in library.workflows():
+        versions = sorted(library.versions[workflow.name])
+        click.echo(
+            f"ok  {workflow.name} v{workflow.version} ({len(workflow.steps)} steps, exits: "
+            f"{', '.join(workflow.exits)})"
+            + (f"; older versions kept: {versions[:-1]}" if len(versions) > 1 else "")
+        )
+
+
+@workflows.command("simulate")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--contact",
+    "contact_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The contact's state before the first event (JSON, ContactState fields).",
+)
+@click.option(
+    "--events",
+    "events_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The timeline: JSON lines of event_type, event_time, payload.",
+)
+@click.option(
+    "--until",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M%z"]),
+    help="Stop firing waits after this time [default: until every run has exited].",
+)
+def workflows_simulate(
+    file: Path, contact_file: Path, events_file: Path, until: Any | None
+) -> None:
+    """Run the workflow in FILE against a scripted timeline, without Kafka: print its path
+    and the commands and messages it would send (a dry run)."""
+    from processors.pipeline import load_rules as load_pipeline
+    from processors.scoring import load_model
+    from processors.workflow_simulation import (
+        ScriptError,
+        library_for,
+        read_contact,
+        read_events,
+        render,
+        simulate,
+    )
+
+    try:
+        library, name = library_for(file)
+        result = simulate(
+            library,
+            read_contact(contact_file),
+            read_events(events_file),
+            load_model(),
+            load_pipeline(),
+            until,
+            workflow=name,
+        )
+    except (RuleFileError, ScriptError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(render(result))
+
+
+@main.group()
 def dlq() -> None:
     """Inspect and replay the dead-letter topic."""
 

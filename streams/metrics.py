@@ -103,7 +103,9 @@ TIMERS_CANCELLED = Counter(
 )
 TIMERS_PENDING = Gauge(
     "switchboard_timers_pending",
-    "Timers this worker holds for its partitions (its in-memory schedule).",
+    "Timers this worker holds for its partitions (its in-memory schedules), by kind: sla "
+    "clocks, or workflow waits.",
+    ["kind"],
 )
 TIMER_LATENESS = Histogram(
     "switchboard_timer_lateness_seconds",
@@ -126,6 +128,29 @@ PIPELINE_MOVES = Counter(
     "switchboard_pipeline_moves_total",
     "Deals moved by a pipeline trigger, by rule and the stage they moved to.",
     ["rule", "stage"],
+)
+
+WORKFLOW_ENROLMENTS = Counter(
+    "switchboard_workflow_enrolments_total",
+    "Contacts that entered a workflow, by workflow.",
+    ["workflow"],
+)
+WORKFLOW_EXITS = Counter(
+    "switchboard_workflow_exits_total",
+    "Workflow runs that ended, by workflow and the exit state they ended in.",
+    ["workflow", "exit"],
+)
+WORKFLOW_STEPS = Counter(
+    "switchboard_workflow_steps_total",
+    "Workflow steps taken, by workflow and decision (workflow_sent, workflow_step, "
+    "workflow_branch).",
+    ["workflow", "decision"],
+)
+WORKFLOW_SUPPRESSIONS = Counter(
+    "switchboard_workflow_suppressions_total",
+    "Entries refused and sends or moves suppressed, by workflow and reason (entry_filter, "
+    "group, reentry, consent, frequency_cap, backwards, ...).",
+    ["workflow", "reason"],
 )
 
 

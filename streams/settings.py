@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     pipeline_rules: Path | None = Field(
         None, description="Pipeline triggers (YAML); the packaged ones when unset."
     )
+    workflows: Path | None = Field(
+        None,
+        description="Workflow directory (*.yaml and policies.yaml); the packaged ones when unset.",
+    )
     clock: str = Field(
         "system",
         description="What drives timers: 'system', or 'file:PATH' (the ISO-8601 time written "

@@ -195,9 +195,40 @@ def test_every_matching_rule_applies_in_file_order() -> None:
 
 # ---- a completed job: tasks and the survey ------------------------------------------
 
+# The packaged rules only invoice a job (the job-completed workflow surveys and inspects);
+# a rule with tasks under conditions and a message to the contact is still a pipeline rule.
+WITH_SURVEY = rules(
+    {
+        "name": "job-survey",
+        "trigger": {"event": "JOB_STATUS_CHANGED", "when": {"status": "completed"}},
+        "tasks": [
+            {
+                "name": "inspection",
+                "title": "Follow-up inspection for job ${job_id}",
+                "due_in": "30d",
+                "when": {"job_type": ["boiler_installation", "roof_replacement"]},
+            }
+        ],
+        "notify_contact": [
+            {
+                "name": "survey",
+                "template": "satisfaction_survey",
+                "subject": "How did we do?",
+                "channels": ["EMAIL", "SMS"],
+            }
+        ],
+    }
+)
+
+
+def test_the_packaged_rules_only_invoice_a_completed_job() -> None:
+    outcome = apply_rules(RULES, contact(), job_completed("boiler_installation"))
+    assert [t.title for t in outcome.tasks] == ["Invoice job J-7 (boiler_installation)"]
+    assert outcome.messages == []
+
 
 def test_a_completed_job_creates_an_invoice_task_and_surveys_by_email() -> None:
-    outcome = apply_rules(RULES, contact(), job_completed("repair"))
+    outcome = apply_rules(WITH_SURVEY, contact(), job_completed("repair"))
     assert outcome.moves == [] and outcome.skipped == []
     [task] = outcome.tasks
     assert (task.rule, task.title, task.due_at, task.owner_id, task.priority) == (
@@ -225,7 +256,7 @@ def test_a_completed_job_creates_an_invoice_task_and_surveys_by_email() -> None:
 
 
 def test_a_job_type_that_needs_it_gets_a_follow_up_inspection() -> None:
-    outcome = apply_rules(RULES, contact(), job_completed("boiler_installation"))
+    outcome = apply_rules(WITH_SURVEY, contact(), job_completed("boiler_installation"))
     assert [(t.title, t.due_at) for t in outcome.tasks] == [
         ("Invoice job J-7 (boiler_installation)", T0 + timedelta(days=1)),
         ("Follow-up inspection for job J-7", T0 + timedelta(days=30)),
@@ -234,7 +265,7 @@ def test_a_job_type_that_needs_it_gets_a_follow_up_inspection() -> None:
 
 def test_a_job_that_is_not_completed_creates_nothing() -> None:
     e = event("JOB_STATUS_CHANGED", job_id="J-7", job_type="repair", status="scheduled")
-    outcome = apply_rules(RULES, contact(), e)
+    outcome = apply_rules(WITH_SURVEY, contact(), e)
     assert (outcome.tasks, outcome.messages, outcome.skipped) == ([], [], [])
 
 
@@ -242,24 +273,24 @@ def test_a_job_that_is_not_completed_creates_nothing() -> None:
     "consent", [Consent(email_opt_out=True), Consent(email_bounced=True)], ids=str
 )
 def test_the_survey_falls_back_to_sms_when_email_cannot_be_used(consent: Consent) -> None:
-    outcome = apply_rules(RULES, contact(consent=consent), job_completed())
+    outcome = apply_rules(WITH_SURVEY, contact(consent=consent), job_completed())
     [message] = outcome.messages
     assert (message.channel, message.recipient) == ("SMS", "+351912345678")
 
 
 def test_the_survey_is_skipped_with_a_reason_when_no_channel_can_be_used() -> None:
     state = contact(identifiers=("email:ana@example.com",), consent=Consent(email_opt_out=True))
-    outcome: PipelineOutcome = apply_rules(RULES, state, job_completed())
+    outcome: PipelineOutcome = apply_rules(WITH_SURVEY, state, job_completed())
     assert outcome.messages == []
     assert outcome.skipped == [
-        "job-completed/survey: satisfaction_survey not sent: EMAIL opted out; SMS no phone number"
+        "job-survey/survey: satisfaction_survey not sent: EMAIL opted out; SMS no phone number"
     ]
     assert len(outcome.tasks) == 1  # the invoice is still due
 
 
 def test_ids_are_deterministic_and_differ_per_event() -> None:
     def ids(e: dict[str, Any]) -> list[str]:
-        outcome = apply_rules(RULES, contact(), e)
+        outcome = apply_rules(WITH_SURVEY, contact(), e)
         return [m.deal_id for m in outcome.moves] + [
             *(t.task_id for t in outcome.tasks),
             *(m.notification_id for m in outcome.messages),

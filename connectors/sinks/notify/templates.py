@@ -113,7 +113,7 @@ TEMPLATES: dict[str, NotificationTemplate] = {
         slack_text="SLA escalation: *${who}* (owner ${owner_id}) missed ${policy}, "
         "due ${breach_at}. ${expectation}",
     ),
-    # processors/pipeline.py: a field-service job was completed; the customer is asked.
+    # processors/rules/workflows/job-completed.yaml: the customer is asked how the job went.
     "satisfaction_survey": NotificationTemplate(
         subject="How did we do?",
         text=(
@@ -125,6 +125,100 @@ TEMPLATES: dict[str, NotificationTemplate] = {
         sms="Hi ${who}, thanks for choosing us for your ${job_type} (job ${job_id}). "
         "How did we do? Reply with a score from 1 to 10.",
         slack_text="Survey sent to *${who}* for ${job_type} job ${job_id}.",
+    ),
+    # processors/workflow_engine.py: messages the shipped workflows send to the contact
+    # (context: who, first_name, company, contact_id, owner_id, workflow, step, and the
+    # triggering event's payload fields).
+    "missed_call_text_back": NotificationTemplate(
+        subject="Sorry we missed your call",
+        text=(
+            "Hi ${first_name},\n\nSorry we missed your call. Someone will ring you back "
+            "shortly; or reply with a time that suits you.\n"
+        ),
+        sms="Hi ${first_name}, sorry we missed your call! We'll ring you back shortly, "
+        "or reply with a time that suits you.",
+        slack_text="Missed-call text-back sent to *${who}*.",
+    ),
+    "web_lead_welcome": NotificationTemplate(
+        subject="Thanks for getting in touch",
+        text=(
+            "Hi ${first_name},\n\nThanks for getting in touch. Reply to this e-mail with "
+            "what you need and a good time to talk, and we will take it from there.\n"
+        ),
+        sms="Hi ${first_name}, thanks for getting in touch! Reply with a good time to talk.",
+        slack_text="Welcome e-mail sent to web lead *${who}*.",
+    ),
+    "web_lead_follow_up": NotificationTemplate(
+        subject="Following up",
+        text=(
+            "Hi ${first_name},\n\nJust following up on your enquiry. Is there a good time "
+            "this week to talk it through?\n"
+        ),
+        sms="Hi ${first_name}, following up on your enquiry: is there a good time to talk?",
+        slack_text="Follow-up e-mail sent to web lead *${who}*.",
+    ),
+    "booking_link": NotificationTemplate(
+        subject="Book your appointment",
+        text=(
+            "Hi ${first_name},\n\nThanks for the call. Reply with a day and time that "
+            "suit you and we will book your appointment.\n"
+        ),
+        sms="Hi ${first_name}, thanks for the call! Reply with a day and time that suit you "
+        "and we'll book your appointment.",
+        slack_text="Booking link sent to *${who}* after a qualified call.",
+    ),
+    "booking_reminder": NotificationTemplate(
+        subject="Still want that appointment?",
+        text="Hi ${first_name},\n\nStill want that appointment? Reply with a day and time.\n",
+        sms="Hi ${first_name}, still want that appointment? Reply with a day and time.",
+        slack_text="Booking reminder sent to *${who}*.",
+    ),
+    "onboarding_welcome": NotificationTemplate(
+        subject="Welcome aboard",
+        text=(
+            "Hi ${first_name},\n\nThank you for your payment, and welcome aboard. Your "
+            "account manager will be in touch to book a kick-off.\n"
+        ),
+        sms="Welcome aboard, ${first_name}! We'll be in touch to book your kick-off.",
+        slack_text="Onboarding welcome sent to *${who}*.",
+    ),
+    "onboarding_check_in": NotificationTemplate(
+        subject="How is it going?",
+        text=(
+            "Hi ${first_name},\n\nHow is it going so far? Reply with a good time for a "
+            "kick-off call and we will set it up.\n"
+        ),
+        sms="Hi ${first_name}, how is it going? Reply with a good time for a kick-off call.",
+        slack_text="Onboarding check-in sent to *${who}*.",
+    ),
+    "re_engagement": NotificationTemplate(
+        subject="Still interested?",
+        text=(
+            "Hi ${first_name},\n\nWe have not heard from you in a while. Are you still "
+            "interested? A one-line reply is enough.\n"
+        ),
+        sms="Hi ${first_name}, still interested? A one-line reply is enough.",
+        slack_text="Re-engagement e-mail sent to *${who}*.",
+    ),
+    # processors/workflow_engine.py: a person is asked to act on a workflow's contact.
+    "workflow_attention": NotificationTemplate(
+        subject="${who} needs you (${workflow})",
+        text=(
+            "${who} needs you: the ${workflow} workflow reached ${step}.\n\n"
+            "Company: ${company}\nOwner: ${owner_id}\nContact id: ${contact_id}\n"
+        ),
+        sms="${who} needs you: ${workflow} reached ${step}.",
+        slack_text="*${who}* needs you: ${workflow} reached ${step}.",
+    ),
+    # processors/workflow_engine.py: a workflow run ended; its owner hears how.
+    "workflow_outcome": NotificationTemplate(
+        subject="${who}: ${workflow} ended ${exit}",
+        text=(
+            "${who} left the ${workflow} workflow: ${exit}.\n\nWhy: ${reason}\n\n"
+            "Company: ${company}\nOwner: ${owner_id}\nContact id: ${contact_id}\n"
+        ),
+        sms="${who}: ${workflow} ended ${exit}.",
+        slack_text="*${who}*: ${workflow} ended *${exit}* (${reason}).",
     ),
 }
 

@@ -1,0 +1,172 @@
+"""The contact stage's workflow runs: the ``workflow-runs`` table, this worker's schedule
+of their waits, and what the stage does when something happens to a contact, when a wait
+is over, and when two contacts merge.
+
+The engine is pure (processors.workflow_engine); this module keeps its state in the
+table, keeps the schedule in step with it, and sends what it decides. Waits are durable
+timers like the SLA clocks' (processors.timers): a due notice on the ``timers`` topic,
+fired in the contact stage's own step, ignored when it no longer matches the run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import faust
+
+from processors import timers
+from processors.records import Output, workflow_outputs
+from processors.state import ContactState
+from processors.workflow_engine import (
+    TIMER_PREFIX,
+    Audit,
+    Engine,
+    Outcome,
+    RunBook,
+    timer_key,
+)
+from streams import metrics
+from streams.clock import Clock
+from streams.settings import Settings
+
+
+def stored_waits(items: Iterable[tuple[str, str]], owned: set[int]) -> timers.Entries:
+    """The waiting runs in the table's (contact id, RunBook JSON) items on the ``owned``
+    partitions; plain JSON, as a worker may hold millions."""
+    for contact_id, stored in items:
+        book = json.loads(stored)
+        partition = book["partition"]
+        if partition not in owned:
+            continue
+        for name, run in book.get("runs", {}).items():
+            if run.get("waiting_until"):
+                due = datetime.fromisoformat(run["waiting_until"])
+                yield contact_id, timer_key(name), due, run.get("seq", 0), partition
+
+
+class WorkflowRuns:
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        engine: Engine,
+        clock: Clock,
+        send: Callable[[list[Output]], Awaitable[None]],
+        notices: timers.DueNotices,
+        source_topic: str,
+    ) -> None:
+        # Each contact's RunBook (JSON), co-partitioned with contacts.
+        self.table = app.Table(
+            "workflow-runs", partitions=settings.partitions, key_type=str, value_type=str
+        )
+        self.schedule = timers.Schedule()
+        self.engine = engine
+        self.clock = clock
+        self.send = send
+        timers.register(
+            app,
+            self.table,
+            self.schedule,
+            clock,
+            source_topic,
+            notices.send,
+            settings.timer_tick_s,
+            stored_waits,
+            kind="workflow",
+        )
+
+    @staticmethod
+    def is_wait(timer_id: str) -> bool:
+        return timer_id.startswith(TIMER_PREFIX)
+
+    def load(self, contact_id: str) -> RunBook:
+        stored = self.table.get(contact_id)
+        return RunBook() if stored is None else RunBook.model_validate_json(stored)
+
+    async def on_event(
+        self, state: ContactState, event: dict[str, Any], partition: int
+    ) -> ContactState:
+        """Goals, waits for events and the workflows ``event`` triggers; the contact's
+        state after the runs' actions (tags, stages, memberships)."""
+        book = self.load(state.contact_id)
+        outcome = self.engine.on_event(book, state, event, self.clock.now())
+        return await self._apply(state, book, outcome, partition)
+
+    async def on_due(
+        self, contact_id: str, notice: dict[str, Any], partition: int, state: ContactState
+    ) -> ContactState:
+        book = self.load(contact_id)
+        name = notice["timer_id"].removeprefix(TIMER_PREFIX)
+        now = self.clock.now()
+        outcome = self.engine.on_due(
+            book, state, name, notice["due_at"], notice["escalation_level"], now
+        )
+        if outcome.changed:
+            metrics.TIMER_LATENESS.labels(policy=timer_key(name)).observe(
+                max((now - notice["due_at"]).total_seconds(), 0.0)
+            )
+        return await self._apply(state, book, outcome, partition)
+
+    def retire(self, contact_id: str, partition: int) -> str | None:
+        """A contact merged into another: its runs leave with it (JSON, or None)."""
+        book = self.load(contact_id)
+        self._reschedule(contact_id, book, RunBook(), partition)
+        if contact_id in self.table:
+            del self.table[contact_id]
+        return book.model_dump_json() if book.runs or book.history else None
+
+    async def adopt(
+        self, state: ContactState, retired: str, stored: str, partition: int
+    ) -> ContactState:
+        """The survivor of a merge takes over the retired contact's runs."""
+        book = self.load(state.contact_id)
+        theirs = RunBook.model_validate_json(stored)
+        outcome = self.engine.adopt(book, state, theirs, retired, self.clock.now())
+        return await self._apply(state, book, outcome, partition)
+
+    async def _apply(
+        self, state: ContactState, before: RunBook, outcome: Outcome, partition: int
+    ) -> ContactState:
+        """Store, schedule, count and send what the engine decided; the contact's state
+        after it (``state`` itself when nothing happened)."""
+        if not outcome.changed:
+            return state
+        contact_id = outcome.state.contact_id
+        book = outcome.book
+        book.partition = partition
+        self._reschedule(contact_id, before, book, partition)
+        if book.runs or book.history:
+            self.table[contact_id] = book.model_dump_json(exclude_defaults=True)
+        elif contact_id in self.table:
+            del self.table[contact_id]
+        _count(outcome)
+        await self.send(workflow_outputs(outcome.state, outcome.effects, self.clock.now()))
+        return outcome.state
+
+    def _reschedule(self, contact_id: str, before: RunBook, after: RunBook, partition: int) -> None:
+        for name, run in after.runs.items():
+            if run.waiting_until is not None:
+                self.schedule.put(
+                    contact_id, timer_key(name), run.waiting_until, run.seq, partition
+                )
+            else:
+                self.schedule.discard(contact_id, timer_key(name))
+        for name in before.runs.keys() - after.runs.keys():
+            self.schedule.discard(contact_id, timer_key(name))
+
+
+def _count(outcome: Outcome) -> None:
+    for effect in outcome.effects:
+        if not isinstance(effect, Audit):
+            continue
+        workflow = effect.workflow
+        if effect.decision == "workflow_entered":
+            metrics.WORKFLOW_ENROLMENTS.labels(workflow=workflow).inc()
+        elif effect.decision == "workflow_exited":
+            metrics.WORKFLOW_EXITS.labels(workflow=workflow, exit=effect.inputs["exit"]).inc()
+        elif effect.suppressed is not None:
+            metrics.WORKFLOW_SUPPRESSIONS.labels(workflow=workflow, reason=effect.suppressed).inc()
+        elif effect.decision in ("workflow_sent", "workflow_step", "workflow_branch"):
+            metrics.WORKFLOW_STEPS.labels(workflow=workflow, decision=effect.decision).inc()
