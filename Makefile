@@ -74,6 +74,7 @@ bench: install infra-up
 	$(BIN)/python -m tests.bench.bench_gateway
 	$(BIN)/python -m tests.bench.bench_core
 	$(BIN)/python -m tests.bench.bench_timers
+	$(BIN)/python -m tests.bench.bench_workflows
 	$(BIN)/python -m tests.bench.bench_sinks
 
 clean:

@@ -183,7 +183,7 @@ def register(
         schedule.rebuild(stored(table.items(), owned()))
         metrics.TIMERS_PENDING.labels(kind=kind).set(len(schedule))
         took = asyncio.get_running_loop().time() - started
-        log.info("%s schedule rebuilt: %d pending timers in %.2fs", kind, len(schedule), took)
+        log.info("%s timer schedule rebuilt: %d pending in %.2fs", kind, len(schedule), took)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:

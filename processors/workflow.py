@@ -297,8 +297,8 @@ class Step(RuleModel):
                 raise ValueError("wait_for lists the events to wait for")
             if self.timeout is None or self.on_timeout is None:
                 raise ValueError(
-                    "a wait_for needs `timeout` and `on_timeout`: a contact who never "
-                    "answers must still reach an exit"
+                    "a wait_for needs `timeout` and `on_timeout` (add both: a contact who "
+                    "never answers must still reach an exit)"
                 )
         elif self.timeout is not None or self.on_timeout is not None:
             raise ValueError("timeout and on_timeout belong to a wait_for step")

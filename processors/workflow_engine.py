@@ -229,16 +229,20 @@ class Engine:
     ) -> Outcome:
         """``event`` happened to the contact (``state`` is after it): goals, waits for
         events, and the workflows it triggers."""
+        triggered = [
+            w
+            for w in self.library.workflows()
+            if (self.triggered is None or w.name in self.triggered) and w.trigger.matches(event)
+        ]
+        if not book.runs and not triggered:
+            return Outcome(book, state)  # most events: nothing to copy, nothing to do
         run = _Pass(self, book, state, now, event["event_id"])
         for name in sorted(run.book.runs):
             current = run.book.runs.get(name)
             if current is not None:
                 run.wake(current, event)
-        for workflow in self.library.workflows():
-            if self.triggered is not None and workflow.name not in self.triggered:
-                continue
-            if workflow.trigger.matches(event):
-                run.enrol(workflow, event["event_time"], event)
+        for workflow in triggered:
+            run.enrol(workflow, event["event_time"], event)
         return run.finish()
 
     def on_due(
@@ -894,7 +898,7 @@ class _Pass:
         properties: dict[str, str] = {}
         if state.tag is not None and state.tag not in self.state.tags:
             self.state.tags = [*self.state.tags, state.tag]
-            properties["tags"] = ",".join(self.state.tags)
+            properties["workflow_tags"] = ",".join(self.state.tags)
         if properties or state.lifecycle_stage is not None or state.deal_stage is not None:
             update = Update(
                 properties=properties,

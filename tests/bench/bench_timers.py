@@ -125,7 +125,7 @@ def fires(pending: int, partitions: int) -> dict[str, Any]:
             out.produce(events.topic, key=key.encode(), value=events.encode(record))
         out.flush(30)
         deadline = time.monotonic() + 600
-        while metric(settings.web_port, "switchboard_timers_pending") < pending:
+        while metric(settings.web_port, 'switchboard_timers_pending{kind="sla"}') < pending:
             if time.monotonic() > deadline:
                 raise TimeoutError("the leads were not all assigned")
             time.sleep(0.5)
