@@ -300,6 +300,7 @@ class Engine:
                 run.book.history[name] = history
         for channel, sent in retired.sends.items():
             run.book.sends[channel] = sorted({*run.book.sends.get(channel, []), *sent})
+        run.settle_groups(retired_id)
         return run.finish()
 
 
@@ -462,13 +463,32 @@ class _Pass:
         if workflow.group is None:
             return []
         found = []
-        for run in self.book.runs.values():
-            flow = self.library.version(run.workflow, run.version) or self.library.current(
-                run.workflow
-            )
+        for run in list(self.book.runs.values()):
+            flow = self._flow(run)
             if flow is not None and flow.group == workflow.group:
                 found.append((run, flow))
         return found
+
+    def settle_groups(self, retired_id: str) -> None:
+        """After a merge, one run per group again: the highest priority goes on, the
+        others exit ``preempted`` as if it had taken the contact."""
+        for run in list(self.book.runs.values()):
+            if run.workflow not in self.book.runs:
+                continue
+            flow = self._flow(run)
+            if flow is None:
+                continue
+            for rival, rival_flow in self._group_runs(flow):
+                if rival is not run and rival_flow.priority < flow.priority:
+                    self.exit(
+                        rival,
+                        PREEMPTED,
+                        f"merged with {retired_id}: {flow.name} "
+                        f"(priority {flow.priority}) of group {flow.group} goes on",
+                    )
+
+    def _flow(self, run: Run) -> Workflow | None:
+        return self.library.version(run.workflow, run.version) or self.library.current(run.workflow)
 
     # -- running ------------------------------------------------------------------------
 
@@ -880,7 +900,7 @@ class _Pass:
         run.waiting_until = None
         history = self.book.history.setdefault(name, History(runs=1))
         history.last_exit, history.exited_at = exit_name, self.now
-        workflow = self.library.version(name, run.version) or self.library.current(name)
+        workflow = self._flow(run)
         state = workflow.exits.get(exit_name) if workflow else None
         self.audit_for(
             run,
