@@ -38,7 +38,7 @@ from processors.hours import WEEKDAYS, known_zone
 from processors.ids import decision_id
 from processors.matching import scalars
 from processors.pipeline import PipelineRules, current_deal
-from processors.sla import to_ms, whole_ms
+from processors.sla import EPOCH, to_ms, whole_ms
 from processors.state import CLOSED_STAGES, ContactState
 from processors.workflow import (
     MERGED,
@@ -168,10 +168,7 @@ class Outcome:
     book: RunBook
     state: ContactState
     effects: list[Effect] = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.effects)
+    changed: bool = False  # the book or the state is not what it was
 
 
 # ---- time on the contact's clock ----------------------------------------------------------
@@ -294,10 +291,15 @@ class Engine:
                 f"{name}: the run of {retired_id} goes on here (merged)",
                 {"from": retired_id, "step": theirs.step},
             )
-        for name, history in retired.history.items():
+        for name, theirs_h in retired.history.items():
             ours_h = run.book.history.get(name)
-            if ours_h is None or (history.exited_at or now) > (ours_h.exited_at or now):
-                run.book.history[name] = history
+            if ours_h is None:
+                run.book.history[name] = theirs_h.model_copy()
+                continue
+            last = max((ours_h, theirs_h), key=lambda h: h.exited_at or EPOCH)
+            run.book.history[name] = History(
+                runs=ours_h.runs + theirs_h.runs, last_exit=last.last_exit, exited_at=last.exited_at
+            )
         for channel, sent in retired.sends.items():
             run.book.sends[channel] = sorted({*run.book.sends.get(channel, []), *sent})
         run.settle_groups(retired_id)
@@ -314,6 +316,7 @@ class _Pass:
         self.library = engine.library
         self.policies = engine.library.policies
         self.pipeline = engine.pipeline
+        self.before = (book, state)
         self.book = book.model_copy(deep=True)
         self.state = state.model_copy(deep=True)
         self.now = now
@@ -324,7 +327,8 @@ class _Pass:
         mirror = {n: f"v{r.version} {r.step}" for n, r in sorted(self.book.runs.items())}
         if mirror != self.state.workflows:
             self.state = self.state.model_copy(update={"workflows": mirror})
-        return Outcome(self.book, self.state, self.effects)
+        changed = bool(self.effects) or (self.book, self.state) != self.before
+        return Outcome(self.book, self.state, self.effects, changed)
 
     # -- audit --------------------------------------------------------------------------
 
