@@ -744,7 +744,7 @@ def _set_problems(library: Library) -> list[str]:
                 if newest.step(target) is None and step.kind in ("wait", "wait_until", "wait_for"):
                     problem(
                         newest,
-                        ["migrate_steps"],
+                        ["migrate_steps" if newest.migrate_steps else "on_new_version"],
                         f"runs waiting at {step.id!r} (version {workflow.version}) have no step "
                         f"to migrate to: add `{step.id}: <step>` to migrate_steps",
                     )
