@@ -761,7 +761,7 @@ class _Pass:
                     run,
                     "workflow_suppressed",
                     f"{name}: {step.id}: {send.template} by {send.channel} not sent: "
-                    f"the contact had {len(recent)} in {cap.per} (cap {cap.max})",
+                    f"the contact had {len(recent)} in {format_duration(cap.per)} (cap {cap.max})",
                     inputs,
                     "frequency_cap",
                 )
