@@ -621,7 +621,7 @@ class Policies(RuleModel):
 # ---- the library: every workflow and version, linted as a set ------------------------------
 
 
-@dataclass
+@dataclass(repr=False)
 class Library:
     """Every loaded workflow by name and version; the highest version is the current one
     (new contacts enter it), older ones stay loaded for the runs still inside them."""
@@ -629,6 +629,10 @@ class Library:
     policies: Policies
     versions: dict[str, dict[int, Workflow]] = field(default_factory=dict)
     files: dict[tuple[str, int], Path] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        loaded = ", ".join(f"{n} v{sorted(v)}" for n, v in sorted(self.versions.items()))
+        return f"Library({loaded})"
 
     def current(self, name: str) -> Workflow | None:
         found = self.versions.get(name)
