@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from processors.explain import explain
 from streams.clock import FileClock
 from streams.settings import Settings
 from tests.integration.test_sla_timers import T0, Pipeline, lead, with_clock
@@ -169,6 +170,7 @@ def test_two_workflows_of_a_group_on_one_event_enter_by_priority_and_a_higher_on
         wait_for(lambda: len(sent(p, "missed_call_text_back")) == 1, "the missed-call message")
         p.send(p.events, [lead(1, T0), missed_call("lead1@example.com", 1)])  # replayed
         time.sleep(5)
+        story = explain(settings, "email:lead1@example.com")
         audit = workflow_audit(p)
         welcomes = sent(p, "web_lead_welcome")
         follow_ups = sent(p, "web_lead_follow_up")
@@ -195,6 +197,11 @@ def test_two_workflows_of_a_group_on_one_event_enter_by_priority_and_a_higher_on
         if c["command_type"] == "UPSERT_CONTACT" and "workflow_tags" in c["payload"]["properties"]
     ]
     assert tags == ["outreach-preempted"]
+    # `switchboard explain` tells the path: where the contact is, and each decision.
+    assert "  workflows: missed-call (v1 pause)" in story
+    assert "  tags: outreach-preempted" in story
+    assert "workflow workflow_not_entered nurture: not entered: in hot-outreach" in story
+    assert "workflow workflow_exited  hot-outreach: preempted: missed-call" in story
 
 
 def test_a_worker_killed_mid_wait_resumes_the_runs_and_sends_nothing_twice(
