@@ -81,6 +81,8 @@ class Condition(RuleModel):
     lacks_tag: list[str] | None = None
     in_workflow: list[str] | None = None
     not_in_workflow: list[str] | None = None
+    has_run: list[str] | None = Field(None, description="Went through any of these before.")
+    has_not_run: list[str] | None = Field(None, description="Never entered any of these.")
     profile: dict[str, str | list[str]] | None = None
     trigger: dict[str, str | list[str]] | None = Field(
         None, description="Conditions on the payload of the event that started the run."
@@ -98,12 +100,18 @@ class Condition(RuleModel):
         return self
 
     def workflows(self) -> list[str]:
-        return [*(self.in_workflow or []), *(self.not_in_workflow or [])]
+        named = (self.in_workflow, self.not_in_workflow, self.has_run, self.has_not_run)
+        return [name for names in named for name in names or []]
 
     def evaluate(
-        self, state: ContactState, running: set[str], trigger: dict[str, str]
+        self,
+        state: ContactState,
+        running: set[str],
+        trigger: dict[str, str],
+        ran: set[str] | None = None,
     ) -> tuple[bool, dict[str, str]]:
-        """Whether it holds, and the value each condition saw (for the audit entry)."""
+        """Whether it holds, and the value each condition saw (for the audit entry).
+        ``running``: the contact's workflows now; ``ran``: those it ever entered."""
         seen: dict[str, str] = {}
         held = True
 
@@ -156,6 +164,13 @@ class Condition(RuleModel):
                 ",".join(sorted(running)),
                 not any(w in running for w in self.not_in_workflow),
             )
+        entered = ran or set()
+        if self.has_run is not None:
+            shown = ",".join(sorted(entered))
+            check("ran", shown, any(w in entered for w in self.has_run))
+        if self.has_not_run is not None:
+            shown = ",".join(sorted(entered))
+            check("ran", shown, not any(w in entered for w in self.has_not_run))
         if self.profile is not None:
             for key in self.profile:
                 seen[f"profile.{key}"] = str(state.profile.get(key))

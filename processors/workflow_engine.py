@@ -416,7 +416,7 @@ class _Pass:
                 )
                 return
         trigger = scalars(event["payload"]) if event else {}
-        held, seen = workflow.entry.evaluate(self.state, set(self.book.runs), trigger)
+        held, seen = workflow.entry.evaluate(self.state, set(self.book.runs), trigger, self.ran())
         if not held:
             self.refuse(workflow, "entry_filter", "the entry filter does not hold", seen)
             return
@@ -490,6 +490,9 @@ class _Pass:
                         f"merged with {retired_id}: {flow.name} "
                         f"(priority {flow.priority}) of group {flow.group} goes on",
                     )
+
+    def ran(self) -> set[str]:
+        return {name for name, history in self.book.history.items() if history.runs}
 
     def _flow(self, run: Run) -> Workflow | None:
         return self.library.version(run.workflow, run.version) or self.library.current(run.workflow)
@@ -596,7 +599,7 @@ class _Pass:
         goal = workflow.goal
         if goal.state is None:
             return False
-        held, seen = goal.state.evaluate(self.state, set(self.book.runs), run.trigger)
+        held, seen = goal.state.evaluate(self.state, set(self.book.runs), run.trigger, self.ran())
         if held:
             self.exit(run, goal.exit, "goal met: " + ", ".join(f"{k} {v}" for k, v in seen.items()))
         return held
@@ -683,7 +686,7 @@ class _Pass:
         running = set(self.book.runs)
         values: dict[str, str] = {}
         for i, case in enumerate(step.branch or []):
-            held, seen = case.when.evaluate(self.state, running, run.trigger)
+            held, seen = case.when.evaluate(self.state, running, run.trigger, self.ran())
             values |= {f"case{i + 1}.{k}": v for k, v in seen.items()}
             if held:
                 self._branch_audit(run, step, f"case {i + 1} holds", case.goto, values)

@@ -212,3 +212,23 @@ def test_a_goal_ends_the_run_early_in_its_exit(tmp_path: Path) -> None:
         outcome.effects
     )
     assert outcome.state.tags == ["booked"]
+
+
+def test_an_entry_filter_can_ask_whether_a_workflow_ran_before(tmp_path: Path) -> None:
+    follow = grouped("after", 1, "MEETING_BOOKED").replace(
+        "entry: {everyone: true}", "entry: {has_run: [drip], has_not_run: [after]}"
+    )
+    lib = library(tmp_path, drip(1), follow)
+    engine = Engine(lib)
+    booked = event("MEETING_BOOKED", T0, meeting_id="m-1")
+    never = engine.on_event(RunBook(), contact(), booked, T0)
+    [refused] = [e for e in never.effects if isinstance(e, Audit)]
+    assert (refused.decision, refused.inputs["ran"]) == ("workflow_not_entered", "")
+    book, state = entered(lib)  # in drip now: it has run
+    after = engine.on_event(book, state, booked, T0)
+    assert "after" in after.book.runs
+    assert [
+        e.inputs["ran"]
+        for e in after.effects
+        if isinstance(e, Audit) and e.decision == "workflow_entered" and e.workflow == "after"
+    ] == ["drip"]
