@@ -3,7 +3,8 @@
 A workflow is the whole path of a business event, not an action after a trigger. Each
 one declares:
 
-- ``trigger``: the event that may start it (an event type and payload conditions);
+- ``trigger``: the event that may start it (an event type and payload conditions), or
+  a list of them;
 - ``entry``: who may enter, judged on the contact's current state (stage, score, owner,
   consent, tags, other workflows), and ``reentry``: whether a contact who already went
   through it may enter again (never, after_exit, or a duration after the last exit);
@@ -399,7 +400,9 @@ class Workflow(RuleModel):
     version: int = Field(ge=1)
     purpose: str = Field(min_length=10, description="Why it exists, for the people who run it.")
     owner: str = Field(min_length=1, description="Who answers for it.")
-    trigger: EventMatch
+    trigger: list[EventMatch] = Field(
+        min_length=1, description="The event that may start it, or a list: any of them."
+    )
     entry: Condition
     reentry: str = Field("never", description="never, after_exit, or a duration (30d).")
     group: str | None = Field(None, pattern=_NAME)
@@ -411,6 +414,14 @@ class Workflow(RuleModel):
     exits: dict[str, ExitState] = Field(min_length=1)
 
     _reentry = field_validator("reentry", mode="before")(_reentry)
+
+    @field_validator("trigger", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    def triggered_by(self, event: dict[str, Any]) -> bool:
+        return any(match.matches(event) for match in self.trigger)
 
     @model_validator(mode="before")
     @classmethod

@@ -229,7 +229,7 @@ class Engine:
         triggered = [
             w
             for w in self.library.workflows()
-            if (self.triggered is None or w.name in self.triggered) and w.trigger.matches(event)
+            if (self.triggered is None or w.name in self.triggered) and w.triggered_by(event)
         ]
         if not book.runs and not triggered:
             return Outcome(book, state)  # most events: nothing to copy, nothing to do
