@@ -231,7 +231,7 @@ class Engine:
             for w in self.library.workflows()
             if (self.triggered is None or w.name in self.triggered) and w.triggered_by(event)
         ]
-        if not book.runs and not triggered:
+        if not triggered and not any(self._concerns(r, event) for r in book.runs.values()):
             return Outcome(book, state)  # most events: nothing to copy, nothing to do
         run = _Pass(self, book, state, now, event["event_id"])
         for name in sorted(run.book.runs):
@@ -241,6 +241,17 @@ class Engine:
         for workflow in triggered:
             run.enrol(workflow, event["event_time"], event)
         return run.finish()
+
+    def _concerns(self, run: Run, event: dict[str, Any]) -> bool:
+        """Whether ``event`` may move ``run``: its goal, what its step waits for, or a
+        goal on the contact's state (which the event may have changed)."""
+        flow = self.library.version(run.workflow, run.version) or self.library.current(run.workflow)
+        if flow is None or flow.goal.state is not None:
+            return True
+        if any(m.matches(event) for m in flow.goal.events):
+            return True
+        step = flow.step(run.step)
+        return step is not None and any(m.matches(event) for m in step.wait_for or [])
 
     def on_due(
         self,
@@ -431,13 +442,6 @@ class _Pass:
                     {"group": workflow.group, "rival": rival.workflow},
                 )
                 return
-        for rival, _ in rivals:
-            self.exit(
-                rival,
-                PREEMPTED,
-                f"{name} (priority {workflow.priority}) of group {workflow.group} takes "
-                "the contact",
-            )
         history = self.book.history.setdefault(name, History())
         history.runs += 1
         run = Run(
@@ -449,7 +453,16 @@ class _Pass:
             cause=self.cause,
             trigger=scalars(event["payload"]) if event else {},
         )
+        # In the book before the rivals leave, so that a rival's hand-off into this group
+        # finds the group taken.
         self.book.runs[name] = run
+        for rival, _ in rivals:
+            self.exit(
+                rival,
+                PREEMPTED,
+                f"{name} (priority {workflow.priority}) of group {workflow.group} takes "
+                "the contact",
+            )
         how = (
             f"handed off by {handed_from}"
             if handed_from
