@@ -46,6 +46,45 @@ def audit_entry(
     }
 
 
+def notification(
+    contact_id: str,
+    notification_id: str,
+    channel: str,
+    recipient: str,
+    template: str,
+    subject: str | None,
+    context: dict[str, str],
+    at: datetime,
+    cause: str | None,
+) -> Output:
+    record = {
+        "notification_id": notification_id,
+        "channel": channel,
+        "recipient": recipient,
+        "template": template,
+        "subject": subject,
+        "context": context,
+        "contact_id": contact_id,
+        "issued_at": at,
+        "causation_event_id": cause,
+    }
+    return ("notifications", contact_id, record)
+
+
+def crm_command(
+    contact_id: str, kind: str, command_id: str, payload: dict[str, Any], at: datetime, cause: str
+) -> Output:
+    record = {
+        "command_id": command_id,
+        "command_type": kind,
+        "contact_id": contact_id,
+        "issued_at": at,
+        "causation_event_id": cause,
+        "payload": payload,
+    }
+    return ("commands", contact_id, record)
+
+
 def upsert_contact(
     state: ContactState, command_id: str, cause: str | None, at: datetime, **properties: str
 ) -> dict[str, Any]:
@@ -158,20 +197,16 @@ def firing_outputs(state: ContactState, firing: Firing, now: datetime) -> list[O
             )
         else:
             outputs.append(
-                (
-                    "notifications",
+                notification(
                     contact_id,
-                    {
-                        "notification_id": _step_id("sla-notify", contact_id, timer, level),
-                        "channel": step.channel or "EMAIL",
-                        "recipient": recipient,
-                        "template": "sla_reminder" if owner else "sla_escalation",
-                        "subject": None,
-                        "context": context,
-                        "contact_id": contact_id,
-                        "issued_at": now,
-                        "causation_event_id": timer.cause,
-                    },
+                    _step_id("sla-notify", contact_id, timer, level),
+                    step.channel or "EMAIL",
+                    recipient,
+                    "sla_reminder" if owner else "sla_escalation",
+                    None,
+                    context,
+                    now,
+                    timer.cause,
                 )
             )
     elif step.action == "reassign":
@@ -250,15 +285,7 @@ def pipeline_outputs(
     outputs: list[Output] = []
 
     def command(kind: str, command_id: str, payload: dict[str, Any]) -> None:
-        record = {
-            "command_id": command_id,
-            "command_type": kind,
-            "contact_id": contact_id,
-            "issued_at": at,
-            "causation_event_id": cause,
-            "payload": payload,
-        }
-        outputs.append(("commands", contact_id, record))
+        outputs.append(crm_command(contact_id, kind, command_id, payload, at, cause))
 
     def audit(decision: str, reason: str, inputs: dict[str, Any]) -> None:
         entry = audit_entry(contact_id, "pipeline", decision, reason, inputs, [cause], at)
@@ -316,20 +343,16 @@ def pipeline_outputs(
         )
     for message in outcome.messages:
         outputs.append(
-            (
-                "notifications",
+            notification(
                 contact_id,
-                {
-                    "notification_id": message.notification_id,
-                    "channel": message.channel,
-                    "recipient": message.recipient,
-                    "template": message.template,
-                    "subject": message.subject,
-                    "context": message.context,
-                    "contact_id": contact_id,
-                    "issued_at": at,
-                    "causation_event_id": cause,
-                },
+                message.notification_id,
+                message.channel,
+                message.recipient,
+                message.template,
+                message.subject,
+                message.context,
+                at,
+                cause,
             )
         )
         audit(
@@ -368,17 +391,6 @@ def workflow_outputs(state: ContactState, effects: list[Effect], now: datetime) 
     contact_id = state.contact_id
     outputs: list[Output] = []
 
-    def command(kind: str, command_id: str, cause: str, payload: dict[str, Any]) -> Output:
-        record = {
-            "command_id": command_id,
-            "command_type": kind,
-            "contact_id": contact_id,
-            "issued_at": now,
-            "causation_event_id": cause,
-            "payload": payload,
-        }
-        return ("commands", contact_id, record)
-
     for effect in effects:
         if isinstance(effect, Audit):
             entry = audit_entry(
@@ -393,18 +405,19 @@ def workflow_outputs(state: ContactState, effects: list[Effect], now: datetime) 
             entry["audit_id"] = effect.audit_id
             outputs.append(("audit", contact_id, entry))
         elif isinstance(effect, Message):
-            record = {
-                "notification_id": effect.notification_id,
-                "channel": effect.channel,
-                "recipient": effect.recipient,
-                "template": effect.template,
-                "subject": effect.subject,
-                "context": effect.context,
-                "contact_id": contact_id,
-                "issued_at": now,
-                "causation_event_id": effect.cause,
-            }
-            outputs.append(("notifications", contact_id, record))
+            outputs.append(
+                notification(
+                    contact_id,
+                    effect.notification_id,
+                    effect.channel,
+                    effect.recipient,
+                    effect.template,
+                    effect.subject,
+                    effect.context,
+                    now,
+                    effect.cause,
+                )
+            )
         elif isinstance(effect, Upsert):
             record = upsert_contact(
                 state, effect.command_id, effect.cause, now, **effect.properties
@@ -419,12 +432,18 @@ def workflow_outputs(state: ContactState, effects: list[Effect], now: datetime) 
                 "priority": effect.priority,
                 "notes": effect.notes,
             }
-            outputs.append(command("CREATE_TASK", effect.task_id, effect.cause, payload))
+            outputs.append(
+                crm_command(contact_id, "CREATE_TASK", effect.task_id, payload, now, effect.cause)
+            )
         else:
             payload = {
                 "deal_id": effect.deal_id,
                 "stage": effect.stage,
                 "previous_stage": effect.previous_stage,
             }
-            outputs.append(command("UPDATE_DEAL_STAGE", effect.command_id, effect.cause, payload))
+            outputs.append(
+                crm_command(
+                    contact_id, "UPDATE_DEAL_STAGE", effect.command_id, payload, now, effect.cause
+                )
+            )
     return outputs
