@@ -667,6 +667,11 @@ class Library:
     def version(self, name: str, version: int) -> Workflow | None:
         return self.versions.get(name, {}).get(version)
 
+    def of(self, run: Any) -> Workflow | None:
+        """The definition a run (anything with workflow and version) is on, else the
+        current version of its workflow."""
+        return self.version(run.workflow, run.version) or self.current(run.workflow)
+
     def workflows(self) -> list[Workflow]:
         """The current version of each workflow, highest priority first, then by name."""
         current = [self.current(name) for name in sorted(self.versions)]

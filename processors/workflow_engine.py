@@ -245,7 +245,7 @@ class Engine:
     def _concerns(self, run: Run, event: dict[str, Any]) -> bool:
         """Whether ``event`` may move ``run``: its goal, what its step waits for, or a
         goal on the contact's state (which the event may have changed)."""
-        flow = self.library.version(run.workflow, run.version) or self.library.current(run.workflow)
+        flow = self.library.of(run)
         if flow is None or flow.goal.state is not None:
             return True
         if any(m.matches(event) for m in flow.goal.events):
@@ -481,7 +481,7 @@ class _Pass:
             return []
         found = []
         for run in list(self.book.runs.values()):
-            flow = self._flow(run)
+            flow = self.library.of(run)
             if flow is not None and flow.group == workflow.group:
                 found.append((run, flow))
         return found
@@ -492,7 +492,7 @@ class _Pass:
         for run in list(self.book.runs.values()):
             if run.workflow not in self.book.runs:
                 continue
-            flow = self._flow(run)
+            flow = self.library.of(run)
             if flow is None:
                 continue
             for rival, rival_flow in self._group_runs(flow):
@@ -506,9 +506,6 @@ class _Pass:
 
     def ran(self) -> set[str]:
         return {name for name, history in self.book.history.items() if history.runs}
-
-    def _flow(self, run: Run) -> Workflow | None:
-        return self.library.version(run.workflow, run.version) or self.library.current(run.workflow)
 
     # -- running ------------------------------------------------------------------------
 
@@ -920,7 +917,7 @@ class _Pass:
         run.waiting_until = None
         history = self.book.history.setdefault(name, History(runs=1))
         history.last_exit, history.exited_at = exit_name, self.now
-        workflow = self._flow(run)
+        workflow = self.library.of(run)
         state = workflow.exits.get(exit_name) if workflow else None
         self.audit_for(
             run,

@@ -211,7 +211,7 @@ def render(result: Simulation) -> str:
                     f"      -> UPDATE_DEAL_STAGE {effect.deal_id} "
                     f"{effect.previous_stage} -> {effect.stage}"
                 )
-    waiting = [r for r in result.book.runs.values()]
+    waiting = list(result.book.runs.values())
     lines.append("At the end:")
     for run in waiting:
         until = f" until {run.waiting_until:%Y-%m-%d %H:%M}Z" if run.waiting_until else ""
