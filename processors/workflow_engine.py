@@ -453,16 +453,9 @@ class _Pass:
             cause=self.cause,
             trigger=scalars(event["payload"]) if event else {},
         )
-        # In the book before the rivals leave, so that a rival's hand-off into this group
-        # finds the group taken.
+        # Entered (in the book, and in the audit) before the rivals leave, so that a
+        # rival's hand-off into this group finds the group taken.
         self.book.runs[name] = run
-        for rival, _ in rivals:
-            self.exit(
-                rival,
-                PREEMPTED,
-                f"{name} (priority {workflow.priority}) of group {workflow.group} takes "
-                "the contact",
-            )
         how = (
             f"handed off by {handed_from}"
             if handed_from
@@ -474,6 +467,15 @@ class _Pass:
             f"{name} v{workflow.version}: {how}; entry filter holds",
             {**seen, "purpose": workflow.purpose},
         )
+        for rival, _ in rivals:
+            self.exit(
+                rival,
+                PREEMPTED,
+                f"{name} (priority {workflow.priority}) of group {workflow.group} takes "
+                "the contact",
+            )
+        if self.book.runs.get(name) is not run:
+            return  # a rival's hand-off took the contact from it in turn
         self.advance(run, workflow)
 
     def _group_runs(self, workflow: Workflow) -> list[tuple[Run, Workflow]]:
