@@ -4,12 +4,13 @@ identity (keyed by identifier)     contact-events + identity-claims  -> table id
     resolves each event to a contact id, claims the event's other identifiers, starts
     merges, and re-keys the event by contact id onto events-by-contact.
 contact (keyed by contact id)      events-by-contact, contact-merges, assignments, timers
-                                   -> tables contacts, aliases, timers
+                                   -> tables contacts, aliases, timers, workflow-runs
     keeps the contact's state and score (processors.contact), runs merges step by step,
     forwards a retired contact's events to its survivor, moves deals on what happened
     (processors.pipeline), starts and stops SLA clocks and fires their escalation steps
-    when due (processors.sla_clocks), and writes CRM commands,
-    notifications, routing requests and audit entries (processors.records).
+    when due (processors.sla_clocks), runs the contact's workflows and ends their waits
+    (processors.workflow_runs), and writes CRM commands, notifications, routing requests
+    and audit entries (processors.records).
 
 Everything a stage sends is in the Kafka transaction of the message it is processing
 (processing_guarantee=exactly_once), together with its table writes."""
