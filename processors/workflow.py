@@ -326,7 +326,11 @@ class Step(RuleModel):
         elif self.otherwise is not None:
             raise ValueError("otherwise belongs to a branch step")
         if self.next is not None and kind in ("wait_for", "branch", "exit"):
-            raise ValueError(f"a {kind} step chooses its own next step: remove next")
+            raise ValueError(
+                f"an {kind} step chooses its own next step: remove next"
+                if kind == "exit"
+                else f"a {kind} step chooses its own next step: remove next"
+            )
         if kind == "wait" and self.wait is not None and self.wait <= timedelta(0):
             raise ValueError("a wait must be longer than zero")
         return self
@@ -357,6 +361,16 @@ class ExitState(RuleModel):
     notify: Notify | None = None
     hand_off: str | None = Field(None, description="The workflow the contact enters next.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _not_blank(cls, data: Any) -> Any:
+        if data is None:  # `quiet:` with nothing after it
+            raise ValueError(
+                "an exit leaves a known state: give a tag, lifecycle_stage, deal_stage, "
+                "notify or hand_off"
+            )
+        return data
+
     @model_validator(mode="after")
     def _leaves_state(self) -> ExitState:
         actions = (self.tag, self.lifecycle_stage, self.deal_stage, self.notify, self.hand_off)
@@ -384,7 +398,11 @@ class Goal(RuleModel):
 
 
 def _reentry(value: Any) -> Any:
-    if isinstance(value, str) and value not in ("never", "after_exit"):
+    if not isinstance(value, str):
+        raise ValueError(
+            f"{value!r}: reentry is never, after_exit, or a duration after the last exit (like 30d)"
+        )
+    if value not in ("never", "after_exit"):
         try:
             parse_duration(value)
         except ValueError:
@@ -427,7 +445,10 @@ class Workflow(RuleModel):
     @classmethod
     def _not_on(cls, data: Any) -> Any:
         if isinstance(data, dict) and True in data:  # YAML 1.1 reads the key `on` as true
-            raise ValueError("`on:` reads as true in YAML: write `trigger:`")
+            problem = "`on:` reads as true in YAML: write `trigger:`"
+            raise ValidationError.from_exception_data(
+                cls.__name__, [_error(("on",), problem, None)]
+            )
         return data
 
     @property
@@ -759,10 +780,12 @@ def _set_problems(library: Library) -> list[str]:
                     f"{stage!r} is not a lifecycle stage (policies.yaml lists: "
                     f"{', '.join(stages)})",
                 )
+        known = ", ".join(sorted(names))
         for loc, condition in workflow.conditions():
-            for other in condition.workflows():
-                if other not in names:
-                    problem(workflow, loc, f"no workflow {other!r} to look for")
+            for key in ("in_workflow", "not_in_workflow", "has_run", "has_not_run"):
+                for other in getattr(condition, key) or []:
+                    if other not in names:
+                        problem(workflow, [*loc, key], f"no workflow {other!r} (known: {known})")
         if workflow.group is not None and current:
             taken = groups.setdefault((workflow.group, workflow.priority), workflow.name)
             if taken != workflow.name:

@@ -133,7 +133,7 @@ MALFORMED = {
     ),
     "on: instead of trigger:": (
         ("trigger: {event: FORM_SUBMITTED}", "on: {event: FORM_SUBMITTED}"),
-        1,
+        5,
         "`on:` reads as true in YAML: write `trigger:`",
     ),
     "an unquoted time of day": (
@@ -162,7 +162,7 @@ MALFORMED = {
     "an entry filter on an unknown workflow": (
         ("entry: {can_receive: EMAIL}", "entry: {not_in_workflow: [onboarding]}"),
         6,
-        "field entry: no workflow 'onboarding' to look for",
+        "field entry.not_in_workflow: no workflow 'onboarding' (known: drip)",
     ),
     "a hand-off to an unknown workflow": (
         ("  quiet: {tag: quiet}", "  quiet: {hand_off: nurture}"),
