@@ -10,6 +10,7 @@ from typing import Any
 
 import faust
 
+from streams import metrics
 from streams.dlq import dead_letter
 from streams.serde import AvroSerde, UndecodableMessage
 from streams.transactions import step
@@ -35,6 +36,7 @@ async def each_decoded(
     original bytes and the reason, to the dead-letter topic. Each message is one step
     (streams.transactions): what it sends and writes commits with its offset. A stream
     over several topics gives a serde per topic name."""
+    metrics.DEAD_LETTERS.labels(stage=stage, error_type=UndecodableMessage.__name__)
     async for event in stream.events():
         async with step(event):
             message = event.message

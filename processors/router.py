@@ -21,6 +21,7 @@ from processors.records import ROUTER_KEY
 from processors.routing import Assignment, Rep, RoutingRules, rep_from_record, route
 from processors.stages import Channels
 from processors.state import ContactState
+from streams import metrics
 from streams.serde import UndecodableMessage
 from streams.settings import Settings
 from streams.transactions import step
@@ -122,6 +123,9 @@ async def handle(
         },
     )
     outcome = "assigned" if decision.rep_id else ("held" if decision.held else "unassigned")
+    metrics.ROUTING_DECISIONS.labels(rule=decision.rule or "none", outcome=outcome).inc()
+    if decision.rep_id:
+        metrics.ASSIGNMENTS.labels(rep=decision.rep_id).inc()
     await send(
         "audit",
         contact_id,
@@ -185,6 +189,14 @@ async def handle(
 
 def register(app: faust.App, settings: Settings, c: Channels, rules: RoutingRules) -> None:
     table = app.Table("router", partitions=settings.partitions, key_type=str, value_type=str)
+    metrics.declare(
+        metrics.ROUTING_DECISIONS,
+        (
+            {"rule": rule, "outcome": outcome}
+            for rule in [*(r.name for r in rules.rules), "none"]
+            for outcome in ("assigned", "held", "unassigned")
+        ),
+    )
     outputs = {
         "assignments": c.assignments,
         "audit": c.audit,
@@ -224,6 +236,7 @@ def register(app: faust.App, settings: Settings, c: Channels, rules: RoutingRule
     async def route(item: Decoded) -> None:
         stored = table.get(ROUTER_KEY)
         state = RouterState.model_validate_json(stored) if stored else RouterState()
+        metrics.declare(metrics.ASSIGNMENTS, ({"rep": rep} for rep in state.roster))
         state = await handle(item.record, state, rules, send)
         table[ROUTER_KEY] = state.model_dump_json()
 

@@ -39,6 +39,7 @@ class SlaClocks:
         )
         self.schedule = timers.Schedule()
         self.policies = policies
+        declare_policies(policies)
         self.clock = clock
         self.send = send
         timers.register(
@@ -145,3 +146,16 @@ class SlaClocks:
                 at,
             )
             await self.send([("audit", contact_id, audit)])
+
+
+def declare_policies(policies: sla.SlaPolicies) -> None:
+    for policy in policies.policies:
+        name = {"policy": policy.name}
+        for metric in (metrics.TIMERS_SCHEDULED, metrics.TIMERS_FIRED, metrics.TIMER_LATENESS):
+            metrics.declare(metric, [name])
+        reasons = ("stopped", "cancelled", "merged")
+        metrics.declare(metrics.TIMERS_CANCELLED, ({**name, "reason": r} for r in reasons))
+        levels = range(1, len(policy.escalations) + 1)
+        metrics.declare(metrics.SLA_BREACHES, ({**name, "level": str(n)} for n in levels))
+        if policy.kind == "first_touch":
+            metrics.declare(metrics.TIME_TO_FIRST_TOUCH, [name])

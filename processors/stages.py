@@ -101,6 +101,11 @@ class Rules:
     workflows: Library
 
 
+def observe_age(stage: str, event: dict[str, Any]) -> None:
+    age = datetime.now(UTC) - event["received_time"]
+    metrics.EVENT_AGE.labels(stage=stage).observe(max(age.total_seconds(), 0.0))
+
+
 def register(
     app: faust.App, settings: Settings, channels: Channels, rules: Rules, clock: Clock
 ) -> None:
@@ -109,6 +114,7 @@ def register(
     aliases = app.Table("aliases", partitions=settings.partitions, key_type=str, value_type=str)
     model, routing_rules = rules.scoring, rules.routing
     c = channels
+    metrics.declare(metrics.BAND_ENTRIES, ({"band": band.name} for band in model.bands))
 
     async def resolve_event(item: Decoded) -> None:
         event = item.record
@@ -131,6 +137,7 @@ def register(
         metrics.EVENTS.labels(
             stage="identity", event_type=event["event_type"], source=event["source_system"]
         ).inc()
+        observe_age("identity", event)
 
     @app.agent(c.events.topic, name="identity")
     async def identity_stage(stream: faust.StreamT[bytes]) -> None:
@@ -198,11 +205,13 @@ def register(
         metrics.EVENTS.labels(
             stage="contact", event_type=event["event_type"], source=event["source_system"]
         ).inc()
-        age = datetime.now(UTC) - event["received_time"]
-        metrics.EVENT_AGE.labels(stage="contact").observe(max(age.total_seconds(), 0.0))
+        observe_age("contact", event)
         at = event["event_time"]
         causes = [event["event_id"]]
+        if decision.crossed_band and decision.band is not None:
+            metrics.BAND_ENTRIES.labels(band=decision.band).inc()
         if before is None:
+            metrics.CONTACTS_CREATED.labels(source=event["source_system"]).inc()
             await c.audit.send(
                 contact_id,
                 audit_entry(

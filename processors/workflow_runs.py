@@ -12,19 +12,21 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 import faust
 
 from processors import timers
 from processors.records import Output, workflow_outputs
 from processors.state import ContactState
+from processors.workflow import Library
 from processors.workflow_engine import (
     TIMER_PREFIX,
     Audit,
     Engine,
     Outcome,
     RunBook,
+    SuppressedBecause,
     timer_key,
 )
 from streams import metrics
@@ -76,6 +78,7 @@ class WorkflowRuns:
             stored_waits,
             kind="workflow",
         )
+        declare_workflows(engine.library)
 
     @staticmethod
     def is_wait(timer_id: str) -> bool:
@@ -104,6 +107,7 @@ class WorkflowRuns:
             book, state, name, notice["due_at"], notice["escalation_level"], now
         )
         if outcome.changed:
+            metrics.TIMERS_FIRED.labels(policy=timer_key(name)).inc()
             metrics.TIMER_LATENESS.labels(policy=timer_key(name)).observe(
                 max((now - notice["due_at"]).total_seconds(), 0.0)
             )
@@ -170,3 +174,16 @@ def _count(outcome: Outcome) -> None:
             metrics.WORKFLOW_SUPPRESSIONS.labels(workflow=workflow, reason=effect.suppressed).inc()
         elif effect.decision in ("workflow_sent", "workflow_step", "workflow_branch"):
             metrics.WORKFLOW_STEPS.labels(workflow=workflow, decision=effect.decision).inc()
+
+
+def declare_workflows(library: Library) -> None:
+    decisions = ("workflow_sent", "workflow_step", "workflow_branch")
+    for flow in library.workflows():
+        name = {"workflow": flow.name}
+        metrics.declare(metrics.WORKFLOW_ENROLMENTS, [name])
+        metrics.declare(metrics.WORKFLOW_EXITS, ({**name, "exit": e} for e in flow.exit_names()))
+        metrics.declare(metrics.WORKFLOW_STEPS, ({**name, "decision": d} for d in decisions))
+        reasons = get_args(SuppressedBecause)
+        metrics.declare(metrics.WORKFLOW_SUPPRESSIONS, ({**name, "reason": r} for r in reasons))
+        for timer in (metrics.TIMERS_FIRED, metrics.TIMER_LATENESS):
+            metrics.declare(timer, [{"policy": timer_key(flow.name)}])

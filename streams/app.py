@@ -4,10 +4,16 @@ an undecodable message is dead-lettered instead of crashing or being skipped by 
 
 from __future__ import annotations
 
+from typing import cast
+
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.stores.rocksdb import Store as RocksDBStore
+from faust.tables.base import Collection
 from prometheus_client import REGISTRY
 
+from streams import metrics
+from streams.lag import GroupLag
 from streams.settings import Settings
 from streams.topics import TopicSpec
 from streams.transactions import App
@@ -35,7 +41,31 @@ def create_app(settings: Settings) -> faust.App:
         table_standby_replicas=1,
     )
     setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="faust")
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def measure_consumer_lag() -> None:
+        # At start, when every agent is registered: the topics the group consumes.
+        topics = [name for agent in app.agents.values() for name in agent.channel.topics]
+        GroupLag(settings, settings.app_id, topics).start()
+
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
+    async def measure_tables() -> None:
+        for table in app.tables.values():
+            metrics.TABLE_KEYS.labels(table=table.name).set(table_keys(cast(Collection, table)))
+
     return app
+
+
+def table_keys(table: Collection) -> int:
+    """The keys a worker holds in ``table``. RocksDB's len() reads every key, so a
+    rocksdb:// store gives RocksDB's own estimate instead."""
+    store = table.data
+    if isinstance(store, RocksDBStore):
+        return sum(
+            int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
+            for db in store._dbs.values()
+        )
+    return len(store)
 
 
 def catalog_topic(app: faust.App, settings: Settings, spec: TopicSpec) -> faust.TopicT:

@@ -3,9 +3,18 @@
 only: never a contact id, e-mail or phone.
 
 Each process exposes one ``/metrics``: Faust workers on their web port (next to
-Faust's own sensor metrics), other processes through :func:`serve`."""
+Faust's own sensor metrics), the gateway on its own port, sinks through :func:`serve`.
+Several processes of one kind each have their own port; Prometheus tells them apart by
+``instance``, and the dashboards sum over it.
+
+Counters and histograms whose label values are known at start (policies, workflows,
+destinations, sources) are declared at zero then (:func:`declare`): a series that is born
+at 1 hides its first increment from ``rate()`` and ``increase()``, so the first dead
+letter would raise no alert."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
@@ -21,7 +30,8 @@ DEAD_LETTERS = Counter(
 )
 EVENT_AGE = Histogram(
     "switchboard_event_age_seconds",
-    "Time from an event's event_time until a stage processed it.",
+    "Time from an event's arrival (its received_time, when a source connector took it) "
+    "until a stage decided on it. Not event_time: a backfill's would swamp it.",
     ["stage"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
 )
@@ -53,6 +63,48 @@ SOURCE_REJECTED = Counter(
     "Inputs a source connector refused, by reason (bad_signature, stale_timestamp, "
     "malformed_body, invalid_payload, too_large, kafka_unavailable).",
     ["source", "reason"],
+)
+
+SOURCE_LAST_EVENT = Gauge(
+    "switchboard_source_last_event_timestamp_seconds",
+    "When a source last published an event (Unix time); the gateway's start until the "
+    "source's first, so a source that never speaks is noticed too.",
+    ["source"],
+)
+
+CONSUMER_LAG = Gauge(
+    "switchboard_consumer_lag_records",
+    "Records of a partition its consumer group has not committed yet: the partition's "
+    "end (read_committed) minus the group's committed offset. Measured from Kafka by each "
+    "member of the group, so a stuck consumer's lag still grows.",
+    ["group", "topic", "partition"],
+)
+TABLE_KEYS = Gauge(
+    "switchboard_table_keys",
+    "Keys a worker holds in a table, for its active and standby partitions: what its "
+    "memory (memory://) or disk (rocksdb://, an estimate) keeps.",
+    ["table"],
+)
+CONTACTS_CREATED = Counter(
+    "switchboard_contacts_created_total",
+    "Contacts seen for the first time (new leads), by the source system of their first event.",
+    ["source"],
+)
+BAND_ENTRIES = Counter(
+    "switchboard_score_band_entries_total",
+    "Contacts that entered a score band (a first score included), by band.",
+    ["band"],
+)
+ROUTING_DECISIONS = Counter(
+    "switchboard_routing_decisions_total",
+    "Leads the router decided on, by routing rule (none: no rule matched) and outcome "
+    "(assigned, held, unassigned).",
+    ["rule", "outcome"],
+)
+ASSIGNMENTS = Counter(
+    "switchboard_assignments_total",
+    "Leads assigned to a rep by the router, by rep id (the roster's, never an address).",
+    ["rep"],
 )
 
 SINK_DELIVERIES = Counter(
@@ -92,7 +144,8 @@ TIMERS_SCHEDULED = Counter(
 )
 TIMERS_FIRED = Counter(
     "switchboard_timers_fired_total",
-    "Timer steps fired (each escalation step once), by policy.",
+    "Timer steps fired (each escalation step once), by policy: an SLA policy, or "
+    "workflow/NAME for a workflow's wait.",
     ["policy"],
 )
 TIMERS_CANCELLED = Counter(
@@ -152,6 +205,12 @@ WORKFLOW_SUPPRESSIONS = Counter(
     "group, reentry, consent, frequency_cap, backwards, ...).",
     ["workflow", "reason"],
 )
+
+
+def declare(metric: Counter | Gauge | Histogram, label_sets: Iterable[Mapping[str, str]]) -> None:
+    """Export ``metric`` at zero for each of ``label_sets``, known before any event."""
+    for labels in label_sets:
+        metric.labels(**labels)
 
 
 def serve(port: int, addr: str = "127.0.0.1") -> None:

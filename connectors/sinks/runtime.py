@@ -32,6 +32,7 @@ from connectors.sinks.policy import Backoff, BreakerState, CircuitBreaker, Gate,
 from streams import metrics
 from streams.dlq import dead_letter
 from streams.kafka import producer_config
+from streams.lag import GroupLag
 from streams.serde import AvroSerde, UndecodableMessage
 from streams.settings import Settings
 
@@ -106,6 +107,7 @@ class Sink:
 
     def __post_init__(self) -> None:
         self._producer = Producer(producer_config(self.settings))
+        declare_destinations(self.name, list(self.destinations))
         for name in self.destinations:
             self.gates[name] = Gate(
                 RateLimiter(self.limits.rate_per_s, self.limits.burst),
@@ -141,6 +143,8 @@ class Sink:
             loop.call_soon_threadsafe(self.assigned.set)
 
         consumer.subscribe([self.serde.topic], on_assign=on_assign)
+        lag = GroupLag(self.settings, self.group_id, [self.serde.topic])
+        lag.start()
         log.info(
             "sink %s: consuming %s as group %s, delivering to %s",
             self.name,
@@ -179,6 +183,7 @@ class Sink:
                     (time.perf_counter() - delivered) * 1000,
                 )
         finally:
+            lag.stop()
             await asyncio.to_thread(consumer.close)
             for destination in self.destinations.values():
                 await destination.close()
@@ -353,6 +358,26 @@ class Sink:
             # Lost the partitions in a rebalance: their new owner delivers the batch again,
             # which the idempotency keys make harmless.
             log.warning("commit of %d offsets failed: %s", len(offsets), exc)
+
+
+def declare_destinations(sink: str, destinations: list[str]) -> None:
+    """Each destination's series at zero, its circuit closed."""
+    outcomes = ("delivered", "duplicate", "dead_lettered")
+    metrics.declare(
+        metrics.SINK_DELIVERIES,
+        ({"destination": d, "outcome": o} for d in destinations for o in outcomes),
+    )
+    named = [{"destination": d} for d in destinations]
+    for metric in (metrics.SINK_RETRIES, metrics.SINK_BREAKER_OPEN, metrics.SINK_DELIVERY_SECONDS):
+        metrics.declare(metric, named)
+    kinds = ("Rejected", "RetryBudgetExhausted")
+    metrics.declare(
+        metrics.DEAD_LETTERS,
+        ({"stage": f"sink-{d}", "error_type": k} for d in destinations for k in kinds),
+    )
+    metrics.declare(
+        metrics.DEAD_LETTERS, [{"stage": f"sink-{sink}", "error_type": "UndecodableMessage"}]
+    )
 
 
 def _waves(items: Sequence[Item]) -> Iterator[list[Item]]:

@@ -31,6 +31,14 @@ from streams.settings import Settings, secret_env
 log = logging.getLogger(__name__)
 
 STAGE = "gateway"
+REJECTION_REASONS = (
+    "bad_signature",
+    "stale_timestamp",
+    "malformed_body",
+    "invalid_payload",
+    "too_large",
+    "kafka_unavailable",
+)
 RETRY_AFTER_S = 30
 # What of an oversized body is kept in the dead letter: enough to see what it was.
 OVERSIZED_KEPT_BYTES = 64 * 1024
@@ -56,6 +64,7 @@ def create_gateway(
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     limit = settings.gateway_max_body_bytes
+    declare_sources(sorted(secrets), clock())
 
     async def webhook(request: web.Request) -> web.Response:
         name = request.match_info["source"]
@@ -111,6 +120,8 @@ def create_gateway(
             return _unavailable(str(exc))
         for _, event in keyed:
             metrics.SOURCE_EVENTS.labels(source=name, event_type=event["event_type"]).inc()
+        if keyed:
+            metrics.SOURCE_LAST_EVENT.labels(source=name).set(clock())
         return web.json_response(
             {"accepted": len(keyed), "event_ids": [event["event_id"] for _, event in keyed]}
         )
@@ -158,6 +169,18 @@ def create_gateway(
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/healthz", healthz)
     return app
+
+
+def declare_sources(served: list[str], now: float) -> None:
+    """The served sources' series, at zero, and their silence counted from ``now``."""
+    metrics.declare(
+        metrics.SOURCE_REJECTED,
+        ({"source": name, "reason": reason} for name in served for reason in REJECTION_REASONS),
+    )
+    dead = ("too_large", "malformed_body", "invalid_payload")
+    metrics.declare(metrics.DEAD_LETTERS, ({"stage": STAGE, "error_type": r} for r in dead))
+    for name in served:
+        metrics.SOURCE_LAST_EVENT.labels(source=name).set(now)
 
 
 async def _read_limited(request: web.Request, limit: int) -> tuple[bytes, bool]:

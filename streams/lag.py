@@ -1,0 +1,98 @@
+"""Consumer lag, measured from Kafka rather than by the consumer: per partition of a
+group's topics, the partition's end minus the group's committed offset.
+
+Every member of a group measures the whole group, in a thread of its own (the dashboards
+take the max over members). So the lag of a member that hangs keeps growing: on its own
+``/metrics``, since the thread does not need the member's event loop, and on those of
+the other members when it dies."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from streams import metrics
+from streams.settings import Settings
+
+log = logging.getLogger("switchboard.lag")
+
+
+class GroupLag:
+    """The lag of consumer group ``group`` on ``topics``, reported to
+    ``switchboard_consumer_lag_records`` every ``interval_s``."""
+
+    def __init__(
+        self, settings: Settings, group: str, topics: Sequence[str], interval_s: float = 5.0
+    ) -> None:
+        self.group = group
+        self.topics = sorted(set(topics))
+        self.interval_s = interval_s
+        self.timeout_s = max(interval_s, 5.0)
+        self._admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 3})
+        self._reported: set[tuple[str, str]] = set()
+        self._stop = threading.Event()
+
+    def measure(self) -> dict[tuple[str, int], int]:
+        """Lag per (topic, partition). A partition the group never committed counts from
+        its first record, as the group's consumers (auto.offset.reset=earliest) would."""
+        metadata = self._admin.list_topics(timeout=self.timeout_s).topics
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in self.topics
+            if topic in metadata
+            for p in sorted(metadata[topic].partitions)
+        ]
+        if not partitions:
+            return {}
+        request = [ConsumerGroupTopicPartitions(self.group, partitions)]
+        answer = self._admin.list_consumer_group_offsets(request, request_timeout=self.timeout_s)
+        found = answer[self.group].result().topic_partitions or []
+        committed = {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+        ends = self._offsets(partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+        missing = [tp for tp in partitions if (tp.topic, tp.partition) not in committed]
+        if missing:
+            committed |= self._offsets(missing, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+        return {key: max(end - committed[key], 0) for key, end in ends.items()}
+
+    def _offsets(
+        self, partitions: list[TopicPartition], spec: OffsetSpec
+    ) -> dict[tuple[str, int], int]:
+        # read_committed: the end a transactional consumer can reach (open transactions
+        # and their markers are not lag).
+        futures = self._admin.list_offsets(
+            {tp: spec for tp in partitions},
+            isolation_level=IsolationLevel.READ_COMMITTED,
+            request_timeout=self.timeout_s,
+        )
+        return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+
+    def report(self) -> None:
+        """Measure once and publish it; partitions no longer measured leave the gauge."""
+        lag = self.measure()
+        now = {(topic, str(partition)) for topic, partition in lag}
+        for gone in self._reported - now:
+            metrics.CONSUMER_LAG.remove(self.group, *gone)
+        for (topic, partition), records in lag.items():
+            metrics.CONSUMER_LAG.labels(self.group, topic, str(partition)).set(records)
+        self._reported = now
+
+    def start(self) -> threading.Thread:
+        """Report every ``interval_s`` in a daemon thread until :meth:`stop`."""
+        thread = threading.Thread(target=self._run, name=f"lag-{self.group}", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.report()
+            except Exception as exc:  # Kafka away for a while: the next round tries again
+                log.warning("consumer lag of %s not measured: %s", self.group, exc)
+            self._stop.wait(self.interval_s)
