@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help install run test unit lint bench infra-up infra-down infra-status \
+.PHONY: help install run observe test unit lint bench infra-up infra-down infra-status \
         cluster-up cluster-down topics schemas clean
 
 help:
@@ -13,6 +13,7 @@ help:
 	@echo "make test         run the tests against the real broker and registry"
 	@echo "make bench        print spine, gateway, stateful-core and sink throughput and latency"
 	@echo "make lint         ruff + mypy"
+	@echo "make observe      start Prometheus (127.0.0.1:9090) scraping make run, with the alerts"
 	@echo "make infra-up     start the single-node Kafka, the schema registry and PostgreSQL"
 	@echo "make infra-down   stop them"
 	@echo "make cluster-up   start the 3-broker KRaft cluster (19092-19094)"
@@ -27,7 +28,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --constraint constraints.txt --editable ".[dev]"
 	touch $@
 
+# Prometheus is only installed: the tests start their own, on their own port.
 infra-up:
+	@bash infra/prometheus/prometheus.sh install
 	@bash infra/kafka/kafka.sh start single & kafka=$$!; \
 	 bash infra/registry/registry.sh start & registry=$$!; \
 	 bash infra/postgres/postgres.sh start & postgres=$$!; \
@@ -35,6 +38,7 @@ infra-up:
 	 wait $$postgres || status=1; exit $$status
 
 infra-down:
+	@bash infra/prometheus/prometheus.sh stop
 	@bash infra/postgres/postgres.sh stop
 	@bash infra/registry/registry.sh stop
 	@bash infra/kafka/kafka.sh stop single
@@ -58,6 +62,9 @@ schemas: install
 run: install
 	@bash infra/run.sh
 
+observe:
+	@bash infra/prometheus/prometheus.sh start
+
 test: install infra-up
 	$(BIN)/pytest
 
@@ -78,6 +85,7 @@ bench: install infra-up
 	$(BIN)/python -m tests.bench.bench_sinks
 
 clean:
+	-@bash infra/prometheus/prometheus.sh stop
 	-@bash infra/postgres/postgres.sh stop
 	-@bash infra/registry/registry.sh stop
 	-@bash infra/kafka/kafka.sh stop single
