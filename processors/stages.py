@@ -115,6 +115,10 @@ def register(
     model, routing_rules = rules.scoring, rules.routing
     c = channels
     metrics.declare(metrics.BAND_ENTRIES, ({"band": band.name} for band in model.bands))
+    metrics.declare(
+        metrics.PIPELINE_MOVES,
+        ({"rule": r.name, "stage": r.move_to} for r in rules.pipeline.rules if r.move_to),
+    )
 
     async def resolve_event(item: Decoded) -> None:
         event = item.record
