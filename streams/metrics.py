@@ -58,6 +58,14 @@ SOURCE_PUBLISH_SECONDS = Histogram(
     ["source"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
+SOURCE_DELAY = Histogram(
+    "switchboard_source_delay_seconds",
+    "From an event's event_time (the provider's clock) to its arrival at the gateway: how "
+    "late a provider delivers, its retries included. Added to switchboard_event_age_seconds "
+    "it is the time from the event itself to a decision.",
+    ["source"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
+)
 SOURCE_REJECTED = Counter(
     "switchboard_source_rejected_total",
     "Inputs a source connector refused, by reason (bad_signature, stale_timestamp, "

@@ -120,6 +120,8 @@ def create_gateway(
             return _unavailable(str(exc))
         for _, event in keyed:
             metrics.SOURCE_EVENTS.labels(source=name, event_type=event["event_type"]).inc()
+            delay = (received - event["event_time"]).total_seconds()
+            metrics.SOURCE_DELAY.labels(source=name).observe(max(delay, 0.0))
         if keyed:
             metrics.SOURCE_LAST_EVENT.labels(source=name).set(clock())
         return web.json_response(
