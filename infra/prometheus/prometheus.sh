@@ -12,6 +12,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+source "$root/infra/pidfile.sh"
 action="${1:-status}"
 port="${PROMETHEUS_PORT:-9090}"
 config="${PROMETHEUS_CONFIG:-$here/prometheus.yml}"
@@ -48,13 +49,7 @@ install() {
   find_bin
 }
 
-running_pid() {
-  [ -f "$pidfile" ] || return 1
-  local pid
-  pid="$(cat "$pidfile")"
-  kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
-}
+running_pid() { pid_of "$pidfile"; }
 
 answers() { curl -sf -o /dev/null "$url/-/ready"; }
 
@@ -90,18 +85,6 @@ start() {
   echo "prometheus: up at $url (targets: $url/targets, alerts: $url/alerts)"
 }
 
-stop() {
-  local pid deadline
-  if pid="$(running_pid)"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + 20))
-    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$pidfile"
-  echo "prometheus: stopped"
-}
-
 status() {
   if pid="$(running_pid)"; then
     echo "prometheus: up (pid $pid) at $url"
@@ -114,7 +97,7 @@ status() {
 case "$action" in
   install) install ;;
   start) start ;;
-  stop) stop ;;
+  stop) stop_pid prometheus "$pidfile" ;;
   status) status ;;
   url) echo "$url" ;;
   *) echo "usage: prometheus.sh install|start|stop|status|url" >&2; exit 2 ;;

@@ -12,6 +12,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 source "$root/infra/maven.sh"
+source "$root/infra/pidfile.sh"
 action="${1:-status}"
 port="${REGISTRY_PORT:-8081}"
 run_dir="${SWITCHBOARD_RUN_DIR:-$root/.run}/registry"
@@ -46,13 +47,7 @@ resolve_app() {
     -DmarkersDirectory="$app/.markers"
 }
 
-running_pid() {
-  [ -f "$pidfile" ] || return 1
-  local pid
-  pid="$(cat "$pidfile")"
-  kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
-}
+running_pid() { pid_of "$pidfile"; }
 
 answers() { curl -sf -o /dev/null "$url/subjects"; }
 
@@ -99,18 +94,6 @@ wait_ready() {
   done
 }
 
-stop() {
-  local pid deadline
-  if pid="$(running_pid)"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + 20))
-    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$pidfile"
-  echo "registry: stopped"
-}
-
 status() {
   if pid="$(running_pid)"; then
     echo "registry: up (pid $pid) at $url"
@@ -122,7 +105,7 @@ status() {
 
 case "$action" in
   start) start ;;
-  stop) stop ;;
+  stop) stop_pid registry "$pidfile" ;;
   status) status ;;
   url) echo "$url" ;;
   resolve) resolve_app ;;
