@@ -84,7 +84,8 @@ CONSUMER_LAG = Gauge(
     "switchboard_consumer_lag_records",
     "Records of a partition its consumer group has not committed yet: the partition's "
     "end (read_committed) minus the group's committed offset. Measured from Kafka by each "
-    "member of the group, so a stuck consumer's lag still grows.",
+    "member of the group, so a stuck consumer's lag still grows. A caught-up partition "
+    "written in transactions reads 1: the commit marker after the last transaction.",
     ["group", "topic", "partition"],
 )
 TABLE_KEYS = Gauge(
