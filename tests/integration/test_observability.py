@@ -1,6 +1,6 @@
 """The proof of the dashboards and alerts: a real Prometheus (Debian's package) scrapes a
-running pipeline (gateway, worker, CRM and notification sinks) that the load generator
-feeds, with the shipped scrape jobs and alert rules. Every query of every dashboard and
+running pipeline (gateway, two workers, CRM and notification sinks) that the load
+generator feeds, with the shipped scrape jobs and alert rules. Every query of every dashboard and
 every alert's expression then goes through Prometheus's HTTP API, and must be valid and
 return series."""
 
