@@ -2,12 +2,15 @@
 # `make run`: the embedded default. Starts the native Kafka and schema registry (unless
 # they are already up), creates the catalog's topics, registers the contract, then runs
 # the webhook gateway, a load generator feeding it signed provider webhooks, the CRM and
-# notification sinks, and a worker. Ctrl-C stops all of it, then whatever services it started.
+# notification sinks, and a worker, and shows them live (`switchboard top`) on a terminal.
+# Ctrl-C stops all of it, then whatever services it started.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 sb=.venv/bin/switchboard
+# Logs and the notification outbox (the tests point it elsewhere).
+out="${SWITCHBOARD_DEMO_DIR:-.run}"
 started=()
 children=()
 
@@ -52,33 +55,44 @@ for source in STRIPE TWILIO VAPI CALENDLY TYPEFORM FORMS JOBS MAILGUN MAILGUN_IN
 done
 export SWITCHBOARD_SECRET_MAILGUN_INBOUND="$SWITCHBOARD_SECRET_MAILGUN"
 
-mkdir -p .run
-"$sb" gateway >.run/gateway.log 2>&1 &
+mkdir -p "$out"
+"$sb" gateway >"$out/gateway.log" 2>&1 &
 children+=($!)
 port="${SWITCHBOARD_GATEWAY_PORT:-8787}"
 until curl -sf -o /dev/null "http://127.0.0.1:$port/healthz"; do
-  kill -0 "${children[0]}" 2>/dev/null || { cat .run/gateway.log >&2; exit 1; }
+  kill -0 "${children[0]}" 2>/dev/null || { cat "$out/gateway.log" >&2; exit 1; }
   sleep 0.2
 done
-"$sb" loadgen --rate "${SWITCHBOARD_DEMO_RATE:-20}" --duration 86400 >.run/loadgen.log 2>&1 &
+# A new seed each run (SWITCHBOARD_DEMO_SEED repeats one): the same seed would replay the
+# same people and events, which the pipeline rightly treats as duplicates.
+"$sb" loadgen --rate "${SWITCHBOARD_DEMO_RATE:-20}" --duration 86400 \
+  --seed "${SWITCHBOARD_DEMO_SEED:-$(date +%s)}" >"$out/loadgen.log" 2>&1 &
 children+=($!)
 # The sinks: CRM commands into the embedded SQL store (SQLite, .run/crm.db), and
 # notifications, with no mail server or Slack configured, into the outbox file.
-SWITCHBOARD_METRICS_PORT="${SWITCHBOARD_METRICS_PORT:-9464}" "$sb" sink crm >.run/sink-crm.log 2>&1 &
+SWITCHBOARD_METRICS_PORT="${SWITCHBOARD_METRICS_PORT:-9464}" "$sb" sink crm >"$out/sink-crm.log" 2>&1 &
 children+=($!)
 SWITCHBOARD_METRICS_PORT=$((${SWITCHBOARD_METRICS_PORT:-9464} + 1)) \
-  SWITCHBOARD_NOTIFY_OUTBOX="${SWITCHBOARD_NOTIFY_OUTBOX:-.run/outbox.jsonl}" \
-  "$sb" sink notify >.run/sink-notify.log 2>&1 &
+  SWITCHBOARD_NOTIFY_OUTBOX="${SWITCHBOARD_NOTIFY_OUTBOX:-$out/outbox.jsonl}" \
+  "$sb" sink notify >"$out/sink-notify.log" 2>&1 &
 children+=($!)
 
-echo "switchboard: gateway http://127.0.0.1:$port/webhooks/<source> (log .run/gateway.log),"
-echo "             load generator at ${SWITCHBOARD_DEMO_RATE:-20} webhooks/s (.run/loadgen.log),"
-echo "             worker metrics http://127.0.0.1:${SWITCHBOARD_WEB_PORT:-6066}/metrics,"
-echo "             CRM sink into .run/crm.db (SQLite; .run/sink-crm.log),"
-echo "             notifications into ${SWITCHBOARD_NOTIFY_OUTBOX:-.run/outbox.jsonl} (.run/sink-notify.log)."
-echo "             Ctrl-C stops everything."
 # In the background too, so that Ctrl-C reaches this script at once (a foreground child
 # would make it wait for the worker's own shutdown) and cleanup() bounds how long it takes.
-SWITCHBOARD_LOG_LEVEL="${SWITCHBOARD_LOG_LEVEL:-warning}" "$sb" worker &
-children+=($!)
-wait "${children[-1]}"
+SWITCHBOARD_LOG_LEVEL="${SWITCHBOARD_LOG_LEVEL:-warning}" "$sb" worker >"$out/worker.log" 2>&1 &
+worker=$!
+children+=("$worker")
+
+echo "switchboard: gateway http://127.0.0.1:$port/webhooks/<source> (log $out/gateway.log),"
+echo "             load generator at ${SWITCHBOARD_DEMO_RATE:-20} webhooks/s ($out/loadgen.log),"
+echo "             worker metrics http://127.0.0.1:${SWITCHBOARD_WEB_PORT:-6066}/metrics ($out/worker.log),"
+echo "             CRM sink into ${SWITCHBOARD_CRM_DATABASE_URL:-.run/crm.db (SQLite)} ($out/sink-crm.log),"
+echo "             notifications into ${SWITCHBOARD_NOTIFY_OUTBOX:-$out/outbox.jsonl} ($out/sink-notify.log)."
+echo "             In another terminal: switchboard explain CONTACT, make observe (Prometheus)."
+echo "             Ctrl-C stops everything."
+if [ -t 1 ]; then
+  # The live view in the foreground: Ctrl-C ends it, and cleanup() the rest.
+  "$sb" top || wait "$worker"
+else
+  wait "$worker"
+fi

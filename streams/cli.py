@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +322,33 @@ def explain(who: str, worker_url: str | None) -> None:
         click.echo(explain_contact(_settings(), who, worker_url))
     except (NotFound, ConnectionError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("urls", nargs=-1)
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds.")
+@click.option("--once", is_flag=True, help="Print one view (over one interval) and stop.")
+def top(urls: tuple[str, ...], interval: float, once: bool) -> None:
+    """A live view of a running pipeline from its processes' /metrics URLS [default: what
+    `make run` starts: the worker, the gateway and the two sinks on their configured ports].
+    Ctrl-C stops it (and nothing else)."""
+    from rich.console import Console
+
+    from streams import live
+
+    settings = _settings()
+    targets = list(urls) or [
+        f"http://127.0.0.1:{settings.web_port}/metrics",
+        f"http://127.0.0.1:{settings.gateway_port}/metrics",
+        f"http://127.0.0.1:{settings.metrics_port}/metrics",
+        f"http://127.0.0.1:{settings.metrics_port + 1}/metrics",
+    ]
+    if once:
+        before = live.read(targets)
+        time.sleep(interval)
+        Console().print(live.render(live.view(before, live.read(targets))))
+        return
+    live.watch(targets, interval)
 
 
 @main.group()
