@@ -154,7 +154,7 @@ def sink(which: str) -> None:
         runner = build_sink(settings, "crm" if which == "crm" else "notify")
     except SinkConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    metrics.serve(settings.metrics_port)
+    metrics.serve(settings.metrics_port, settings.metrics_bind)
 
     async def main_loop() -> None:
         stop = asyncio.Event()

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         9464, ge=0, le=65535, description="/metrics port of non-worker processes; 0 disables it."
     )
+    metrics_bind: str = Field("127.0.0.1", description="Its address; 0.0.0.0 in containers.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     scoring_model: Path | None = Field(
