@@ -56,6 +56,21 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
+def internal_topics(app: faust.App, settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    """Faust's own topics for ``app``: each table's compacted changelog, and the leader
+    topic its partition assignor uses."""
+    isr = {"min.insync.replicas": str(settings.min_insync_replicas)}
+    topics = {
+        table.changelog_topic.get_topic_name(): (
+            settings.partitions,
+            {"cleanup.policy": "compact", **isr},
+        )
+        for table in app.tables.values()
+    }
+    topics[f"{app.conf.id}-__assignor-__leader"] = (1, isr)
+    return topics
+
+
 def table_keys(table: Collection) -> int:
     """The keys a worker holds in ``table``. RocksDB's len() reads every key, so a
     rocksdb:// store gives RocksDB's own estimate instead."""

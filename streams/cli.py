@@ -107,6 +107,8 @@ def worker() -> None:
     from faust.worker import Worker
 
     from processors.worker import build_app
+    from streams.app import internal_topics
+    from streams.topics import ensure_internal_topics
 
     settings = _settings()
     try:
@@ -115,6 +117,7 @@ def worker() -> None:
         raise click.ClickException(
             f"invalid rule file, the worker does not start:\n{exc}"
         ) from None
+    ensure_internal_topics(settings, internal_topics(app, settings))
     logging.captureWarnings(True)
     Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 

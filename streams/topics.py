@@ -4,6 +4,8 @@ the cluster match it, and running it again changes nothing."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -208,6 +210,44 @@ def ensure_topics(
         partitions = len(existing[spec.full_name(settings)].partitions)
         changes.append(_reconcile(admin, settings, spec, partitions, timeout))
     return changes
+
+
+def ensure_internal_topics(
+    settings: Settings, topics: Mapping[str, tuple[int, dict[str, str]]], timeout: float = 60.0
+) -> None:
+    """Create Faust's own topics (``topics``: name to partitions and configs) before a
+    worker joins its group, and wait until the brokers' metadata shows each partition
+    with a leader. Faust declares them itself at start, but a worker that joins before
+    the metadata shows a new changelog gets none of its partitions, and that table's
+    agent then crashes for good (PartitionsMismatch): seen on a busy machine."""
+    admin = admin_client(settings)
+    existing = admin.list_topics(timeout=timeout).topics
+    missing = [
+        NewTopic(name, partitions, settings.replication_factor, config=configs)
+        for name, (partitions, configs) in topics.items()
+        if name not in existing
+    ]
+    for future in admin.create_topics(missing, request_timeout=timeout).values() if missing else ():
+        try:
+            future.result()
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):  # another worker made it first
+                raise
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = admin.list_topics(timeout=timeout).topics
+        waiting = [
+            name
+            for name, (partitions, _) in topics.items()
+            if name not in seen
+            or len(seen[name].partitions) != partitions
+            or any(p.leader < 0 for p in seen[name].partitions.values())
+        ]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics without a leader after {timeout:.0f} s: {waiting}")
+        time.sleep(0.2)
 
 
 def _reconcile(
