@@ -83,6 +83,7 @@ bench: install infra-up
 	$(BIN)/python -m tests.bench.bench_timers
 	$(BIN)/python -m tests.bench.bench_workflows
 	$(BIN)/python -m tests.bench.bench_sinks
+	$(BIN)/python -m tests.bench.bench_e2e
 
 clean:
 	-@bash infra/prometheus/prometheus.sh stop

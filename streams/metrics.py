@@ -84,8 +84,9 @@ CONSUMER_LAG = Gauge(
     "switchboard_consumer_lag_records",
     "Records of a partition its consumer group has not committed yet: the partition's "
     "end (read_committed) minus the group's committed offset. Measured from Kafka by each "
-    "member of the group, so a stuck consumer's lag still grows. A caught-up partition "
-    "written in transactions reads 1: the commit marker after the last transaction.",
+    "member of the group, so a stuck consumer's lag still grows. Offsets count "
+    "transaction markers: a caught-up partition written in transactions reads one per "
+    "producer whose last transaction wrote to it.",
     ["group", "topic", "partition"],
 )
 TABLE_KEYS = Gauge(

@@ -52,18 +52,24 @@ def test_lag_is_the_end_minus_the_committed_offset_and_counts_from_the_start_bef
     assert lag.measure() == {(topic, 0): 0, (topic, 1): 0}
 
 
-def test_a_caught_up_transactional_partition_reads_one_the_commit_marker(
+def test_a_caught_up_transactional_partition_reads_the_markers_after_its_last_record(
     settings: Settings,
 ) -> None:
+    """Two producers' transactions open at once, as a stage's per-partition producers
+    write to one downstream partition: both commit markers follow the last record."""
     topic = create_topic(settings, "lag-tx", 1)
-    out = Producer(producer_config(settings, **{"transactional.id": f"{topic}-tx"}))
-    out.init_transactions(30)
-    out.begin_transaction()
-    for i in range(3):
-        out.produce(topic, value=f"{i}".encode(), partition=0)
-    out.commit_transaction(30)
+    producers = []
+    for n in range(2):
+        out = Producer(producer_config(settings, **{"transactional.id": f"{topic}-tx{n}"}))
+        out.init_transactions(30)
+        out.begin_transaction()
+        out.produce(topic, value=f"{n}".encode(), partition=0)
+        assert out.flush(30) == 0
+        producers.append(out)
+    for out in producers:
+        out.commit_transaction(30)
     group = f"{settings.app_id}-lag-tx"
-    # What a consumer commits after the last record (offset 2): 3, the marker's offset.
-    commit(settings, group, TopicPartition(topic, 0, 3))
+    # Records at 0 and 1, markers at 2 and 3: a consumer commits 2 after the last record.
+    commit(settings, group, TopicPartition(topic, 0, 2))
 
-    assert GroupLag(settings, group, [topic]).measure() == {(topic, 0): 1}
+    assert GroupLag(settings, group, [topic]).measure() == {(topic, 0): 2}

@@ -1,0 +1,192 @@
+"""End-to-end benchmark on this machine: events into Kafka → workers (identity, contact,
+routing, SLA clocks, workflows; exactly-once) → the CRM sink → rows in the SQL CRM store
+(SQLite), at 1, 2 and 4 workers over several partition counts.
+
+* throughput: a backlog published as fast as Kafka takes it, until the CRM store's last
+  write for it (events/s, end to end);
+* latency: a steady feed, each event's time from its event_time (the provider's stamp,
+  some to the second only) and from its arrival, to its first CRM write (p50/p95/p99),
+  against the seeds' promise of under two seconds;
+* peak memory (VmHWM) of each worker and of the sink.
+
+    .venv/bin/python -m tests.bench.bench_e2e [--workers 1 2 4] [--partitions 6 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from contextlib import ExitStack
+from datetime import datetime
+from pathlib import Path
+from subprocess import Popen
+from typing import Any
+
+from sqlalchemy import select
+
+from connectors.sinks.crm.migrations import create_sql_engine
+from connectors.sinks.crm.sql import APPLIED_COMMANDS
+from connectors.sources.loadgen import run_load
+from streams.lag import GroupLag
+from streams.serde import AvroSerde, registry_client
+from streams.settings import Settings
+from streams.topics import (
+    ASSIGNMENTS,
+    CONTACT_EVENTS,
+    CONTACT_MERGES,
+    CRM_COMMANDS,
+    EVENTS_BY_CONTACT,
+    IDENTITY_CLAIMS,
+    REP_ROSTER,
+    ROUTING,
+    TIMERS,
+)
+from tests.bench import run_then_clean, write_results
+from tests.bench.bench_core import fresh, percentile
+from tests.conftest import free_port
+from tests.kafka_helpers import read_all, running_sink, running_worker
+
+BENCH = Path(".run/bench")
+
+
+def first_writes(settings: Settings) -> dict[str, datetime]:
+    """Each causing event's first CRM write (applied_at), from the CRM store."""
+    engine = create_sql_engine(settings.crm_database_url)
+    rows = select(APPLIED_COMMANDS.c.causation_event_id, APPLIED_COMMANDS.c.applied_at)
+    first: dict[str, datetime] = {}
+    with engine.connect() as connection:
+        for cause, at in connection.execute(rows):
+            if cause and (cause not in first or at < first[cause]):
+                first[cause] = at
+    engine.dispose()
+    return first
+
+
+def settled(settings: Settings, timeout: float) -> None:
+    """Wait until nothing moves: the workers' and the CRM sink's lag and the CRM store's
+    writes the same for 3 s. (Lag alone does not reach 0: offsets count transaction
+    markers, a few per partition.)"""
+    consumed = [ASSIGNMENTS, CONTACT_EVENTS, CONTACT_MERGES, EVENTS_BY_CONTACT]
+    consumed += [IDENTITY_CLAIMS, REP_ROSTER, ROUTING, TIMERS]
+    workers = GroupLag(settings, settings.app_id, [t.full_name(settings) for t in consumed])
+    sink = GroupLag(settings, f"{settings.app_id}-sink-crm", [CRM_COMMANDS.full_name(settings)])
+    deadline = time.monotonic() + timeout
+    seen: list[tuple[Any, ...]] = []
+    while time.monotonic() < deadline:
+        seen.append((workers.measure(), sink.measure(), len(first_writes(settings))))
+        if len(seen) >= 4 and seen[-1] == seen[-2] == seen[-3] == seen[-4]:
+            return
+        time.sleep(1)
+    raise TimeoutError("the pipeline did not settle")
+
+
+def peak_rss_mb(process: Popen[bytes]) -> float:
+    for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def one(workers: int, partitions: int, backlog: int, rate: float, seconds: float) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:8]
+    settings = fresh(run, partitions).model_copy(
+        update={
+            "crm_database_url": f"sqlite:///{BENCH / run / 'crm.db'}",
+            "metrics_port": free_port(),
+        }
+    )
+    serde = AvroSerde(
+        registry_client(settings.schema_registry_url),
+        "contact_event",
+        CONTACT_EVENTS.full_name(settings),
+        discriminator="event_type",
+    )
+    with ExitStack() as stack:
+        processes = []
+        for n in range(workers):
+            each = settings.model_copy(
+                update={"web_port": free_port(), "data_dir": BENCH / run / f"worker-{n}"}
+            )
+            log = BENCH / run / f"worker-{n}.log"
+            processes.append(stack.enter_context(running_worker(each, log)))
+        sink = stack.enter_context(running_sink(settings, "crm", BENCH / run / "sink.log"))
+        time.sleep(3)  # the group settles after the last join
+
+        started = datetime.now().astimezone()
+        asyncio.run(run_load(settings, rate=0, count=backlog, seed=5, target="kafka"))
+        settled(settings, timeout=900)
+        writes = first_writes(settings)
+        drained = (max(writes.values()) - started).total_seconds()
+
+        steady_from = time.time() * 1000
+        asyncio.run(run_load(settings, rate=rate, duration=seconds, seed=6, target="kafka"))
+        settled(settings, timeout=300)
+        writes = first_writes(settings)
+        from_event, from_arrival = [], []
+        for message in read_all(settings, serde.topic):
+            if message.timestamp()[1] < steady_from:
+                continue
+            event = serde.decode(message.value())
+            written = writes.get(event["event_id"])
+            if written is not None:
+                from_event.append((written - event["event_time"]).total_seconds())
+                from_arrival.append((written - event["received_time"]).total_seconds())
+        memory = {
+            "workers_mb": [round(peak_rss_mb(p), 1) for p in processes],
+            "sink_mb": round(peak_rss_mb(sink), 1),
+        }
+    return {
+        "workers": workers,
+        "partitions": partitions,
+        "backlog": backlog,
+        "throughput_events_per_s": backlog / drained,
+        "drain_seconds": drained,
+        "rate_per_s": rate,
+        "events_written": len(from_event),
+        "from_event_time_s": {q: percentile(from_event, p) for q, p in QUANTILES},
+        "from_arrival_s": {q: percentile(from_arrival, p) for q, p in QUANTILES},
+        "under_2s_share": sum(v < 2 for v in from_event) / len(from_event) if from_event else 0,
+        "peak_memory": memory,
+    }
+
+
+QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--partitions", type=int, nargs="+", default=[6, 12])
+    parser.add_argument("--backlog", type=int, default=3000)
+    parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    print(
+        "end to end: Kafka in -> workers -> CRM sink -> SQLite CRM store "
+        f"({args.backlog} backlog; latency at {args.rate:g} events/s)"
+    )
+    print(
+        "  workers partitions   events/s   event->CRM p50/p95/p99 s   arrival->CRM p50/p95/p99 s"
+        "   <2s   peak MB worker/sink"
+    )
+    rows = []
+    for partitions in args.partitions:
+        for workers in args.workers:
+            row = one(workers, partitions, args.backlog, args.rate, args.seconds)
+            rows.append(row)
+            e, a, m = row["from_event_time_s"], row["from_arrival_s"], row["peak_memory"]
+            print(
+                f"  {workers:7} {partitions:10} {row['throughput_events_per_s']:10,.0f}"
+                f"   {e['p50']:6.2f} {e['p95']:6.2f} {e['p99']:6.2f}"
+                f"        {a['p50']:6.2f} {a['p95']:6.2f} {a['p99']:6.2f}"
+                f"        {row['under_2s_share']:4.0%}"
+                f"   {max(m['workers_mb']):.0f}/{m['sink_mb']:.0f}",
+                flush=True,
+            )
+    print(f"  written to {write_results('e2e', {'runs': rows})}")
+
+
+if __name__ == "__main__":
+    run_then_clean(main)
