@@ -83,6 +83,7 @@ node_pid() {
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 start() {
+  started=()
   resolve_jars
   mkdir -p "$run_dir"
   [ -f "$run_dir/cluster.id" ] ||
@@ -92,6 +93,7 @@ start() {
   for n in "${nodes[@]}"; do
     dir="$run_dir/node$n"
     if node_pid "$n" >/dev/null; then continue; fi
+    started+=("$n")
     if port_open "$(broker_port "$n")"; then
       echo "kafka: port $(broker_port "$n") is taken by a process this script did not start" >&2
       exit 1
@@ -113,10 +115,13 @@ start() {
   echo "kafka: $mode up on $(bootstrap)"
 }
 
+# A node started now is ready once its log says so and its port answers; one that was
+# already running only needs its port (its log may have rolled past the start line).
 wait_ready() {
   local deadline=$((SECONDS + ${KAFKA_START_TIMEOUT:-90})) n
   for n in "${nodes[@]}"; do
-    until grep -q "Kafka Server started" "$run_dir/node$n/server.log" 2>/dev/null &&
+    until { [[ " ${started[*]} " != *" $n "* ]] ||
+      grep -q "Kafka Server started" "$run_dir/node$n/server.log" 2>/dev/null; } &&
       port_open "$(broker_port "$n")"; do
       if ! node_pid "$n" >/dev/null; then
         echo "kafka: node $n exited during start; last lines of its log:" >&2
