@@ -12,8 +12,13 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaException,
+    TopicPartition,
+)
 
 from streams import metrics
 from streams.settings import Settings
@@ -23,7 +28,12 @@ log = logging.getLogger("switchboard.lag")
 
 class GroupLag:
     """The lag of consumer group ``group`` on ``topics``, reported to
-    ``switchboard_consumer_lag_records`` every ``interval_s``."""
+    ``switchboard_consumer_lag_records`` every ``interval_s``.
+
+    It asks with a consumer of its own that never joins the group (committed offsets and
+    ListOffsets), not with the AdminClient: librdkafka 2.16's admin call for a group's
+    offsets aborts the whole process when the group's coordinator broker dies meanwhile
+    (tests/integration/test_faults.py kills it)."""
 
     def __init__(
         self, settings: Settings, group: str, topics: Sequence[str], interval_s: float = 5.0
@@ -32,14 +42,23 @@ class GroupLag:
         self.topics = sorted(set(topics))
         self.interval_s = interval_s
         self.timeout_s = max(interval_s, 5.0)
-        self._admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 3})
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                # The end a transactional consumer can reach: open transactions are not lag.
+                "isolation.level": "read_committed",
+                "log_level": 3,
+            }
+        )
         self._reported: set[tuple[str, str]] = set()
         self._stop = threading.Event()
 
     def measure(self) -> dict[tuple[str, int], int]:
         """Lag per (topic, partition). A partition the group never committed counts from
         its first record, as the group's consumers (auto.offset.reset=earliest) would."""
-        metadata = self._admin.list_topics(timeout=self.timeout_s).topics
+        metadata = self._consumer.list_topics(timeout=self.timeout_s).topics
         partitions = [
             TopicPartition(topic, p)
             for topic in self.topics
@@ -48,27 +67,22 @@ class GroupLag:
         ]
         if not partitions:
             return {}
-        request = [ConsumerGroupTopicPartitions(self.group, partitions)]
-        answer = self._admin.list_consumer_group_offsets(request, request_timeout=self.timeout_s)
-        found = answer[self.group].result().topic_partitions or []
+        found = self._consumer.committed(partitions, timeout=self.timeout_s)
         committed = {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
-        ends = self._offsets(partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+        ends = self._offsets(partitions, OFFSET_END)
         missing = [tp for tp in partitions if (tp.topic, tp.partition) not in committed]
         if missing:
-            committed |= self._offsets(missing, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+            committed |= self._offsets(missing, OFFSET_BEGINNING)
         return {key: max(end - committed[key], 0) for key, end in ends.items()}
 
-    def _offsets(
-        self, partitions: list[TopicPartition], spec: OffsetSpec
-    ) -> dict[tuple[str, int], int]:
-        # read_committed: the end a transactional consumer can reach (open transactions
-        # and their markers are not lag).
-        futures = self._admin.list_offsets(
-            {tp: spec for tp in partitions},
-            isolation_level=IsolationLevel.READ_COMMITTED,
-            request_timeout=self.timeout_s,
-        )
-        return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+    def _offsets(self, partitions: list[TopicPartition], at: int) -> dict[tuple[str, int], int]:
+        # ListOffsets for "latest" (-1) or "earliest" (-2), one request per leader.
+        asked = [TopicPartition(tp.topic, tp.partition, at) for tp in partitions]
+        answered = self._consumer.offsets_for_times(asked, timeout=self.timeout_s)
+        for tp in answered:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+        return {(tp.topic, tp.partition): tp.offset for tp in answered}
 
     def report(self) -> None:
         """Measure once and publish it; partitions no longer measured leave the gauge."""
@@ -96,3 +110,4 @@ class GroupLag:
             except Exception as exc:  # Kafka away for a while: the next round tries again
                 log.warning("consumer lag of %s not measured: %s", self.group, exc)
             self._stop.wait(self.interval_s)
+        self._consumer.close()
