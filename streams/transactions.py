@@ -10,12 +10,20 @@ runs beside the agents. Three gaps let a SIGKILL lose or repeat work:
 - table changelog writes wait in a buffer that a background task drains, and the commit
   does not wait for it, so an offset can commit without the state it produced;
 - the commit timer can fire in the middle of a message, committing the sends made so far
-  without the message's offset.
+  without the message's offset; and it reads the acknowledged offsets before it waits
+  for the producers, so messages finished meanwhile commit their sends but not their
+  offsets;
+- at a rebalance Faust forgets the acknowledged offsets of every revoked partition (with
+  the eager protocol, all of them) *before* its last commit, while their sends stay in
+  the open transactions; a partition the worker keeps is then sought back to its
+  committed offset and its messages decided again into the same transaction.
 
-A step closes all three: it holds the app's step lock, which the commit also takes; every
-send made in the step (changelog writes included, collected instead of buffered) goes to
-the source partition's transaction; and the message is acknowledged before the lock is
-released, so a commit sees each message either whole or not at all.
+A step closes the first three: it holds the app's step lock, which a commit holds from
+reading the acknowledged offsets to committing the transactions; every send made in the
+step (changelog writes included, collected instead of buffered) goes to the source
+partition's transaction; and the message is acknowledged before the lock is released, so
+a commit sees each message either whole or not at all. The fourth is closed by
+committing what is acknowledged when the partitions are revoked, before Faust forgets it.
 
 One more gap is in table recovery: with transactions, Faust asks aiokafka for the last
 stable offset it saw in a fetch, which a fresh process has not made yet, so a restarted
@@ -25,7 +33,7 @@ asks the broker instead (ListOffsets under read_committed gives the same offset)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -78,6 +86,9 @@ async def step(event: EventT[Any]) -> AsyncIterator[None]:
             yield
             for fut in current.changelog:
                 await fut.message.channel.publish_message(fut, wait=False)
+            consumer = app.consumer
+            if isinstance(consumer, _Consumer):
+                consumer.finished(message.tp, message.offset)
             event.ack()
         finally:
             _current_step.reset(token)
@@ -123,14 +134,13 @@ class _TransactionManager(TransactionManager):
         )
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
-        async with self.app.step_lock:  # type: ignore[attr-defined]
-            if not start_new_transaction:
-                # The last commit, at shutdown. A periodic commit cancelled by the shutdown
-                # between ending its transaction and beginning the next one leaves that
-                # producer outside any transaction, with nothing to commit: skip it rather
-                # than fail the whole shutdown commit.
-                offsets = {tp: o for tp, o in offsets.items() if self._in_transaction(tp)}
-            return await super().commit(offsets, start_new_transaction)
+        if not start_new_transaction:
+            # The last commit, at shutdown. A periodic commit cancelled by the shutdown
+            # between ending its transaction and beginning the next one leaves that
+            # producer outside any transaction, with nothing to commit: skip it rather
+            # than fail the whole shutdown commit.
+            offsets = {tp: o for tp, o in offsets.items() if self._in_transaction(tp)}
+        return await super().commit(offsets, start_new_transaction)
 
     def _in_transaction(self, tp: TP) -> bool:
         tid = _transactional_id(self.app, tp.topic, tp.partition)
@@ -146,8 +156,48 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
 
 
 class _Consumer(driver.Consumer):
+    """Commits, for each partition, the offset after the last message a step finished.
+
+    A stage reads each partition in order, one step at a time, so that offset covers
+    every message before it. Faust's own rule (the end of the first unbroken run of
+    acknowledged offsets, with transaction markers patched in as "gaps") left holes: the
+    commit stopped short of messages whose sends it committed, and a restarted worker
+    decided them again, or it stopped moving at all."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._finished: dict[TP, int] = {}
+
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def finished(self, tp: TP, offset: int) -> None:
+        """A step has finished the message at ``offset`` of ``tp``."""
+        self._finished[tp] = max(self._finished.get(tp, 0), offset + 1)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        # Faust's acknowledgement bookkeeping is not used for commits: empty it, or it
+        # grows for good behind a hole.
+        self._acked[tp].clear()
+        self._acked_index[tp].clear()
+        self._gap.pop(tp, None)
+        return self._finished.pop(tp, None)
+
+    async def _commit_tps(self, tps: Iterable[TP], start_new_transaction: bool) -> bool:
+        # From reading the acknowledged offsets to committing: no step may finish between.
+        async with self.app.step_lock:  # type: ignore[attr-defined]
+            committed: bool = await super()._commit_tps(tps, start_new_transaction)
+            return committed
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        if not self.app.should_stop:
+            # force_commit, not commit: a periodic commit under way may have read its
+            # offsets before the latest steps finished.
+            await self.force_commit()
+        # No await between the two: no step finishes before Faust has forgotten the acks.
+        for tp in revoked:
+            self._finished.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
 
 
 class _Transport(driver.Transport):
