@@ -86,9 +86,6 @@ async def step(event: EventT[Any]) -> AsyncIterator[None]:
             yield
             for fut in current.changelog:
                 await fut.message.channel.publish_message(fut, wait=False)
-            consumer = app.consumer
-            if isinstance(consumer, _Consumer):
-                consumer.finished(message.tp, message.offset)
             event.ack()
         finally:
             _current_step.reset(token)
@@ -156,32 +153,8 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
 
 
 class _Consumer(driver.Consumer):
-    """Commits, for each partition, the offset after the last message a step finished.
-
-    A stage reads each partition in order, one step at a time, so that offset covers
-    every message before it. Faust's own rule (the end of the first unbroken run of
-    acknowledged offsets, with transaction markers patched in as "gaps") left holes: the
-    commit stopped short of messages whose sends it committed, and a restarted worker
-    decided them again, or it stopped moving at all."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._finished: dict[TP, int] = {}
-
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    def finished(self, tp: TP, offset: int) -> None:
-        """A step has finished the message at ``offset`` of ``tp``."""
-        self._finished[tp] = max(self._finished.get(tp, 0), offset + 1)
-
-    def _new_offset(self, tp: TP) -> int | None:
-        # Faust's acknowledgement bookkeeping is not used for commits: empty it, or it
-        # grows for good behind a hole.
-        self._acked[tp].clear()
-        self._acked_index[tp].clear()
-        self._gap.pop(tp, None)
-        return self._finished.pop(tp, None)
 
     async def _commit_tps(self, tps: Iterable[TP], start_new_transaction: bool) -> bool:
         # From reading the acknowledged offsets to committing: no step may finish between.
@@ -195,8 +168,6 @@ class _Consumer(driver.Consumer):
             # offsets before the latest steps finished.
             await self.force_commit()
         # No await between the two: no step finishes before Faust has forgotten the acks.
-        for tp in revoked:
-            self._finished.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
 
