@@ -160,12 +160,15 @@ def cluster(session_prefix: str) -> Iterator[str]:
     # tracebacks in its log.
     faulthandler = os.environ.get("PYTHONFAULTHANDLER")
     os.environ["PYTHONFAULTHANDLER"] = "1"
+    already_up = all(node_pid(node) is not None for node in NODES)
     start_cluster()
     wait_for(lambda: fully_replicated(session_prefix), "the cluster to be healthy", 90)
     yield CLUSTER
     start_cluster()  # a test that failed with a node down leaves it to us
     wait_for(lambda: fully_replicated(session_prefix), "the cluster to be healthy again", 90)
     delete_topics(CLUSTER, session_prefix)
+    if not already_up:  # three more JVMs would slow the tests that follow
+        subprocess.run(["bash", "infra/kafka/kafka.sh", "stop", "cluster"], cwd=ROOT, check=True)
     if faulthandler is None:
         del os.environ["PYTHONFAULTHANDLER"]
     else:
