@@ -22,7 +22,7 @@ A step closes the first three: it holds the app's step lock, which a commit hold
 reading the acknowledged offsets to committing the transactions; every send made in the
 step (changelog writes included, collected instead of buffered) goes to the source
 partition's transaction; and the message is acknowledged before the lock is released, so
-a commit sees each message either whole or not at all. The fourth is closed by
+a commit sees each message either whole or not at all. The fourth is narrowed by
 committing what is acknowledged when the partitions are revoked, before Faust forgets it.
 
 One more gap is in table recovery: with transactions, Faust asks aiokafka for the last
@@ -30,9 +30,9 @@ stable offset it saw in a fetch, which a fresh process has not made yet, so a re
 worker believed its changelogs empty and started with empty tables. The consumer here
 asks the broker instead (ListOffsets under read_committed gives the same offset).
 
-Not closed yet: after a SIGKILL, Faust's acknowledgement bookkeeping sometimes keeps a
-hole near a partition's first offsets, and that partition stops committing
-(tests/integration/test_faults.py, its xfail)."""
+Not closed yet: after a SIGKILL, and now and then when workers join and leave, a worker
+stops committing one partition (a hole in Faust's acknowledgement bookkeeping) or never
+decides one record; see the xfails in tests/integration/test_faults.py."""
 
 from __future__ import annotations
 

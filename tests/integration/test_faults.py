@@ -613,12 +613,12 @@ def coordinator(group: str) -> int:
 
 
 RESTART_SKIPS = (
-    "one SIGKILL-and-restart in two or three still breaks exactly-once, always around the "
-    "first offsets of a partition: the restarted worker stops committing it (Faust's "
-    "acknowledgement bookkeeping keeps a hole, e.g. contact-merges[1] committed 1 of 105; "
-    "_drain_messages adds no gap when the read offset is 0, which is falsy), or it never "
-    "decides a record the killed worker had finished in its aborted transaction "
-    "(contact-merges[2]@0); once, an audit entry was written twice. See the issue 9 note"
+    "one SIGKILL-and-restart in two or three still breaks exactly-once: a worker stops "
+    "committing one partition, a hole in Faust's acknowledgement bookkeeping (e.g. "
+    "contact-merges[1] at 1 of 105, identity-claims[2] at 62 of 153, routing[1] at 8 of 33), "
+    "so the next worker decides its records again (the same audit entry twice), or the "
+    "restarted worker never decides a record the killed one had finished in its aborted "
+    "transaction (contact-merges[2]@0). See the issue 9 note"
 )
 
 
