@@ -160,15 +160,12 @@ def cluster(session_prefix: str) -> Iterator[str]:
     # tracebacks in its log.
     faulthandler = os.environ.get("PYTHONFAULTHANDLER")
     os.environ["PYTHONFAULTHANDLER"] = "1"
-    already_up = all(node_pid(node) is not None for node in NODES)
     start_cluster()
     wait_for(lambda: fully_replicated(session_prefix), "the cluster to be healthy", 90)
     yield CLUSTER
     start_cluster()  # a test that failed with a node down leaves it to us
     wait_for(lambda: fully_replicated(session_prefix), "the cluster to be healthy again", 90)
     delete_topics(CLUSTER, session_prefix)
-    if not already_up:  # three more JVMs would slow the tests that follow
-        subprocess.run(["bash", "infra/kafka/kafka.sh", "stop", "cluster"], cwd=ROOT, check=True)
     if faulthandler is None:
         del os.environ["PYTHONFAULTHANDLER"]
     else:
@@ -723,24 +720,16 @@ REBALANCE_LOSS = (
     "(committed offset frozen, e.g. identity-claims[0] at 37 of 141), or an output is "
     "committed twice (an audit_id twice); most likely Faust's Consumer read-offset/gap "
     "bookkeeping (faust/transport/consumer.py: records below _read_offset dropped, holes "
-    "_add_gap'ed and committed over) surviving the rebalance"
-)
-
-
-JOIN_DOUBLES = (
-    "a rebalance decides some records twice (an audit entry written twice): Faust drops "
-    "the revoked partitions' acknowledged offsets before its last commit while their sends "
-    "stay in the open transactions, so a partition the worker keeps is sought back and its "
-    "records decided again into the same transaction. Committing before the revocation "
-    "fixed this case but sent one notification twice in test_stateful_core, so it was "
-    "reverted: see the issue 9 note"
+    "_add_gap'ed and committed over) surviving the rebalance. Seen before "
+    "streams/transactions.py committed at revocation and counted finished steps; may pass "
+    "since, not yet measured often enough to say"
 )
 
 
 @pytest.mark.parametrize(
     "leave",
     [
-        pytest.param(False, id="join", marks=pytest.mark.xfail(strict=False, reason=JOIN_DOUBLES)),
+        pytest.param(False, id="join"),
         pytest.param(
             True,
             id="join-then-leave",
