@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from fastavro import parse_schema, schemaless_writer
@@ -319,6 +319,28 @@ def last_offsets(settings: Settings, topics: list[str]) -> dict[tuple[str, int],
     return last
 
 
+COORDINATOR_MOVING = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError._TIMED_OUT,
+}
+
+
+def committed_offsets(consumer: Consumer, tps: list[TopicPartition]) -> list[TopicPartition]:
+    """``consumer.committed``, asked again while the group's coordinator moves (after a
+    broker was killed the old one answers NOT_COORDINATOR until the client re-finds it)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return consumer.committed(tps, timeout=10)
+        except KafkaException as e:
+            moving = e.args[0].code() in COORDINATOR_MOVING or e.args[0].retriable()
+            if not moving or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 def behind(settings: Settings, group: str, topics: list[str]) -> dict[str, tuple[int, int]]:
     """The partitions (``topic[p]``) where ``group`` has not committed past the last
     committed record: (its committed offset, that record's offset). The offsets are read
@@ -333,9 +355,7 @@ def behind(settings: Settings, group: str, topics: list[str]) -> dict[str, tuple
             for t in topics
             for p in consumer.list_topics(t, timeout=10).topics[t].partitions
         ]
-        committed = {
-            (tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, timeout=10)
-        }
+        committed = {(tp.topic, tp.partition): tp.offset for tp in committed_offsets(consumer, tps)}
     finally:
         consumer.close()
     return {
