@@ -38,7 +38,9 @@ async def each_decoded(
     over several topics gives a serde per topic name."""
     metrics.DEAD_LETTERS.labels(stage=stage, error_type=UndecodableMessage.__name__)
     async for event in stream.events():
-        async with step(event):
+        async with step(event) as current:
+            if not current:
+                continue
             message = event.message
             decoder = serde if isinstance(serde, AvroSerde) else serde[message.topic]
             try:

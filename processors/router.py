@@ -211,7 +211,9 @@ def register(app: faust.App, settings: Settings, c: Channels, rules: RoutingRule
     async def roster_stage(stream: faust.StreamT[bytes]) -> None:
         """Roster changes join the leads' order on the router's partition."""
         async for event in stream.events():
-            async with step(event):
+            async with step(event) as current:
+                if not current:
+                    continue
                 message = event.message
                 rep: str | None = None
                 if message.value is not None:  # None: the rep was removed (a tombstone)

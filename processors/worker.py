@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import faust
-
 from processors import router, stages
 from processors.pipeline import load_rules as load_pipeline
 from processors.routing import load_rules
@@ -29,9 +27,10 @@ from streams.topics import (
     TIMERS,
     TopicSpec,
 )
+from streams.transactions import App
 
 
-def build_app(settings: Settings) -> faust.App:
+def build_app(settings: Settings) -> App:
     # Invalid rule files stop the worker before it starts.
     rules = stages.Rules(
         scoring=load_model(settings.scoring_model) if settings.scoring_model else load_model(),

@@ -19,7 +19,7 @@ from streams.topics import TopicSpec
 from streams.transactions import App
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings) -> App:
     app = App(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
