@@ -371,7 +371,8 @@ def register(
             )
         elif kind == "TRANSFER":
             retired = ContactState.model_validate_json(step["state"]) if step["state"] else None
-            current = load(contact_id) or ContactState(contact_id=contact_id)
+            before = load(contact_id)
+            current = before or ContactState(contact_id=contact_id)
             merged = merge_states(current, retired) if retired else current
             if merged.last_event_time is not None:
                 components = components_at(
@@ -390,6 +391,10 @@ def register(
             if step.get("workflows"):
                 adopted = await runs.adopt(merged, other, step["workflows"], partition)
                 contacts[contact_id] = adopted.model_dump_json()
+            if before is None and retired is not None:
+                # The merge reached the survivor before its first event (the two come by
+                # different topics), so no event created it: the CRM learns of it here.
+                await upsert_command(merged, f"merged:{other}", at)
             await c.audit.send(
                 contact_id,
                 audit_entry(
