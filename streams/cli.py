@@ -118,6 +118,8 @@ def worker() -> None:
             f"invalid rule file, the worker does not start:\n{exc}"
         ) from None
     ensure_internal_topics(settings, internal_topics(app, settings))
+    if app.discard_tables_unless_stopped_cleanly():
+        click.echo("the last worker did not stop cleanly: its tables are rebuilt", err=True)
     logging.captureWarnings(True)
     Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 
