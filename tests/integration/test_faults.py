@@ -629,17 +629,6 @@ def coordinator(group: str) -> int:
 # The scenarios.
 
 
-RESTART_SKIPS = (
-    "one SIGKILL-and-restart in two or three still breaks exactly-once: a worker stops "
-    "committing one partition, a hole in Faust's acknowledgement bookkeeping (e.g. "
-    "contact-merges[1] at 1 of 105, identity-claims[2] at 62 of 153, routing[1] at 8 of 33), "
-    "so the next worker decides its records again (the same audit entry twice), or the "
-    "restarted worker never decides a record the killed one had finished in its aborted "
-    "transaction (contact-merges[2]@0). See the issue 9 note"
-)
-
-
-@pytest.mark.xfail(strict=False, reason=RESTART_SKIPS)
 @pytest.mark.parametrize(
     "roster", [pytest.param(False, id="no-roster"), pytest.param(True, id="with-roster")]
 )
@@ -731,30 +720,11 @@ def test_a_broker_killed_while_the_pipeline_runs_loses_and_doubles_nothing(
             wait_for(lambda: fully_replicated(settings.topic_prefix), "every replica in sync", 90)
 
 
-REBALANCE_LOSS = (
-    "a worker leaving gracefully (SIGTERM) mid-stream breaks exactly-once in the workers "
-    "that take over: after the rebalance, records between a partition's committed offset "
-    "and where the worker had read before it are never processed but their offsets are "
-    "committed (events lost: no output, committed or aborted, e.g. contact-events[0] "
-    "committed 69 -> 130 with 70..128 unprocessed), or the partition stops being consumed "
-    "(committed offset frozen, e.g. identity-claims[0] at 37 of 141), or an output is "
-    "committed twice (an audit_id twice); most likely Faust's Consumer read-offset/gap "
-    "bookkeeping (faust/transport/consumer.py: records below _read_offset dropped, holes "
-    "_add_gap'ed and committed over) surviving the rebalance. Seen before "
-    "streams/transactions.py committed at revocation and counted finished steps; may pass "
-    "since, not yet measured often enough to say"
-)
-
-
 @pytest.mark.parametrize(
     "leave",
     [
         pytest.param(False, id="join"),
-        pytest.param(
-            True,
-            id="join-then-leave",
-            marks=pytest.mark.xfail(strict=False, reason=REBALANCE_LOSS),
-        ),
+        pytest.param(True, id="join-then-leave"),
     ],
 )
 def test_workers_joining_and_leaving_mid_stream_lose_and_double_nothing(
