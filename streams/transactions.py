@@ -247,6 +247,8 @@ class _Consumer(driver.Consumer):
         self._fetched_in: weakref.WeakKeyDictionary[Message, int] = weakref.WeakKeyDictionary()
         self._delivered: dict[TP, int] = {}  # next offset to deliver, this epoch
         self._processed: dict[TP, int] = {}  # next offset to commit
+        self._revoking = False
+        self._revocations = 0  # begun, for the fetch loop (the epoch moves under the lock)
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -288,16 +290,24 @@ class _Consumer(driver.Consumer):
             return committed
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        async with self.app.step_lock:  # type: ignore[attr-defined]
-            # After the step under way: nothing fetched so far is processed any more.
-            self._epoch += 1
-            self._delivered.clear()
-            if not self.app.should_stop:
-                pending = list(self._filter_tps_with_pending_acks())
-                await super()._commit_tps(pending, start_new_transaction=True)
-            for tp in revoked:
-                self._processed.pop(tp, None)
-        await super().on_partitions_revoked(revoked)
+        # Nothing is delivered from here on: while the commit below waits
+        # for the broker, the flow still runs, and what it delivered would be dropped
+        # when Faust empties the queues, yet counted as delivered.
+        self._revoking = True
+        self._revocations += 1
+        try:
+            async with self.app.step_lock:  # type: ignore[attr-defined]
+                # After the step under way: nothing fetched so far is processed any more.
+                self._epoch += 1
+                self._delivered.clear()
+                if not self.app.should_stop:
+                    pending = list(self._filter_tps_with_pending_acks())
+                    await super()._commit_tps(pending, start_new_transaction=True)
+                for tp in revoked:
+                    self._processed.pop(tp, None)
+            await super().on_partitions_revoked(revoked)
+        finally:
+            self._revoking = False
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed: Mapping[TP, int] = await super().seek_to_committed()
@@ -334,7 +344,7 @@ class _Consumer(driver.Consumer):
         fetcher_stopped = fetcher._stopped.is_set  # type: ignore[attr-defined]
         try:
             while not (self._stopped.is_set() or fetcher_stopped()):
-                epoch = self._epoch
+                epoch, revocations = self._epoch, self._revocations
                 records, active = await self._wait_next_records(1.0)
                 if not records or self.should_stop:
                     continue
@@ -343,7 +353,9 @@ class _Consumer(driver.Consumer):
                     if tp in undelivered:
                         continue
                     deliverable = (
-                        epoch == self._epoch
+                        revocations == self._revocations
+                        and epoch == self._epoch
+                        and not self._revoking
                         and self.flow_active
                         and (active is None or tp in active or tp in self._buffered_partitions)
                     )
@@ -361,7 +373,7 @@ class _Consumer(driver.Consumer):
                         self._delivered[tp] = message.offset + 1
                     else:
                         undelivered[tp] = message.offset
-                if epoch == self._epoch:  # else the new assignment seeks every partition
+                if revocations == self._revocations:  # else the new assignment seeks them
                     for tp, offset in undelivered.items():
                         with suppress(IllegalStateError):  # no longer assigned: nothing lost
                             await self._seek(tp, offset)
