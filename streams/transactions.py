@@ -23,10 +23,11 @@ runs beside the agents. Its gaps, and what closes each here:
   partition's committable offset is the one after its last processed message, every
   fetched record is delivered or fetched again, and only a revocation empties queues.
 - At a rebalance Faust forgets the acknowledged offsets of every revoked partition (with
-  the eager protocol, all of them) before its last commit. Here the revocation first
-  commits everything processed, then starts a new epoch: a message fetched before it is
-  skipped (``step`` gives False), as its partition is sought back to the committed
-  offset and it comes again.
+  the eager protocol, all of them) before its last commit, and its flow keeps
+  delivering meanwhile. Here the revocation first stops delivery, then commits
+  everything processed and starts a new epoch: a message fetched before it is skipped
+  (``step`` gives False), as its partition is sought back to the committed offset and
+  it comes again.
 - aiokafka seeks a partition to its committed offset only if that is above 0, so a
   partition without one went on from wherever it had been fetching. It is sought to its
   start.
@@ -243,12 +244,12 @@ class _Consumer(driver.Consumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._epoch = 0  # revocations so far
+        self._epoch = 0  # moves at each revocation, under the step lock
         self._fetched_in: weakref.WeakKeyDictionary[Message, int] = weakref.WeakKeyDictionary()
         self._delivered: dict[TP, int] = {}  # next offset to deliver, this epoch
         self._processed: dict[TP, int] = {}  # next offset to commit
         self._revoking = False
-        self._revocations = 0  # begun, for the fetch loop (the epoch moves under the lock)
+        self._revocations = 0  # begun: the fetch loop cannot wait for the lock
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -290,9 +291,9 @@ class _Consumer(driver.Consumer):
             return committed
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        # Nothing is delivered from here on: while the commit below waits
-        # for the broker, the flow still runs, and what it delivered would be dropped
-        # when Faust empties the queues, yet counted as delivered.
+        # Nothing is delivered from here on: while the commit below waits for the broker
+        # the flow still runs, and what it delivered would be dropped when Faust empties
+        # the queues, yet counted as delivered.
         self._revoking = True
         self._revocations += 1
         try:
