@@ -265,8 +265,8 @@ class _Consumer(driver.Consumer):
                 return False
             message.acked = True
             self._unacked_messages.discard(message)
-            fetched = message in self._fetched_in and self.is_current(message)
-            if fetched and self.app.topics.acks_enabled_for(message.topic):
+            fetched_now = self._fetched_in.get(message) == self._epoch
+            if fetched_now and self.app.topics.acks_enabled_for(message.topic):
                 tp = message.tp
                 self._processed[tp] = max(self._processed.get(tp, 0), message.offset + 1)
             notify(self._waiting_for_ack)
@@ -354,8 +354,7 @@ class _Consumer(driver.Consumer):
                     if tp in undelivered:
                         continue
                     deliverable = (
-                        revocations == self._revocations
-                        and epoch == self._epoch
+                        revocations == self._revocations  # so the epoch is unchanged too
                         and not self._revoking
                         and self.flow_active
                         and (active is None or tp in active or tp in self._buffered_partitions)
