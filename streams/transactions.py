@@ -11,8 +11,9 @@ runs beside the agents. Its gaps, and what closes each here:
   transaction.
 - The commit timer can fire in the middle of a message, and reads the acknowledged
   offsets before it waits for the producers. A step holds the app's step lock, which a
-  commit holds from reading the offsets to committing, and acknowledges its message
-  before releasing it: a commit sees each message whole or not at all.
+  commit holds from choosing the partitions and reading their offsets to committing, and
+  acknowledges its message before releasing it: a commit sees each message whole or not
+  at all.
 - Faust's offset bookkeeping fills gaps in delivery as if done and moves a read offset
   even for a message it did not deliver; its fetch loop drops records of a partition
   paused meanwhile (and aiokafka hands over every partition's records when the set of
@@ -286,8 +287,12 @@ class _Consumer(driver.Consumer):
 
     async def _commit_tps(self, tps: Iterable[TP], start_new_transaction: bool) -> bool:
         # From reading the processed offsets to committing: no step may finish between.
+        # Faust chose ``tps`` before the lock, so a step that finished while the commit
+        # waited for it would be left out: its partition's producer would commit the
+        # step's outputs without its offset. Choose again under the lock.
         async with self.app.step_lock:  # type: ignore[attr-defined]
-            committed: bool = await super()._commit_tps(tps, start_new_transaction)
+            pending = list(self._filter_tps_with_pending_acks())
+            committed: bool = await super()._commit_tps(pending, start_new_transaction)
             return committed
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
