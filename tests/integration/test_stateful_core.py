@@ -24,6 +24,7 @@ from streams.settings import Settings
 from streams.topics import (
     AUDIT,
     CONTACT_EVENTS,
+    CONTACT_MERGES,
     CRM_COMMANDS,
     NOTIFICATIONS,
     REP_ROSTER,
@@ -286,3 +287,52 @@ def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_noth
             len(read_all(settings, notices.topic)),
         )
         assert after == before
+
+
+def test_a_merge_that_reaches_the_survivor_before_its_first_event_creates_it_in_the_crm(
+    settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
+) -> None:
+    """A merge's TRANSFER and the survivor's own first event come by different topics, so
+    the TRANSFER can come first. No event then creates the survivor, yet the CRM must hear
+    of it: the merged state is upserted, caused by the merge."""
+    clock = tmp_path / "clock"
+    FileClock.write(clock, T0)
+    settings = settings.model_copy(update={"clock": f"file:{clock}"})
+    ensure_topics(settings)
+    register_catalog(registry, settings)
+    merges = AvroSerde(registry, "contact_merge", CONTACT_MERGES.full_name(settings))
+    commands = AvroSerde(
+        registry, "crm_command", CRM_COMMANDS.full_name(settings), discriminator="command_type"
+    )
+    retired = ContactState(
+        contact_id="c-retired",
+        identifiers=[f"email:{EMAIL}", "ext:vapi:call-7"],
+        profile={"first_name": "Ana", "last_name": "Silva"},
+        recent_event_ids=["vapi:call-7"],
+        first_seen=T0,
+        last_event_time=T0,
+    )
+    transfer = {
+        "step": "TRANSFER",
+        "target": "c-survivor",
+        "other": "c-retired",
+        "identifier": f"phone:{PHONE}",
+        "state": retired.model_dump_json(),
+        "timers": None,
+        "workflows": None,
+        "at": T0,
+    }
+
+    with running_worker(settings, tmp_path / "worker.log"):
+        send(settings, merges, [(b"c-survivor", transfer)])
+        wait_for(lambda: "c-survivor" in live_contacts(settings), "the survivor's state")
+        survivor = live_contacts(settings)["c-survivor"]
+        assert survivor.identifiers == retired.identifiers
+        assert survivor.recent_event_ids == ["vapi:call-7"]
+        wait_for(lambda: len(read_all(settings, commands.topic)) > 0, "a CRM command")
+        [upsert] = [commands.decode(m.value()) for m in read_all(settings, commands.topic)]
+        assert upsert["command_type"] == "UPSERT_CONTACT"
+        assert upsert["contact_id"] == "c-survivor"
+        assert upsert["causation_event_id"] == "merged:c-retired"
+        assert upsert["payload"]["email"] == EMAIL
+        assert upsert["payload"]["first_name"] == "Ana"
