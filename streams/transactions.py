@@ -29,6 +29,10 @@ runs beside the agents. Its gaps, and what closes each here:
   everything processed and starts a new epoch: a message fetched before it is skipped
   (``step`` gives False), as its partition is sought back to the committed offset and
   it comes again.
+- After a rebalance Faust resumes the input partitions, its flow running since table
+  recovery, and only then seeks them to their committed offsets. What was fetched from
+  the positions before that seek was processed, and a record the seek brought back was
+  then skipped as delivered. From a revocation on, inputs are resumed only once sought.
 - aiokafka seeks a partition to its committed offset only if that is above 0, so a
   partition without one went on from wherever it had been fetching. It is sought to its
   start.
@@ -251,6 +255,10 @@ class _Consumer(driver.Consumer):
         self._processed: dict[TP, int] = {}  # next offset to commit
         self._revoking = False
         self._revocations = 0  # begun: the fetch loop cannot wait for the lock
+        # From a revocation until the new assignment's seek to the committed offsets,
+        # inputs are not fetched: their positions may be past records never delivered.
+        self._awaiting_seek = True
+        self._held: set[TP] = set()  # inputs Faust resumed before that seek
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -301,6 +309,8 @@ class _Consumer(driver.Consumer):
         # the queues, yet counted as delivered.
         self._revoking = True
         self._revocations += 1
+        self._awaiting_seek = True
+        self._held.clear()
         try:
             async with self.app.step_lock:  # type: ignore[attr-defined]
                 # After the step under way: nothing fetched so far is processed any more.
@@ -315,18 +325,34 @@ class _Consumer(driver.Consumer):
         finally:
             self._revoking = False
 
+    def _is_input(self, tp: TP) -> bool:
+        """An input partition of a step (a changelog is not one)."""
+        return bool(self.app.topics.acks_enabled_for(tp.topic))
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        # Faust's recovery resumes the inputs, with its flow running since it read the
+        # changelogs, and only then seeks them to their committed offsets: they are
+        # resumed after that seek instead.
+        tps = set(tps)
+        if self._awaiting_seek:
+            held = {tp for tp in tps if self._is_input(tp)}
+            self._held |= held
+            tps -= held
+        super().resume_partitions(tps)
+
     async def seek_to_committed(self) -> Mapping[TP, int]:
+        revocations = self._revocations
         committed: Mapping[TP, int] = await super().seek_to_committed()
         # aiokafka seeks only to a committed offset above 0, and leaves a partition with
         # none wherever it was fetching: seek those inputs to their start explicitly.
-        unseen = [
-            tp
-            for tp, offset in committed.items()
-            if not offset and self.app.topics.acks_enabled_for(tp.topic)
-        ]
+        unseen = [tp for tp, offset in committed.items() if not offset and self._is_input(tp)]
         if unseen:
             for tp, offset in (await self.earliest_offsets(*unseen)).items():
                 await self._seek(tp, offset)
+        if revocations == self._revocations:  # else the next assignment seeks again
+            self._awaiting_seek = False
+            held, self._held = self._held, set()
+            super().resume_partitions(held)
         return committed
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
