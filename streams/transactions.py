@@ -275,7 +275,7 @@ class _Consumer(driver.Consumer):
             message.acked = True
             self._unacked_messages.discard(message)
             fetched_now = self._fetched_in.get(message) == self._epoch
-            if fetched_now and self._is_input(message.tp):
+            if fetched_now and self.app.topics.acks_enabled_for(message.topic):
                 tp = message.tp
                 self._processed[tp] = max(self._processed.get(tp, 0), message.offset + 1)
             notify(self._waiting_for_ack)
@@ -299,13 +299,9 @@ class _Consumer(driver.Consumer):
         # waited for it would be left out: its partition's producer would commit the
         # step's outputs without its offset. Choose again under the lock.
         async with self.app.step_lock:  # type: ignore[attr-defined]
-            return await self._commit_processed(start_new_transaction)
-
-    async def _commit_processed(self, start_new_transaction: bool) -> bool:
-        """Commit every partition's processed offset; the caller holds the step lock."""
-        pending = list(self._filter_tps_with_pending_acks())
-        committed: bool = await super()._commit_tps(pending, start_new_transaction)
-        return committed
+            pending = list(self._filter_tps_with_pending_acks())
+            committed: bool = await super()._commit_tps(pending, start_new_transaction)
+            return committed
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         # Nothing is delivered from here on: while the commit below waits for the broker
@@ -321,7 +317,8 @@ class _Consumer(driver.Consumer):
                 self._epoch += 1
                 self._delivered.clear()
                 if not self.app.should_stop:
-                    await self._commit_processed(start_new_transaction=True)
+                    pending = list(self._filter_tps_with_pending_acks())
+                    await super()._commit_tps(pending, start_new_transaction=True)
                 for tp in revoked:
                     self._processed.pop(tp, None)
             await super().on_partitions_revoked(revoked)
