@@ -22,6 +22,7 @@ def contact_event(**overrides: Any) -> dict[str, Any]:
             "external_ids": {"typeform": "resp-8812"},
         },
         "contact_id": None,
+        "profile": {"first_name": {"value": "Ana", "origin": "self"}},
         "payload": {
             "form_id": "quote-request",
             "form_name": "Request a quote",

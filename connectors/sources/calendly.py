@@ -39,6 +39,9 @@ class Invitee(BaseModel):
     uri: str
     email: str
     name: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    timezone: str | None = None
     text_reminder_number: str | None = None
     scheduled_event: ScheduledEvent
     cancellation: Cancellation | None = None
@@ -73,6 +76,14 @@ def parse(request: WebhookRequest, received: datetime) -> list[Event]:
             email_address=invitee.email,
             phone_number=invitee.text_reminder_number,
             external_ids={SYSTEM: invitee.uri},
+        ),
+        # The invitee typed these in the booking form.
+        "profile": canonical.profile_of(
+            "self",
+            name=invitee.name,
+            first_name=invitee.first_name,
+            last_name=invitee.last_name,
+            timezone=invitee.timezone,
         ),
     }
     if hook.event == "invitee.created":

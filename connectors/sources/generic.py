@@ -52,6 +52,7 @@ def parse_form(request: WebhookRequest, received: datetime) -> list[Event]:
                 "fields": form.fields,
                 "utm": form.utm,
             },
+            profile=canonical.profile_of("self", name=form.fields.get("name")),
         )
     ]
 
@@ -71,6 +72,9 @@ class JobCustomer(BaseModel):
     email: str | None = None
     phone: str | None = None
     crm_id: str | None = None
+    name: str | None = None
+    address: str | None = None
+    postcode: str | None = None
 
 
 class JobEvent(BaseModel):
@@ -108,6 +112,10 @@ def parse_job(request: WebhookRequest, received: datetime) -> list[Event]:
                 "scheduled_for": job.scheduled_for,
                 "completed_at": job.completed_at,
             },
+            # The field-service system's customer record, which its office staff keep.
+            profile=canonical.profile_of(
+                "crm", name=customer.name, address=customer.address, postcode=customer.postcode
+            ),
         )
     ]
 

@@ -43,9 +43,26 @@ def verify(request: WebhookRequest, secret: bytes, now: float) -> None:
     )
 
 
+# HubSpot's contact properties under the profile's names.
+PROFILE_PROPERTIES = {
+    "firstname": "first_name",
+    "lastname": "last_name",
+    "company": "company",
+    "jobtitle": "title",
+    "address": "address",
+    "city": "city",
+    "state": "region",
+    "zip": "postcode",
+    "country": "country",
+    "hs_timezone": "timezone",
+}
+
+
 def _contact(sub: Subscription, received: datetime) -> Event:
     name, value = sub.propertyName, sub.propertyValue
     properties = {name: value or ""} if name else {}
+    field = PROFILE_PROPERTIES.get(name or "")
+    edited = {field: value} if field and value else {}
     return canonical.event(
         system=SYSTEM,
         provider_event_id=str(sub.eventId),
@@ -58,6 +75,7 @@ def _contact(sub: Subscription, received: datetime) -> Event:
             phone_number=value if name in ("phone", "mobilephone") else None,
         ),
         payload={"properties": properties, "previous": {}},
+        profile=canonical.profile_of("crm", **edited),
     )
 
 

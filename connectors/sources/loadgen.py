@@ -137,6 +137,7 @@ def story(p: Person, r: random.Random) -> Iterator[Webhook]:
                     "analysis": {
                         "summary": f"{p.first.title()} asked about {p.service}.",
                         "structuredData": {
+                            "name": f"{p.first.title()} {p.last.title()}",
                             "outcome": r.choice(["qualified", "not_ready"]),
                             "requested_service": p.service,
                             "next_step": "book site visit",
@@ -300,6 +301,7 @@ def story(p: Person, r: random.Random) -> Iterator[Webhook]:
                         "currency": "usd",
                         "customer": f"cus_{p.n}",
                         "customer_email": p.email,
+                        "customer_name": f"{p.first.title()} {p.last.title()}",
                     }
                 },
             },

@@ -26,6 +26,15 @@ class StripeEvent(BaseModel):
     data: _Data
 
 
+class Address(BaseModel):
+    line1: str | None = None
+    line2: str | None = None
+    city: str | None = None
+    state: str | None = None
+    postal_code: str | None = None
+    country: str | None = None
+
+
 class Invoice(BaseModel):
     id: str
     amount_paid: int
@@ -33,6 +42,8 @@ class Invoice(BaseModel):
     customer: str | None = None
     customer_email: str | None = None
     customer_phone: str | None = None
+    customer_name: str | None = None
+    customer_address: Address | None = None
 
 
 class PaymentIntent(BaseModel):
@@ -48,6 +59,8 @@ class PaymentIntent(BaseModel):
 class CustomerDetails(BaseModel):
     email: str | None = None
     phone: str | None = None
+    name: str | None = None
+    address: Address | None = None
 
 
 class CheckoutSession(BaseModel):
@@ -83,6 +96,21 @@ def verify(request: WebhookRequest, secret: bytes, now: float) -> None:
     )
 
 
+def _payer(name: str | None, address: Address | None) -> dict[str, Any]:
+    """What the payer entered at checkout or the invoice's customer record holds."""
+    address = address or Address()
+    street = ", ".join(filter(None, (address.line1, address.line2)))
+    return canonical.profile_of(
+        "billing",
+        name=name,
+        address=street or None,
+        city=address.city,
+        region=address.state,
+        postcode=address.postal_code,
+        country=address.country,
+    )
+
+
 def parse(request: WebhookRequest, received: datetime) -> list[Event]:
     event = validated(StripeEvent, request.json())
     obj = {"data": {"object": event.data.object}}
@@ -109,6 +137,7 @@ def parse(request: WebhookRequest, received: datetime) -> list[Event]:
                     "currency": invoice.currency.lower(),
                     "customer_id": invoice.customer,
                 },
+                profile=_payer(invoice.customer_name, invoice.customer_address),
             )
         ]
     if event.type == "payment_intent.succeeded":
@@ -148,6 +177,7 @@ def parse(request: WebhookRequest, received: datetime) -> list[Event]:
                     "method": "checkout",
                     "invoice_id": session.invoice,
                 },
+                profile=_payer(details.name, details.address),
             )
         ]
     return []

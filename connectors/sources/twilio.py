@@ -29,6 +29,7 @@ class StatusCallback(BaseModel):
     Timestamp: str | None = None
     RecordingUrl: str | None = None
     Caller: str | None = None
+    CallerName: str | None = None  # with Twilio's caller-name lookup enabled
 
 
 def verify(request: WebhookRequest, secret: bytes, now: float) -> None:
@@ -69,6 +70,7 @@ def parse(request: WebhookRequest, received: datetime) -> list[Event]:
                 "next_step": None,
                 "recording_url": call.RecordingUrl,
             },
+            profile=canonical.profile_of("caller_id", name=call.CallerName) if inbound else {},
         )
     ]
 

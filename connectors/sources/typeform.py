@@ -99,6 +99,7 @@ def parse(request: WebhookRequest, received: datetime) -> list[Event]:
                 "fields": fields,
                 "utm": utm,
             },
+            profile=canonical.profile_of("self", name=fields.get("name")),
         )
     ]
 

@@ -39,6 +39,10 @@ class Assistant(BaseModel):
     name: str | None = None
 
 
+class Artifact(BaseModel):
+    recordingUrl: str | None = None
+
+
 class EndOfCallReport(BaseModel):
     type: str
     call: Call
@@ -46,7 +50,9 @@ class EndOfCallReport(BaseModel):
     startedAt: datetime | None = None
     endedAt: datetime | None = None
     durationSeconds: float | None = None
-    recordingUrl: str | None = None
+    recordingUrl: str | None = None  # older reports; newer ones carry artifact.recordingUrl
+    artifact: Artifact = Field(default_factory=Artifact)
+    customer: Customer | None = None  # the report's copy of call.customer
     analysis: Analysis = Field(default_factory=Analysis)
     assistant: Assistant = Field(default_factory=Assistant)
 
@@ -78,6 +84,24 @@ def parse(request: WebhookRequest, received: datetime) -> list[Event]:
     if duration is None and report.startedAt and report.endedAt:
         duration = (report.endedAt - report.startedAt).total_seconds()
     inbound = report.call.type != "outboundPhoneCall"
+    outcome = _text(data, "outcome", "qualification") or report.endedReason
+    service = _text(data, "requested_service", "service")
+    # What the caller told the assistant, as its analysis plan extracted it; the customer
+    # record's name is only what the number is known by.
+    said = canonical.profile_of(
+        "voice_ai",
+        name=_text(data, "name", "customer_name", "caller_name", "full_name"),
+        first_name=_text(data, "first_name", "firstName"),
+        last_name=_text(data, "last_name", "lastName"),
+        company=_text(data, "company", "company_name"),
+        address=_text(data, "address", "street_address"),
+        city=_text(data, "city"),
+        postcode=_text(data, "postcode", "zip", "postal_code", "zip_code"),
+        service=service,
+        qualification=_text(data, "outcome", "qualification"),
+    )
+    customer = report.customer or report.call.customer
+    known = canonical.profile_of("caller_id", name=customer.name or report.call.customer.name)
     return [
         canonical.event(
             system=SYSTEM,
@@ -102,12 +126,13 @@ def parse(request: WebhookRequest, received: datetime) -> list[Event]:
                 else None,
                 "to_number": None if inbound else identity.phone(report.call.customer.number),
                 "handled_by": report.assistant.name or "vapi-assistant",
-                "outcome": _text(data, "outcome", "qualification") or report.endedReason,
+                "outcome": outcome,
                 "transcript_summary": report.analysis.summary,
-                "requested_service": _text(data, "requested_service", "service"),
+                "requested_service": service,
                 "next_step": _text(data, "next_step", "nextStep"),
-                "recording_url": report.recordingUrl,
+                "recording_url": report.artifact.recordingUrl or report.recordingUrl,
             },
+            profile=known | said,
         )
     ]
 
