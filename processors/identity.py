@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from processors import profile as profiles
 from processors.state import RECENT_EVENT_IDS, ContactState
 
 
@@ -71,7 +72,9 @@ def merge_states(survivor: ContactState, loser: ContactState) -> ContactState:
     identifiers, deals and touches are united; consent restrictions from either hold."""
     merged = survivor.model_copy(deep=True)
     merged.identifiers = list(dict.fromkeys([*survivor.identifiers, *loser.identifiers]))
-    merged.profile = loser.profile | survivor.profile
+    merged.profile, merged.profile_origin = profiles.merged(
+        (survivor.profile, survivor.profile_origin), (loser.profile, loser.profile_origin)
+    )
     merged.lifecycle_stage = survivor.lifecycle_stage or loser.lifecycle_stage
     merged.owner_id = survivor.owner_id or loser.owner_id
     # Whoever has the owner has the routing outcome; else a pending request stands.

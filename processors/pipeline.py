@@ -148,6 +148,10 @@ class DealMove:
     created: bool
     deal_name: str | None  # set when created
     reason: str
+    # What the deal is worth, when the event that moved it says (a payment); else the
+    # deal's own amount.
+    amount_minor: int | None = None
+    currency: str | None = None
 
 
 @dataclass(frozen=True)
@@ -228,12 +232,18 @@ def _move(
     """Moves (or opens) a deal in ``deals`` in place; None when nothing moves."""
     at: datetime = event["event_time"]
     why = f"{event['event_type'].lower().replace('_', ' ')} ({rule.name})"
+    paid: dict[str, Any] = {}
+    if event["payload"].get("amount_minor") is not None:
+        paid = {
+            "amount_minor": event["payload"]["amount_minor"],
+            "currency": str(event["payload"]["currency"]).upper(),
+        }
     if not deals:
         if not rule.create_deal:
             return None
         deal_id = decision_id("deal", state.contact_id, event["event_id"], rule.name)
         if target not in CLOSED_STAGES:
-            deals[deal_id] = Deal(deal_id=deal_id, stage=target, updated_at=at)
+            deals[deal_id] = Deal(deal_id=deal_id, stage=target, updated_at=at, **paid)
         return DealMove(
             rule=rule.name,
             deal_id=deal_id,
@@ -242,6 +252,7 @@ def _move(
             created=True,
             deal_name=f"{_display_name(state)} \u2014 {rule.name}",
             reason=f"{why}: new deal at {target}",
+            **paid,
         )
     deal = current_deal(deals)
     if deal.stage == target:
@@ -251,7 +262,7 @@ def _move(
     if target in CLOSED_STAGES:
         del deals[deal.deal_id]
     else:
-        deals[deal.deal_id] = deal.model_copy(update={"stage": target, "updated_at": at})
+        deals[deal.deal_id] = deal.model_copy(update={"stage": target, "updated_at": at, **paid})
     return DealMove(
         rule=rule.name,
         deal_id=deal.deal_id,
@@ -260,6 +271,7 @@ def _move(
         created=False,
         deal_name=None,
         reason=f"{why}: {deal.stage} -> {target}",
+        **paid,
     )
 
 
@@ -311,6 +323,7 @@ def _message(
             context=payload
             | {
                 "who": state.person_name() or address,
+                "first_name": state.greeting_name(),
                 "company": state.profile.get("company", ""),
                 "contact_id": state.contact_id,
             },

@@ -7,12 +7,13 @@ same id, which is the sinks' idempotency key and makes a replay recognisable."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from processors.ids import decision_id
 from processors.matching import SLA_BREACHED
 from processors.pipeline import PipelineOutcome
+from processors.profile import CRM_PROPERTIES
 from processors.sla import Firing, Timer, TimerChange
 from processors.state import ContactState
 from processors.workflow_engine import Audit, Effect, Message, Task, Upsert
@@ -72,7 +73,12 @@ def notification(
 
 
 def crm_command(
-    contact_id: str, kind: str, command_id: str, payload: dict[str, Any], at: datetime, cause: str
+    contact_id: str,
+    kind: str,
+    command_id: str,
+    payload: dict[str, Any],
+    at: datetime,
+    cause: str | None,
 ) -> Output:
     record = {
         "command_id": command_id,
@@ -85,32 +91,195 @@ def crm_command(
     return ("commands", contact_id, record)
 
 
+def contact_fields(state: ContactState) -> dict[str, Any]:
+    """What the CRM contact shows of the state, but the score (which moves with nearly
+    every event, so it rides along with the changes that matter instead)."""
+    return {
+        "email": state.identifier("email"),
+        "phone": state.identifier("phone"),
+        "crm_id": state.identifier("crm"),
+        "first_name": state.profile.get("first_name"),
+        "last_name": state.profile.get("last_name"),
+        "company": state.profile.get("company"),
+        "title": state.profile.get("title"),
+        "properties": {
+            **{k: state.profile[k] for k in CRM_PROPERTIES if k in state.profile},
+            **({"lead_band": state.band} if state.band else {}),
+        },
+    }
+
+
 def upsert_contact(
     state: ContactState, command_id: str, cause: str | None, at: datetime, **properties: str
 ) -> dict[str, Any]:
     """An UPSERT_CONTACT with what the CRM should show: identifiers, profile, score."""
-
+    payload = contact_fields(state)
+    payload["properties"] = {"lead_score": f"{state.score:g}", **payload["properties"]}
+    payload["properties"].update(properties)
     return {
         "command_id": command_id,
         "command_type": "UPSERT_CONTACT",
         "contact_id": state.contact_id,
         "issued_at": at,
         "causation_event_id": cause,
-        "payload": {
-            "email": state.identifier("email"),
-            "phone": state.identifier("phone"),
-            "crm_id": state.identifier("crm"),
-            "first_name": state.profile.get("first_name"),
-            "last_name": state.profile.get("last_name"),
-            "company": state.profile.get("company"),
-            "title": state.profile.get("title"),
-            "properties": {
-                "lead_score": f"{state.score:g}",
-                **({"lead_band": state.band} if state.band else {}),
-                **properties,
-            },
-        },
+        "payload": payload,
     }
+
+
+def merge_contacts(survivor: str, retired: str, identifier: str, at: datetime) -> Output:
+    """MERGE_CONTACTS: the CRM moves everything of ``retired`` onto ``survivor``."""
+    command_id = decision_id("merge", survivor, retired)
+    payload = {"retired_contact_id": retired, "identifier": identifier}
+    return crm_command(survivor, "MERGE_CONTACTS", command_id, payload, at, None)
+
+
+# ---- the contact's timeline in the CRM -------------------------------------------------
+
+# A call's next step becomes the owner's task, due this long after the call.
+NEXT_STEP_DUE = timedelta(hours=1)
+# Outcomes after which the caller expects to hear back soon.
+URGENT_OUTCOMES = {"qualified", "callback_requested", "booked", "interested"}
+
+
+def _money(amount_minor: int, currency: str) -> str:
+    return f"{amount_minor / 100:,.2f} {currency.upper()}"
+
+
+def _duration(seconds: int) -> str:
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def _lines(*pairs: tuple[str, Any]) -> str | None:
+    shown = [f"{label}: {value}" for label, value in pairs if value not in (None, "")]
+    return "\n".join(shown) or None
+
+
+def activity(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The LOG_ACTIVITY payload of what happened with the person, for the CRM's timeline:
+    calls, e-mail replies, meetings booked and held, forms and payments; None for the
+    rest (opens and clicks are scoring's, not the rep's timeline)."""
+    kind, p = event["event_type"], event["payload"]
+    record: dict[str, Any] = {
+        "activity_id": decision_id("activity", event["event_id"]),
+        "occurred_at": event["event_time"],
+        "outcome": None,
+        "duration_seconds": None,
+        "summary": None,
+        "direction": "inbound",
+        "status": None,
+        "handled_by": None,
+        "recording_url": None,
+    }
+    if kind == "CALL_COMPLETED":
+        direction = p["direction"].lower()
+        return record | {
+            "activity_type": "call",
+            "title": f"{direction.capitalize()} call ({p['status']}, "
+            f"{_duration(p['duration_seconds'])})",
+            "direction": direction,
+            "status": p["status"],
+            "duration_seconds": p["duration_seconds"],
+            "outcome": p["outcome"],
+            "summary": _lines(
+                ("Summary", p["transcript_summary"]),
+                ("Service requested", p["requested_service"]),
+                ("Next step", p["next_step"]),
+            ),
+            "handled_by": p["handled_by"],
+            "recording_url": p["recording_url"],
+        }
+    if kind == "EMAIL_REPLIED":
+        return record | {
+            "activity_type": "email",
+            "title": f"E-mail reply: {p['subject'] or '(no subject)'}",
+            "summary": p["snippet"],
+        }
+    if kind == "MEETING_BOOKED":
+        return record | {
+            "activity_type": "meeting",
+            "title": f"Meeting booked: {p['title'] or 'meeting'}",
+            "status": "scheduled",
+            "summary": _lines(
+                ("Starts", f"{p['starts_at']:%Y-%m-%d %H:%M} UTC"),
+                ("Host", p["host"]),
+                ("Where", p["location"]),
+            ),
+        }
+    if kind == "MEETING_COMPLETED":
+        return record | {
+            "activity_type": "meeting",
+            "title": "Meeting held",
+            "direction": "outbound",
+            "status": "completed",
+            "outcome": p["outcome"],
+            "handled_by": p["host"],
+        }
+    if kind == "FORM_SUBMITTED":
+        return record | {
+            "activity_type": "form",
+            "title": f"Form submitted: {p['form_name'] or p['form_id']}",
+            "summary": _lines(*sorted(p["fields"].items()), ("Page", p["page_url"])),
+        }
+    if kind in ("PAYMENT_RECEIVED", "INVOICE_PAID"):
+        return record | {
+            "activity_type": "payment",
+            "title": f"Payment received: {_money(p['amount_minor'], p['currency'])}",
+            "status": "paid",
+            "summary": _lines(
+                ("Method", p.get("method")),
+                ("Invoice", p.get("invoice_id")),
+                ("Payment", p.get("payment_id")),
+            ),
+        }
+    return None
+
+
+def next_step_task(state: ContactState, event: dict[str, Any]) -> dict[str, Any] | None:
+    """The CREATE_TASK payload of a call's next step (a voice AI's, or a rep's notes),
+    with what the owner needs before dialling back; None when the call named none."""
+    p = event["payload"]
+    if event["event_type"] != "CALL_COMPLETED" or not p["next_step"]:
+        return None
+    return {
+        "task_id": decision_id("next-step", event["event_id"]),
+        "title": f"{p['next_step']} \u2014 {state.who()}"[:500],
+        "due_at": event["event_time"] + NEXT_STEP_DUE,
+        "owner_id": state.owner_id,
+        "priority": "HIGH" if (p["outcome"] or "").lower() in URGENT_OUTCOMES else "MEDIUM",
+        "notes": _lines(
+            ("Outcome", p["outcome"]),
+            ("Service requested", p["requested_service"]),
+            ("Summary", p["transcript_summary"]),
+            ("Call", f"{p['direction'].lower()}, {p['status']}, handled by {p['handled_by']}"),
+            ("Recording", p["recording_url"]),
+        ),
+    }
+
+
+def timeline_outputs(state: ContactState, event: dict[str, Any]) -> list[Output]:
+    """The event's activity on the contact's timeline, and the next-step task it asks for."""
+    contact_id, at, cause = state.contact_id, event["event_time"], event["event_id"]
+    outputs: list[Output] = []
+    logged = activity(event)
+    if logged is not None:
+        command_id = logged["activity_id"]
+        outputs.append(crm_command(contact_id, "LOG_ACTIVITY", command_id, logged, at, cause))
+    task = next_step_task(state, event)
+    if task is not None:
+        outputs.append(crm_command(contact_id, "CREATE_TASK", task["task_id"], task, at, cause))
+        inputs = {"task_id": task["task_id"], "owner_id": task["owner_id"] or ""}
+        entry = audit_entry(
+            contact_id,
+            "timeline",
+            "task_created",
+            f"call's next step: {task['title']}",
+            inputs,
+            [cause],
+            at,
+        )
+        outputs.append(("audit", contact_id, entry))
+    return outputs
 
 
 def route_request(state: ContactState, cause: str, at: datetime) -> Output:
@@ -292,7 +461,6 @@ def pipeline_outputs(
         outputs.append(("audit", contact_id, entry))
 
     for move in outcome.moves:
-        deal = outcome.state.open_deals.get(move.deal_id)
         if move.created:
             command(
                 "CREATE_DEAL",
@@ -302,8 +470,8 @@ def pipeline_outputs(
                     "name": move.deal_name or move.deal_id,
                     "stage": move.stage,
                     "pipeline": None,
-                    "amount_minor": deal.amount_minor if deal else None,
-                    "currency": deal.currency if deal else None,
+                    "amount_minor": move.amount_minor,
+                    "currency": move.currency,
                 },
             )
         else:
@@ -314,6 +482,8 @@ def pipeline_outputs(
                     "deal_id": move.deal_id,
                     "stage": move.stage,
                     "previous_stage": move.previous_stage,
+                    "amount_minor": move.amount_minor,
+                    "currency": move.currency,
                 },
             )
         inputs = {

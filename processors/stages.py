@@ -35,9 +35,12 @@ from processors.records import (
     Output,
     audit_entry,
     breach_trigger,
+    contact_fields,
+    merge_contacts,
     pipeline_outputs,
     route_request,
     stage_change_triggers,
+    timeline_outputs,
     upsert_contact,
 )
 from processors.routing import RoutingRules
@@ -228,7 +231,9 @@ def register(
                     at,
                 ),
             )
+        if before is None or contact_fields(before) != contact_fields(state):
             await upsert_command(state, event["event_id"], at)
+        await send_all(timeline_outputs(state, event))
         if is_meaningful(decision, model):
             inputs = {
                 "previous": decision.previous,
@@ -263,8 +268,6 @@ def register(
                         at,
                     ),
                 )
-                if before is not None:
-                    await upsert_command(state, event["event_id"], at)
         moved = apply_rules(rules.pipeline, state, event)
         if moved.moves or moved.tasks or moved.messages or moved.skipped:
             state = moved.state
@@ -391,10 +394,11 @@ def register(
             if step.get("workflows"):
                 adopted = await runs.adopt(merged, other, step["workflows"], partition)
                 contacts[contact_id] = adopted.model_dump_json()
-            if before is None and retired is not None:
-                # The merge reached the survivor before its first event (the two come by
-                # different topics), so no event created it: the CRM learns of it here.
-                await upsert_command(merged, f"merged:{other}", at)
+            # The CRM moves the retired contact's records onto the survivor, then shows the
+            # merged profile (which also creates the survivor when the merge reached it
+            # before its first event: the two come by different topics).
+            await send_all([merge_contacts(contact_id, other, step["identifier"], at)])
+            await upsert_command(merged, f"merged:{other}", at)
             await c.audit.send(
                 contact_id,
                 audit_entry(

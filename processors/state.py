@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from processors import profile as profiles
+
 RECENT_EVENT_IDS = 500  # enough to ignore any redelivery Kafka can produce
 
 
@@ -44,6 +46,9 @@ class ContactState(BaseModel):
     contact_id: str
     identifiers: list[str] = Field(default_factory=list)
     profile: dict[str, str] = Field(default_factory=dict)
+    # Each profile field's origin (processors.profile ranks them): a weaker source never
+    # overwrites what a stronger one said.
+    profile_origin: dict[str, str] = Field(default_factory=dict)
     lifecycle_stage: str | None = None
     owner_id: str | None = None
     owner_email: str | None = None  # from the roster at assignment, for SLA reminders
@@ -94,6 +99,11 @@ class ContactState(BaseModel):
         return " ".join(
             filter(None, (self.profile.get("first_name"), self.profile.get("last_name")))
         )
+
+    def greeting_name(self) -> str:
+        """How a message to the person greets them: their first name, else "there" (an
+        address or a blank is never a name)."""
+        return self.profile.get("first_name") or "there"
 
     def who(self) -> str:
         """How a person is named in a message: their name, else an address, else the id."""
@@ -172,15 +182,17 @@ def apply_event(state: ContactState, event: dict[str, Any]) -> ContactState:
         if channel not in touches or touches[channel] < at:
             touches[channel] = at
 
+    for field, known in (event.get("profile") or {}).items():
+        profiles.take(new.profile, new.profile_origin, {field: known["value"]}, known["origin"])
     if kind == "CONTACT_UPDATED":
         properties = payload["properties"]
         if "lifecyclestage" in properties:
             new.lifecycle_stage = properties["lifecyclestage"]
-        new.profile.update(
-            {k: v for k, v in properties.items() if k not in ("lifecyclestage", "email", "phone")}
-        )
+        edited = {k: v for k, v in properties.items() if k not in _NOT_PROFILE}
+        profiles.take(new.profile, new.profile_origin, edited, "crm")
     elif kind == "FORM_SUBMITTED":
-        new.profile.update({k: v for k, v in payload["fields"].items() if k in _PROFILE_FIELDS})
+        answers = {k: v for k, v in payload["fields"].items() if k in _PROFILE_FIELDS}
+        profiles.take(new.profile, new.profile_origin, answers, "self")
     elif kind == "DEAL_STAGE_CHANGED":
         deal_id = payload["deal_id"]
         if payload["stage"] in CLOSED_STAGES:
@@ -200,6 +212,9 @@ def apply_event(state: ContactState, event: dict[str, Any]) -> ContactState:
     return new
 
 
+# CRM properties that are identifiers or lifecycle, not profile.
+_NOT_PROFILE = {"lifecyclestage", "email", "phone"}
+
 # Form answers that describe the person or their company, kept for scoring and routing.
 _PROFILE_FIELDS = {
     "first_name",
@@ -208,9 +223,12 @@ _PROFILE_FIELDS = {
     "title",
     "industry",
     "company_size",
+    "address",
+    "city",
     "country",
     "region",
     "postcode",
+    "timezone",
     "service",
     "deal_size",
 }

@@ -724,7 +724,7 @@ class _Pass:
         state = self.state
         return run.trigger | {
             "who": state.who(),
-            "first_name": state.profile.get("first_name") or state.who(),
+            "first_name": state.greeting_name(),
             "company": state.profile.get("company", ""),
             "contact_id": state.contact_id,
             "owner_id": state.owner_id or "",

@@ -247,6 +247,7 @@ def test_a_completed_job_creates_an_invoice_task_and_surveys_by_email() -> None:
     )
     assert message.context == {
         "who": "Ana Silva",
+        "first_name": "Ana",
         "company": "Silva Lda",
         "contact_id": "c-1",
         "job_id": "J-7",
