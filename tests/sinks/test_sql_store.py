@@ -203,6 +203,11 @@ def test_each_command_type_writes_exactly_its_rows(store: SqlCrmStore) -> None:
             "outcome": "connected",
             "duration_seconds": 312,
             "summary": "interested",
+            "direction": None,
+            "status": None,
+            "handled_by": None,
+            "recording_url": None,
+            "title": None,
             "created_at": at[5],
             "updated_at": at[5],
         }
@@ -228,6 +233,7 @@ def test_each_command_type_writes_exactly_its_rows(store: SqlCrmStore) -> None:
         "tasks": 1,
         "activities": 1,
         "notes": 1,
+        "contact_aliases": 0,
         "applied_commands": 7,
     }
 
@@ -403,7 +409,7 @@ def test_migrations_run_twice_are_a_no_op(sql_url: str) -> None:
         assert migrate_crm(engine) == [m.version for m in CRM_MIGRATIONS]
         assert migrate_crm(engine) == []
         open_store(sql_url).engine.dispose()
-        assert _migration_rows(sql_url) == [("crm", 1)]
+        assert _migration_rows(sql_url) == [("crm", 1), ("crm", 2)]
     finally:
         engine.dispose()
 
@@ -430,7 +436,7 @@ def test_concurrent_opens_apply_migrations_once(sql_url: str) -> None:
 
     with ThreadPoolExecutor(workers) as pool:
         assert sorted(pool.map(open_one, range(workers))) == ["crm", "crm", "ledger", "ledger"]
-    assert _migration_rows(sql_url) == [("crm", 1), ("ledger", 1)]
+    assert _migration_rows(sql_url) == [("crm", 1), ("crm", 2), ("ledger", 1)]
 
 
 def _migration_rows(url: str) -> list[tuple[str, int]]:
@@ -441,3 +447,118 @@ def _migration_rows(url: str) -> list[tuple[str, int]]:
             return sorted((c, v) for c, v in connection.execute(query))
     finally:
         engine.dispose()
+
+
+# ---- merges, the call's task and the paid deal (issue 18) ------------------------------
+
+
+def test_a_merge_leaves_one_contact_owning_everything_and_redirects_later_commands(
+    store: SqlCrmStore,
+) -> None:
+    for record in contact_history("c-retired"):
+        assert deliver(store, [record]) == [None]
+    survivor = command(
+        "cmd-s", "UPSERT_CONTACT", "c-survivor", {"phone": "+14155550199", "title": None}
+    )
+    merge = command(
+        "cmd-merge",
+        "MERGE_CONTACTS",
+        "c-survivor",
+        {"retired_contact_id": "c-retired", "identifier": "email:ada@example.com"},
+    )
+    # Issued for the retired contact before the merge, delivered after it.
+    late = command(
+        "cmd-late",
+        "UPDATE_DEAL_STAGE",
+        "c-retired",
+        {"deal_id": "deal-1", "stage": "closedwon", "previous_stage": "proposal"},
+    )
+    assert deliver(store, [survivor]) == [None]
+    assert deliver(store, [merge]) == [None]
+    assert deliver(store, [merge, late]) == [None, None]  # a redelivered merge is a no-op
+
+    assert store.contact("c-retired") is None
+    kept = store.contact("c-survivor")
+    assert kept is not None
+    # The survivor's own phone stays; what it lacked comes from the retired contact.
+    assert (kept["phone"], kept["email"], kept["first_name"], kept["owner_id"]) == (
+        "+14155550199",
+        "ada@example.com",
+        "Ada",
+        "rep-7",
+    )
+    assert kept["properties"] == {"source": "webform"}
+    for table in ("deals", "tasks", "activities", "notes", "owner_changes"):
+        assert {r["contact_id"] for r in store.rows(table)} == {"c-survivor"}, table
+    [deal] = store.rows("deals")
+    assert deal["stage"] == "closedwon"
+    [alias] = store.rows("contact_aliases")
+    assert (alias["contact_id"], alias["survivor_id"], alias["identifier"]) == (
+        "c-retired",
+        "c-survivor",
+        "email:ada@example.com",
+    )
+
+
+def test_a_merge_of_a_merge_points_every_old_id_at_the_last_survivor(store: SqlCrmStore) -> None:
+    def merge(n: int, survivor: str, retired: str) -> dict[str, Any]:
+        payload = {"retired_contact_id": retired, "identifier": None}
+        return command(f"cmd-m{n}", "MERGE_CONTACTS", survivor, payload)
+
+    note = {"note_id": "n-1", "body": "first"}
+    assert deliver(store, [command("cmd-n", "ADD_NOTE", "c-c", note)]) == [None]
+    assert deliver(store, [merge(1, "c-b", "c-c"), merge(2, "c-a", "c-b")]) == [None, None]
+    later = command("cmd-n2", "ADD_NOTE", "c-c", {"note_id": "n-2", "body": "second"})
+    assert deliver(store, [later]) == [None]
+    assert {r["contact_id"] for r in store.rows("notes")} == {"c-a"}
+    assert {(a["contact_id"], a["survivor_id"]) for a in store.rows("contact_aliases")} == {
+        ("c-b", "c-a"),
+        ("c-c", "c-a"),
+    }
+
+
+def test_an_unknown_retired_contact_merges_as_a_no_op(store: SqlCrmStore) -> None:
+    merge = command(
+        "cmd-m", "MERGE_CONTACTS", "c-1", {"retired_contact_id": "c-never", "identifier": None}
+    )
+    assert deliver(store, [merge]) == [None]
+    assert store.contact("c-1") is not None
+    assert store.rows("deals") == []
+
+
+def test_the_owner_gets_the_tasks_made_before_the_lead_was_routed(store: SqlCrmStore) -> None:
+    task = {
+        "task_id": "t-next",
+        "title": "Send the quote",
+        "due_at": T0 + timedelta(hours=1),
+        "owner_id": None,
+        "priority": "HIGH",
+        "notes": None,
+    }
+    owner = {"owner_id": "rep-3", "previous_owner_id": None, "reason": "round robin"}
+    assert deliver(store, [command("cmd-t", "CREATE_TASK", "c-1", task)]) == [None]
+    assert deliver(store, [command("cmd-o", "SET_OWNER", "c-1", owner)]) == [None]
+    [row] = store.rows("tasks")
+    assert row["owner_id"] == "rep-3"
+
+
+def test_a_payment_closing_the_deal_sets_its_amount(store: SqlCrmStore) -> None:
+    history = contact_history()[:3]
+    history[2]["payload"] |= {"amount_minor": None, "currency": None}
+    paid = {
+        "deal_id": "deal-1",
+        "stage": "closedwon",
+        "previous_stage": "qualified",
+        "amount_minor": 480_000,
+        "currency": "USD",
+    }
+    unpaid = {"deal_id": "deal-1", "stage": "closedwon", "previous_stage": "closedwon"}
+    for record in [*history, command("cmd-paid", "UPDATE_DEAL_STAGE", "c-1", paid)]:
+        assert deliver(store, [record]) == [None]
+    assert deliver(store, [command("cmd-again", "UPDATE_DEAL_STAGE", "c-1", unpaid)]) == [None]
+    [deal] = store.rows("deals")
+    assert (deal["stage"], deal["amount_minor"], deal["currency"]) == ("closedwon", 480_000, "USD")
+    no_currency = paid | {"currency": None}
+    [outcome] = deliver(store, [command("cmd-bad", "UPDATE_DEAL_STAGE", "c-1", no_currency)])
+    assert isinstance(outcome, Rejected)
+    assert "currency is required" in outcome.reason

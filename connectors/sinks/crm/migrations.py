@@ -367,8 +367,31 @@ def _crm_v1(connection: Connection) -> None:
     meta.create_all(connection)
 
 
+def _crm_v2(connection: Connection) -> None:
+    """Calls and other activities say how they went; merged contacts leave an alias."""
+    for column in ("direction", "status", "handled_by"):
+        connection.execute(text(f"ALTER TABLE activities ADD COLUMN {column} VARCHAR(200)"))
+    for column in ("recording_url", "title"):
+        connection.execute(text(f"ALTER TABLE activities ADD COLUMN {column} TEXT"))
+    meta = MetaData()
+    # No foreign key: the retired contact's row is gone, and its id lives on here.
+    Table(
+        "contact_aliases",
+        meta,
+        Column("contact_id", String(200), primary_key=True),
+        Column("survivor_id", String(200), nullable=False),
+        Column("identifier", String(500)),
+        Column("merged_at", UtcDateTime, nullable=False),
+        Index("ix_contact_aliases_survivor_id", "survivor_id"),
+    )
+    meta.create_all(connection)
+
+
 CRM_COMPONENT = "crm"
-CRM_MIGRATIONS: tuple[Migration, ...] = (Migration(1, "CRM schema", _crm_v1),)
+CRM_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "CRM schema", _crm_v1),
+    Migration(2, "activity details, contact aliases", _crm_v2),
+)
 
 
 def migrate_crm(engine: Engine) -> list[int]:

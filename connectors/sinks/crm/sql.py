@@ -14,8 +14,16 @@ What each command does:
 - SET_OWNER sets the contact's owner and records the change in ``owner_changes``, with
   the owner the store had before (the command's ``previous_owner_id`` is only the
   processor's view of it).
+- SET_OWNER also gives the contact's unowned tasks to the new owner: a task made before
+  the lead was routed (a call's next step) is the owner's as soon as there is one.
 - CREATE_DEAL, CREATE_TASK, LOG_ACTIVITY, ADD_NOTE upsert by their own id. A record that
   belongs to another contact is rejected rather than moved.
+- UPDATE_DEAL_STAGE with an amount (a payment closing the deal) sets the deal's amount too.
+- MERGE_CONTACTS moves the retired contact's deals, tasks, activities, notes and owner
+  changes onto the survivor, fills the survivor's blank fields from it, deletes its row and
+  keeps its id in ``contact_aliases``. Every command is applied to the contact its id
+  resolves to there, so a command issued for the retired contact before the merge (on
+  another partition, so possibly delivered after it) lands on the survivor.
 - UPDATE_DEAL_STAGE on a deal that does not exist is rejected: a deal made from a stage
   alone would show a sales team a nameless deal with no amount in their pipeline. Its
   CREATE_DEAL comes earlier in the same contact's order, so a missing deal is an upstream
@@ -147,6 +155,11 @@ ACTIVITIES = Table(
     Column("outcome", String(200)),
     Column("duration_seconds", Integer),
     Column("summary", Text),
+    Column("direction", String(200)),
+    Column("status", String(200)),
+    Column("handled_by", String(200)),
+    Column("recording_url", Text),
+    Column("title", Text),
     _when("created_at"),
     _when("updated_at"),
 )
@@ -158,6 +171,14 @@ NOTES = Table(
     Column("body", Text, nullable=False),
     _when("created_at"),
     _when("updated_at"),
+)
+CONTACT_ALIASES = Table(
+    "contact_aliases",
+    meta,
+    Column("contact_id", String(200), primary_key=True),
+    Column("survivor_id", String(200), nullable=False),
+    Column("identifier", String(500)),
+    _when("merged_at"),
 )
 APPLIED_COMMANDS = Table(
     "applied_commands",
@@ -206,10 +227,21 @@ class SetOwner(_Payload):
     reason: str
 
 
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+
+
 class UpdateDealStage(_Payload):
     deal_id: Id
     stage: Id
     previous_stage: Short | None = None
+    amount_minor: Annotated[int, Field(ge=0)] | None = None
+    currency: Currency | None = None
+
+    @model_validator(mode="after")
+    def _amount_has_currency(self) -> UpdateDealStage:
+        if self.amount_minor is not None and self.currency is None:
+            raise ValueError("currency is required when amount_minor is set")
+        return self
 
 
 class CreateDeal(_Payload):
@@ -218,7 +250,7 @@ class CreateDeal(_Payload):
     stage: Id
     pipeline: Short | None = None
     amount_minor: Annotated[int, Field(ge=0)] | None = None
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] | None = None
+    currency: Currency | None = None
 
     @model_validator(mode="after")
     def _amount_has_currency(self) -> CreateDeal:
@@ -238,16 +270,26 @@ class CreateTask(_Payload):
 
 class LogActivity(_Payload):
     activity_id: Id
-    activity_type: Literal["call", "email", "meeting", "sms"]
+    activity_type: Literal["call", "email", "meeting", "sms", "form", "payment"]
     occurred_at: Instant
     outcome: Short | None = None
     duration_seconds: Annotated[int, Field(ge=0)] | None = None
     summary: str | None = None
+    direction: Literal["inbound", "outbound"] | None = None
+    status: Short | None = None
+    handled_by: Short | None = None
+    recording_url: str | None = None
+    title: str | None = None
 
 
 class AddNote(_Payload):
     note_id: Id
     body: Annotated[str, Field(min_length=1)]
+
+
+class MergeContacts(_Payload):
+    retired_contact_id: Id
+    identifier: Annotated[str, Field(max_length=500)] | None = None
 
 
 CommandType = Literal[
@@ -258,6 +300,7 @@ CommandType = Literal[
     "CREATE_TASK",
     "LOG_ACTIVITY",
     "ADD_NOTE",
+    "MERGE_CONTACTS",
 ]
 PAYLOADS: dict[str, type[_Payload]] = {
     "UPSERT_CONTACT": UpsertContact,
@@ -267,6 +310,7 @@ PAYLOADS: dict[str, type[_Payload]] = {
     "CREATE_TASK": CreateTask,
     "LOG_ACTIVITY": LogActivity,
     "ADD_NOTE": AddNote,
+    "MERGE_CONTACTS": MergeContacts,
 }
 
 
@@ -375,7 +419,7 @@ class SqlCrmStore:
         if claimed is None:
             return  # applied before: a redelivery changes nothing
         at = command.issued_at
-        contact = command.contact_id
+        contact = _survivor(connection, command.contact_id)
         match payload:
             case UpsertContact():
                 _upsert_contact(connection, contact, payload, at)
@@ -401,6 +445,11 @@ class SqlCrmStore:
                         changed_at=at,
                     )
                 )
+                connection.execute(
+                    update(TASKS)
+                    .where(TASKS.c.contact_id == contact, TASKS.c.owner_id.is_(None))
+                    .values(owner_id=payload.owner_id, updated_at=at)
+                )
             case UpdateDealStage():
                 current = _owned_by(connection, DEALS, payload.deal_id, contact)
                 if current is None:
@@ -408,6 +457,11 @@ class SqlCrmStore:
                         f"UPDATE_DEAL_STAGE {command.command_id}: payload.deal_id: "
                         f"deal {payload.deal_id!r} does not exist (no CREATE_DEAL applied)"
                     )
+                paid = (
+                    {"amount_minor": payload.amount_minor, "currency": payload.currency}
+                    if payload.amount_minor is not None
+                    else {}
+                )
                 connection.execute(
                     update(DEALS)
                     .where(DEALS.c.deal_id == payload.deal_id)
@@ -417,6 +471,7 @@ class SqlCrmStore:
                         stage_changed_at=case(
                             (DEALS.c.stage != payload.stage, at), else_=DEALS.c.stage_changed_at
                         ),
+                        **paid,
                     )
                 )
             case CreateDeal():
@@ -453,6 +508,10 @@ class SqlCrmStore:
                 _ensure_contact(connection, contact, at)
                 _owned_by(connection, NOTES, payload.note_id, contact)
                 _upsert_row(connection, NOTES, "note_id", contact, payload.model_dump(), at)
+            case MergeContacts():
+                retired = _survivor(connection, payload.retired_contact_id)
+                if retired != contact:
+                    _merge(connection, contact, retired, payload.identifier, at)
             case _:  # pragma: no cover - PAYLOADS covers every command type
                 raise AssertionError(type(payload))
 
@@ -489,6 +548,60 @@ class SqlCrmStore:
 def open_store(url: str = DEFAULT_URL, **options: Any) -> SqlCrmStore:
     """The store at ``url``, its schema migrated to the current version."""
     return SqlCrmStore(url, migrate=True, **options)
+
+
+def _survivor(connection: Connection, contact_id: str) -> str:
+    """The contact that ``contact_id`` is now: itself, or the one it was merged into."""
+    survivor = connection.execute(
+        select(CONTACT_ALIASES.c.survivor_id).where(CONTACT_ALIASES.c.contact_id == contact_id)
+    ).scalar_one_or_none()
+    return survivor or contact_id
+
+
+# The tables whose rows belong to a contact and follow it into a merge.
+_OWNED = (DEALS, TASKS, ACTIVITIES, NOTES, OWNER_CHANGES)
+# What the survivor takes from the retired contact where it has nothing itself.
+_FILLED = ("email", "phone", "crm_id", "first_name", "last_name", "company", "title", "owner_id")
+
+
+def _merge(
+    connection: Connection, survivor: str, retired: str, identifier: str | None, at: datetime
+) -> None:
+    _ensure_contact(connection, survivor, at)
+    gone = connection.execute(
+        select(CONTACTS).where(CONTACTS.c.contact_id == retired).with_for_update()
+    ).first()
+    if gone is not None:
+        kept = connection.execute(
+            select(CONTACTS).where(CONTACTS.c.contact_id == survivor).with_for_update()
+        ).one()
+        filled: dict[str, Any] = {
+            name: gone._mapping[name]
+            for name in _FILLED
+            if kept._mapping[name] is None and gone._mapping[name] is not None
+        }
+        properties = {**gone._mapping["properties"], **kept._mapping["properties"]}
+        for table in _OWNED:
+            connection.execute(
+                update(table).where(table.c.contact_id == retired).values(contact_id=survivor)
+            )
+        connection.execute(CONTACTS.delete().where(CONTACTS.c.contact_id == retired))
+        connection.execute(
+            update(CONTACTS)
+            .where(CONTACTS.c.contact_id == survivor)
+            .values(**filled, properties=properties, updated_at=at)
+        )
+    # Ids that led to the retired contact now lead to the survivor, in one hop.
+    connection.execute(
+        update(CONTACT_ALIASES)
+        .where(CONTACT_ALIASES.c.survivor_id == retired)
+        .values(survivor_id=survivor)
+    )
+    connection.execute(
+        CONTACT_ALIASES.insert().values(
+            contact_id=retired, survivor_id=survivor, identifier=identifier, merged_at=at
+        )
+    )
 
 
 def _ensure_contact(connection: Connection, contact_id: str, at: datetime) -> None:
