@@ -8,7 +8,17 @@ that value, never makes a second one), batch read by ``idProperty``, default ass
 and ``policyName``, and ``X-HubSpot-RateLimit-*`` headers. It refuses what HubSpot refuses:
 more than 100 inputs, duplicate ids in one batch, a non-unique ``idProperty``, unknown
 properties, bad enumeration values, unknown owners, a unique value another record holds,
-an engagement without ``hs_timestamp``."""
+an engagement without ``hs_timestamp``.
+
+It merges the way HubSpot documents (``POST /crm/v3/objects/{type}/merge``): the merged
+record gets a new id; both old ids keep resolving to it (batch read by id, update by id);
+the primary's property values win and the other's fill the gaps; the other's e-mail
+becomes an additional e-mail that still finds the record; ``hs_merged_object_ids`` lists
+the ids merged in; every association of either record moves to the merged one. The
+other's *custom* unique values (``switchboard_contact_id``) are kept in the record's history
+only, as HubSpot's "primary wins" rule says, so reading by them finds nothing; pass
+``merged_values_resolve=True`` for a portal where they would still find the merged record
+(the writer must work either way)."""
 
 from __future__ import annotations
 
@@ -41,7 +51,7 @@ PROPERTIES: dict[str, set[str]] = {
     | {"hs_task_subject", "hs_task_body", "hs_task_status", "hs_task_priority", "hs_task_type"},
     "calls": _ENGAGEMENT_COMMON
     | {"hs_call_title", "hs_call_body", "hs_call_duration", "hs_call_status",
-       "hs_call_direction", "hs_call_disposition"},
+       "hs_call_direction", "hs_call_disposition", "hs_call_recording_url"},
     "meetings": _ENGAGEMENT_COMMON
     | {"hs_meeting_title", "hs_meeting_body", "hs_meeting_start_time", "hs_meeting_end_time",
        "hs_meeting_outcome"},
@@ -64,6 +74,15 @@ ENUMS: dict[str, set[str]] = {
         "BUSY", "CALLING_CRM_USER", "CANCELED", "COMPLETED", "CONNECTING", "FAILED",
         "IN_PROGRESS", "NO_ANSWER", "QUEUED", "RINGING",
     },
+    "hs_call_direction": {"INBOUND", "OUTBOUND"},
+    # The default call outcomes: Busy, Connected, Left live message, Left voicemail,
+    # No answer, Wrong number.
+    "hs_call_disposition": {
+        "9d9162e7-6cf3-4944-bf63-4dff82258764", "f240bbac-87c9-4f6e-bf70-924b57d47db7",
+        "a4c4c377-d246-4b32-a13b-75a56a4cd0ff", "b2cf5968-551e-4856-9783-52b3da59a7d0",
+        "73a0d17f-1163-4015-bdd5-ec830791da20", "17b47fee-58de-441e-a44c-c6300d46f273",
+    },
+    "hs_email_direction": {"EMAIL", "INCOMING_EMAIL", "FORWARDED_EMAIL"},
     "hs_communication_channel_type": {"SMS", "WHATS_APP", "LINKEDIN_MESSAGE"},
     "hs_communication_logged_from": {"CRM"},
 }  # fmt: skip
@@ -77,6 +96,8 @@ ASSOCIATION_TYPES = {
     "communications": 82,
     "notes": 202,
 }
+ADDITIONAL_EMAILS = "hs_additional_emails"
+MERGED_IDS = "hs_merged_object_ids"
 
 
 def error_body(message: str, category: str = "VALIDATION_ERROR", **extra: Any) -> dict[str, Any]:
@@ -97,12 +118,21 @@ class FakeHubSpot(FakeServer):
     """HubSpot on loopback. ``objects[type][id]`` holds each record's properties;
     ``associations`` holds (from type, from id, to type, to id)."""
 
-    def __init__(self, token: str = "pat-na1-test", owners: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        token: str = "pat-na1-test",
+        owners: set[str] | None = None,
+        merged_values_resolve: bool = False,
+    ) -> None:
         super().__init__()
         self.token = token
         self.owners = owners if owners is not None else {"9001", "9002"}
         self.objects: dict[str, dict[str, dict[str, str]]] = {kind: {} for kind in PROPERTIES}
         self.associations: set[tuple[str, str, str, str]] = set()
+        self.merged_into: dict[str, str] = {}  # a merged-away record id -> the merged record
+        self.merged_values_resolve = merged_values_resolve
+        self._merged_values: dict[tuple[str, str, str], str] = {}  # (type, prop, value) -> id
+        self._merge_refusal: str | None = None
         self._ids = itertools.count(1001)
         self._rejects: dict[str, tuple[str, str]] = {}
         self._remaining = 190
@@ -113,9 +143,29 @@ class FakeHubSpot(FakeServer):
         """Every stored record of ``object_type`` whose ``prop`` is ``value``."""
         return [p for p in self.objects[object_type].values() if p.get(prop) == value]
 
+    def resolve(self, object_id: str) -> str:
+        """The id a record is known by now: a merged-away id resolves to the merged one."""
+        seen = set()
+        while object_id in self.merged_into and object_id not in seen:
+            seen.add(object_id)
+            object_id = self.merged_into[object_id]
+        return object_id
+
+    def associated(self, object_type: str, contact_object_id: str) -> set[str]:
+        """The ids of the ``object_type`` records tied to this contact."""
+        return {
+            from_id
+            for from_type, from_id, to_type, to_id in self.associations
+            if from_type == object_type and to_type == "contacts" and to_id == contact_object_id
+        }
+
     def reject(self, id_value: str, message: str, category: str = "VALIDATION_ERROR") -> None:
         """Make every upsert input with this id fail (a 207 multi-status answer)."""
         self._rejects[id_value] = (category, message)
+
+    def refuse_merges(self, message: str | None) -> None:
+        """Refuse every merge with a 400 VALIDATION_ERROR saying ``message`` (None: stop)."""
+        self._merge_refusal = message
 
     def accept(self, id_value: str) -> None:
         """Stop rejecting this id (the portal was fixed)."""
@@ -141,9 +191,14 @@ class FakeHubSpot(FakeServer):
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/crm/v3/objects/{object_type}/batch/upsert", self._upsert)
         app.router.add_post("/crm/v3/objects/{object_type}/batch/read", self._read)
+        app.router.add_post("/crm/v3/objects/{object_type}/merge", self._merge)
+        app.router.add_patch("/crm/v3/objects/{object_type}/{object_id}", self._update)
         app.router.add_post(
             "/crm/v4/associations/{from_type}/{to_type}/batch/associate/default",
             self._associate,
+        )
+        app.router.add_post(
+            "/crm/v4/associations/{from_type}/{to_type}/batch/read", self._read_associations
         )
 
     def authorized(self, request: web.Request) -> web.StreamResponse | None:
@@ -245,6 +300,24 @@ class FakeHubSpot(FakeServer):
         if id_value in self._rejects:
             return self._rejects[id_value]
         properties = {k: str(v) for k, v in item.get("properties", {}).items() if v is not None}
+        problem = self._invalid_properties(object_type, properties)
+        if problem:
+            return problem
+        existing = self._lookup(object_type, id_property, id_value)
+        if existing is None and object_type in ENGAGEMENTS and "hs_timestamp" not in properties:
+            return "VALIDATION_ERROR", "Missing required property: hs_timestamp"
+        object_id = existing or str(next(self._ids))
+        conflict = self._unique_conflict(object_type, object_id, properties)
+        if conflict:
+            return conflict
+        stored = self.objects[object_type].setdefault(object_id, {id_property: id_value})
+        stored.update(properties)
+        stored["hs_object_id"] = object_id
+        return {**_shown(object_id, stored), "new": existing is None}
+
+    def _invalid_properties(
+        self, object_type: str, properties: dict[str, str]
+    ) -> tuple[str, str] | None:
         unknown = sorted(set(properties) - PROPERTIES[object_type])
         if unknown:
             return "VALIDATION_ERROR", "Property values were not valid: " + ", ".join(
@@ -256,34 +329,33 @@ class FakeHubSpot(FakeServer):
             problem = _invalid_value(name, value, self.owners)
             if problem:
                 return "VALIDATION_ERROR", f"Property values were not valid: {problem}"
-        existing = self._lookup(object_type, id_property, id_value)
-        if existing is None and object_type in ENGAGEMENTS and "hs_timestamp" not in properties:
-            return "VALIDATION_ERROR", "Missing required property: hs_timestamp"
-        object_id = existing or str(next(self._ids))
+        return None
+
+    def _unique_conflict(
+        self, object_type: str, object_id: str, properties: dict[str, str]
+    ) -> tuple[str, str] | None:
         for name in UNIQUE[object_type] & set(properties):
             holder = self._lookup(object_type, name, properties[name])
             if holder is not None and holder != object_id:
                 return "CONFLICT", (
                     f"A {object_type[:-1]} with the {name} '{properties[name]}' already exists."
                 )
-        stored = self.objects[object_type].setdefault(object_id, {id_property: id_value})
-        stored.update(properties)
-        stored["hs_object_id"] = object_id
-        now = _now()
-        return {
-            "id": object_id,
-            "properties": dict(stored),
-            "createdAt": now,
-            "updatedAt": now,
-            "archived": False,
-            "new": existing is None,
-        }
+        return None
 
     def _lookup(self, object_type: str, prop: str, value: str) -> str | None:
         fold = str.lower if prop == "email" else str
         for object_id, props in self.objects[object_type].items():
             if prop in props and fold(props[prop]) == fold(value):
                 return object_id
+        if prop == "email":  # a merged-in contact's e-mail still finds the merged record
+            for object_id, props in self.objects[object_type].items():
+                extra = props.get(ADDITIONAL_EMAILS, "").split(";")
+                if fold(value) in {fold(e) for e in extra if e}:
+                    return object_id
+        if self.merged_values_resolve:
+            held = self._merged_values.get((object_type, prop, fold(value)))
+            if held is not None and self.resolve(held) in self.objects[object_type]:
+                return self.resolve(held)
         return None
 
     async def _read(self, request: web.Request) -> web.Response:
@@ -300,11 +372,11 @@ class FakeHubSpot(FakeServer):
         for item in inputs:
             value = str(item.get("id"))
             object_id = (
-                value
-                if id_property == "hs_object_id" and value in self.objects[object_type]
+                self.resolve(value)
+                if id_property == "hs_object_id"
                 else self._lookup(object_type, id_property, value)
             )
-            if object_id is None:
+            if object_id is None or object_id not in self.objects[object_type]:
                 missing.append(value)
                 continue
             props = self.objects[object_type][object_id]
@@ -356,6 +428,155 @@ class FakeHubSpot(FakeServer):
         if errors:
             answer.update(errors=errors, numErrors=len(errors))
         return json_response(answer, 207 if errors else 200)
+
+    async def _read_associations(self, request: web.Request) -> web.Response:
+        parsed = await self._inputs(request, ASSOCIATION_LIMIT)
+        if isinstance(parsed, web.Response):
+            return parsed
+        from_type, inputs = parsed
+        to_type = request.match_info["to_type"]
+        if to_type not in PROPERTIES:
+            return json_response(error_body(f"Unable to infer object type from: {to_type}"), 400)
+        results, missing = [], []
+        for item in inputs:
+            from_id = self.resolve(str(item.get("id") if isinstance(item, dict) else item))
+            to_ids = sorted(
+                to_id
+                for kind, object_id, to_kind, to_id in self.associations
+                if (kind, object_id, to_kind) == (from_type, from_id, to_type)
+            )
+            if not to_ids:
+                missing.append(from_id)
+                continue
+            spec = {
+                "category": "HUBSPOT_DEFINED",
+                "typeId": ASSOCIATION_TYPES.get(from_type, 1),
+                "label": None,
+            }
+            results.append(
+                {
+                    "from": {"id": from_id},
+                    "to": [{"toObjectId": int(t), "associationTypes": [spec]} for t in to_ids],
+                }
+            )
+        answer: dict[str, Any] = {"status": "COMPLETE", "results": results}
+        if missing:
+            answer["errors"] = [
+                {
+                    "status": "error",
+                    "category": "OBJECT_NOT_FOUND",
+                    "message": f"No {to_type} are associated with {from_type} {i}.",
+                    "context": {"fromObjectId": [i]},
+                }
+                for i in missing
+            ]
+            answer["numErrors"] = len(missing)
+        return json_response(answer, 207 if missing else 200)
+
+    async def _merge(self, request: web.Request) -> web.Response:
+        object_type = request.match_info["object_type"]
+        if object_type not in PROPERTIES:
+            return json_response(
+                error_body(f"Unable to infer object type from: {object_type}"), 400
+            )
+        try:
+            body = await request.json()
+        except ValueError:
+            return json_response(error_body("Invalid input JSON on line 1"), 400)
+        ids = [
+            body.get(k) if isinstance(body, dict) else None
+            for k in ("primaryObjectId", "objectIdToMerge")
+        ]
+        if not all(isinstance(i, str | int) and str(i) for i in ids):
+            return json_response(
+                error_body("Invalid input JSON: primaryObjectId and objectIdToMerge are required"),
+                400,
+            )
+        if self._merge_refusal is not None:
+            return json_response(error_body(self._merge_refusal), 400)
+        primary, other = (self.resolve(str(i)) for i in ids)
+        stored = self.objects[object_type]
+        if primary not in stored or other not in stored:
+            return json_response(error_body("resource not found", "OBJECT_NOT_FOUND"), 404)
+        if primary == other:
+            return json_response(
+                error_body(f"Cannot merge {object_type[:-1]} {primary} with itself"), 400
+            )
+        kept, merged_in = stored.pop(primary), stored.pop(other)
+        new_id = str(next(self._ids))
+        record = {k: v for k, v in merged_in.items() if v}
+        record.update({k: v for k, v in kept.items() if v})  # the primary's values win
+        emails = [e for p in (kept, merged_in) for e in p.get(ADDITIONAL_EMAILS, "").split(";")]
+        if merged_in.get("email") and merged_in.get("email") != record.get("email"):
+            emails.append(merged_in["email"])
+        record.pop(ADDITIONAL_EMAILS, None)
+        if any(emails):
+            record[ADDITIONAL_EMAILS] = ";".join(dict.fromkeys(e for e in emails if e))
+        before = [i for p in (kept, merged_in) for i in p.get(MERGED_IDS, "").split(";") if i]
+        record[MERGED_IDS] = ";".join([*before, primary, other])
+        record["hs_object_id"] = new_id
+        for name in UNIQUE[object_type]:  # the merged-in record's own unique values
+            value = merged_in.get(name)
+            if value and value != record.get(name):
+                fold = value.lower() if name == "email" else value
+                self._merged_values[(object_type, name, fold)] = new_id
+        stored[new_id] = record
+        self.merged_into[primary] = self.merged_into[other] = new_id
+        self.associations = {
+            (
+                f,
+                self._moved(f, fid, object_type, primary, other, new_id),
+                t,
+                self._moved(t, tid, object_type, primary, other, new_id),
+            )
+            for f, fid, t, tid in self.associations
+        }
+        return json_response(_shown(new_id, record))
+
+    @staticmethod
+    def _moved(kind: str, object_id: str, merged: str, a: str, b: str, new_id: str) -> str:
+        return new_id if kind == merged and object_id in (a, b) else object_id
+
+    async def _update(self, request: web.Request) -> web.Response:
+        object_type = request.match_info["object_type"]
+        if object_type not in PROPERTIES:
+            return json_response(
+                error_body(f"Unable to infer object type from: {object_type}"), 400
+            )
+        object_id = self.resolve(request.match_info["object_id"])
+        if object_id not in self.objects[object_type]:
+            return json_response(error_body("resource not found", "OBJECT_NOT_FOUND"), 404)
+        try:
+            body = await request.json()
+        except ValueError:
+            return json_response(error_body("Invalid input JSON on line 1"), 400)
+        raw = body.get("properties") if isinstance(body, dict) else None
+        if not isinstance(raw, dict):
+            return json_response(error_body("Invalid input JSON: properties is required"), 400)
+        properties = {k: str(v) for k, v in raw.items() if v is not None}
+        problem = self._invalid_properties(object_type, properties) or self._unique_conflict(
+            object_type, object_id, properties
+        )
+        if problem:
+            category, message = problem
+            return json_response(
+                error_body(message, category), 409 if category == "CONFLICT" else 400
+            )
+        stored = self.objects[object_type][object_id]
+        stored.update(properties)
+        return json_response(_shown(object_id, stored))
+
+
+def _shown(object_id: str, stored: dict[str, str]) -> dict[str, Any]:
+    """A record the way HubSpot answers with one."""
+    now = _now()
+    return {
+        "id": object_id,
+        "properties": dict(stored),
+        "createdAt": now,
+        "updatedAt": now,
+        "archived": False,
+    }
 
 
 def _malformed_input(object_type: str, item: Any) -> str | None:

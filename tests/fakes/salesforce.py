@@ -8,16 +8,28 @@ every answer. Records are stored by external id, so a repeat upsert updates. It 
 what Salesforce refuses: more than 200 records, records of another type, unknown fields,
 a missing required field on create, a create-only field on update (``TaskSubtype``,
 ``Opportunity.ContactId``), a bad restricted-picklist value, an unknown owner, a ``Who``
-reference to a contact that does not exist, a date that is not ``YYYY-MM-DD``."""
+reference to a contact that does not exist, a date that is not ``YYYY-MM-DD``.
+
+It also answers the SOQL the writer sends (``GET .../query?q=SELECT f, ... FROM Object
+WHERE Field IN ('a', ...)``), updates by Id (``PATCH .../composite/sobjects``) and the SOAP
+API's ``merge()`` (``POST /services/Soap/u/XX.X``, partner WSDL, ``SessionHeader``): each
+MergeRequest is its own transaction; the records merged in are deleted (kept in
+``deleted`` with ``IsDeleted`` and ``MasterRecordId``, the way ``queryAll`` shows them);
+every record that looked up to one (``Task.WhoId``, ``Opportunity.ContactId``) now looks up
+to the master; the master keeps its own field values (the call sets none); a deleted record
+is out of reach of upserts by external id, ``Who`` references and queries. Call-wide
+refusals are SOAP faults with HTTP 500."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import date
 from typing import Any
+from xml.sax.saxutils import escape
 
 import pytest
 from aiohttp import web
@@ -36,8 +48,8 @@ FIELDS: dict[str, set[str]] = {
     },
     "Task": {
         "Switchboard_Id__c", "Subject", "ActivityDate", "Status", "Priority", "Description",
-        "OwnerId", "Type", "TaskSubtype", "CallDurationInSeconds", "CallDisposition", "Who",
-        "WhoId",
+        "OwnerId", "Type", "TaskSubtype", "CallDurationInSeconds", "CallDisposition",
+        "CallType", "Who", "WhoId",
     },
 }  # fmt: skip
 EXTERNAL_IDS = {
@@ -56,6 +68,7 @@ PICKLISTS = {
                          "Deferred"},
     ("Task", "Priority"): {"High", "Normal", "Low"},
     ("Task", "Type"): {"Call", "Email", "Meeting", "Other"},
+    ("Task", "CallType"): {"Internal", "Inbound", "Outbound"},
     ("Task", "TaskSubtype"): {"Task", "Email", "ListEmail", "Cadence", "Call", "LinkedIn"},
     ("Opportunity", "StageName"): {
         "Prospecting", "Qualification", "Needs Analysis", "Value Proposition",
@@ -66,7 +79,18 @@ PICKLISTS = {
 DATES = {"ActivityDate", "CloseDate"}
 NUMBERS = {"Amount", "CallDurationInSeconds"}
 KEY_PREFIXES = {"Contact": "003", "Opportunity": "006", "Task": "00T"}
+# Lookups to a Contact that merge() moves to the master record.
+CONTACT_LOOKUPS = {"Task": "WhoId", "Opportunity": "ContactId"}
+MERGE_LIMIT = 200  # MergeRequests per merge() call
 _PATH_VERSION = re.compile(r"v(\d+)\.0")
+_SOQL = re.compile(
+    r"SELECT\s+(?P<fields>[\w\s,]+?)\s+FROM\s+(?P<sobject>\w+)\s+"
+    r"WHERE\s+(?P<field>\w+)\s+IN\s*\((?P<values>.*)\)\s*",
+    re.IGNORECASE | re.DOTALL,
+)
+_SOQL_STRING = re.compile(r"'((?:[^'\\]|\\.)*)'")
+_SOQL_ESCAPE = re.compile(r"\\(.)")
+SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 
 
 def sf_errors(error_code: str, message: str, fields: list[str] | None = None) -> str:
@@ -90,10 +114,13 @@ class FakeSalesforce(FakeServer):
         self.token = token
         self.users = users if users is not None else {"005000000000001AAA", "005000000000002AAA"}
         self.records: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in FIELDS}
+        self.deleted: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in FIELDS}
         self.api_used = 0
         self.api_limit = api_limit
         self._ids = itertools.count(1)
         self._rejects: dict[str, dict[str, Any]] = {}
+        self._merge_faults: list[tuple[str, str]] = []
+        self.queries: list[str] = []  # every SOQL query received, as sent
 
     # -- what tests look at -------------------------------------------------------------
 
@@ -103,6 +130,10 @@ class FakeSalesforce(FakeServer):
     def reject(self, external_id: str, status_code: str, message: str) -> None:
         """Make every record with this external id fail with this per-record error."""
         self._rejects[external_id] = _error(status_code, message)
+
+    def fault_next_merge(self, code: str, message: str) -> None:
+        """Answer the next ``merge()`` call with this SOAP fault."""
+        self._merge_faults.append((code, message))
 
     def request_limit_exceeded(self) -> None:
         self.fail_next(
@@ -120,8 +151,13 @@ class FakeSalesforce(FakeServer):
         app.router.add_patch(
             "/services/data/{version}/composite/sobjects/{sobject}/{field}", self._upsert
         )
+        app.router.add_patch("/services/data/{version}/composite/sobjects", self._update)
+        app.router.add_get("/services/data/{version}/query", self._query)
+        app.router.add_post("/services/Soap/u/{version}", self._soap)
 
     def authorized(self, request: web.Request) -> web.StreamResponse | None:
+        if request.path.startswith("/services/Soap/"):
+            return None  # SOAP carries its session in the envelope: see _soap
         if request.headers.get("Authorization") == f"Bearer {self.token}":
             self.api_used += 1
             return None
@@ -251,6 +287,145 @@ class FakeSalesforce(FakeServer):
     def _new_id(self, sobject: str) -> str:
         return f"{KEY_PREFIXES[sobject]}{next(self._ids):012d}AAA"
 
+    async def _update(self, request: web.Request) -> web.Response:
+        """sObject Collections update: records by Id, SaveResults in input order."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return _refuse(400, "JSON_PARSER_ERROR", "Unexpected character in request body")
+        records = body.get("records") if isinstance(body, dict) else None
+        if not isinstance(records, list) or not records or len(records) > BATCH_LIMIT:
+            return _refuse(400, "INVALID_INPUT", f"records must hold 1 to {BATCH_LIMIT} records")
+        results: list[dict[str, Any]] = []
+        for record in records:
+            sobject = (
+                (record.get("attributes") or {}).get("type") if isinstance(record, dict) else None
+            )
+            if sobject not in FIELDS:
+                return _refuse(400, "INVALID_TYPE", "Must send a concrete entity type.")
+            record_id = str(record.get("Id", ""))
+            fields = {k: v for k, v in record.items() if k not in ("attributes", "Id")}
+            refused = _malformed(sobject, {"attributes": record["attributes"], **fields})
+            if refused is not None:
+                return refused
+            if record_id not in self.records[sobject]:
+                code = (
+                    "ENTITY_IS_DELETED"
+                    if record_id in self.deleted[sobject]
+                    else ("INVALID_CROSS_REFERENCE_KEY")
+                )
+                results.append({"success": False, "errors": [_error(code, "invalid id")]})
+                continue
+            key = EXTERNAL_IDS[sobject]
+            holders = self.find(sobject, key, fields.get(key)) if key in fields else []
+            if any(h["Id"] != record_id for h in holders):
+                duplicate = _error("DUPLICATE_VALUE", f"duplicate value found: {key}", [key])
+                results.append({"success": False, "errors": [duplicate]})
+                continue
+            self.records[sobject][record_id].update(fields)
+            results.append({"id": record_id, "success": True, "errors": []})
+        return json_response(results)
+
+    async def _query(self, request: web.Request) -> web.Response:
+        """The SOQL the writer sends: ``SELECT f, ... FROM O WHERE F IN ('a', ...)``."""
+        soql = request.query.get("q", "")
+        self.queries.append(soql)
+        match = _SOQL.fullmatch(soql)
+        if match is None:
+            return _refuse(400, "MALFORMED_QUERY", f"unexpected token in: {soql[:80]}")
+        sobject, field = match["sobject"], match["field"]
+        fields = [f.strip() for f in match["fields"].split(",")]
+        if sobject not in FIELDS:
+            return _refuse(400, "INVALID_TYPE", f"sObject type '{sobject}' is not supported.")
+        for name in [*fields, field]:
+            if name != "Id" and name not in FIELDS[sobject]:
+                return _refuse(
+                    400, "INVALID_FIELD", f"No such column '{name}' on entity '{sobject}'."
+                )
+        values = {_SOQL_ESCAPE.sub(r"\1", v) for v in _SOQL_STRING.findall(match["values"])}
+        version = request.match_info["version"]
+        rows = [
+            {
+                "attributes": {
+                    "type": sobject,
+                    "url": f"/services/data/{version}/sobjects/{sobject}/{r['Id']}",
+                },
+                **{name: r.get(name) for name in fields},
+            }
+            for r in self.records[sobject].values()
+            if str(r.get(field)) in values
+        ]
+        return json_response({"totalSize": len(rows), "done": True, "records": rows})
+
+    async def _soap(self, request: web.Request) -> web.Response:
+        """The SOAP API, as far as ``merge()`` of Contacts goes."""
+        try:
+            root = ET.fromstring(await request.text())
+        except ET.ParseError:
+            return _fault("INVALID_XML", "The request is not well-formed XML", "soapenv:Client")
+        if "SOAPAction" not in request.headers:
+            return _fault("INVALID_SOAP_HEADER", "Missing SOAPAction header", "soapenv:Client")
+        session = next((e.text for e in root.iter() if _local(e.tag) == "sessionId"), None)
+        if session != self.token:
+            return _fault(
+                "INVALID_SESSION_ID", "Invalid Session ID found in SessionHeader: Illegal Session"
+            )
+        self.api_used += 1
+        if self._merge_faults:
+            return _fault(*self._merge_faults.pop(0))
+        call = next((e for e in root.iter() if _local(e.tag) == "merge"), None)
+        if call is None:
+            return _fault("UNKNOWN_EXCEPTION", "only merge() is implemented here")
+        requests = [e for e in call if _local(e.tag) == "request"]
+        if not requests or len(requests) > MERGE_LIMIT:
+            return _fault(
+                "LIMIT_EXCEEDED", f"merge() takes 1 to {MERGE_LIMIT} MergeRequests a call"
+            )
+        results = [self._merge_one(r) for r in requests]
+        return web.Response(
+            status=200,
+            text=_envelope("<mergeResponse>" + "".join(results) + "</mergeResponse>"),
+            content_type="text/xml",
+        )
+
+    def _merge_one(self, merge_request: ET.Element) -> str:
+        """One MergeRequest, in its own transaction: its MergeResult as XML."""
+        master = next((e for e in merge_request if _local(e.tag) == "masterRecord"), None)
+        parts = (
+            {_local(e.tag): (e.text or "").strip() for e in master} if master is not None else {}
+        )
+        others = [
+            (e.text or "").strip() for e in merge_request if _local(e.tag) == "recordToMergeIds"
+        ]
+        sobject, master_id = parts.get("type", ""), parts.get("Id", "")
+        if sobject != "Contact":
+            return _merge_failure("INVALID_TYPE", f"Cannot merge records of type {sobject!r}")
+        if not 1 <= len(others) <= 2:
+            return _merge_failure("INVALID_OPERATION", "Merge 1 or 2 records into the master")
+        for record_id in [master_id, *others]:
+            if record_id in self.deleted[sobject]:
+                return _merge_failure("ENTITY_IS_DELETED", f"entity is deleted: {record_id}")
+            if record_id not in self.records[sobject]:
+                return _merge_failure("INVALID_CROSS_REFERENCE_KEY", f"invalid id: {record_id}")
+        if master_id in others:
+            return _merge_failure("INVALID_ID_FIELD", "The master record cannot be merged")
+        updated = []
+        for other in others:
+            gone = self.records[sobject].pop(other)
+            self.deleted[sobject][other] = {**gone, "IsDeleted": True, "MasterRecordId": master_id}
+            for child_type, lookup in CONTACT_LOOKUPS.items():
+                for child in self.records[child_type].values():
+                    if child.get(lookup) == other:
+                        child[lookup] = master_id
+                        updated.append(child["Id"])
+        return (
+            f"<result><id>{master_id}</id>"
+            + "".join(f"<mergedRecordIds>{o}</mergedRecordIds>" for o in others)
+            + "<success>true</success>"
+            + "".join(f"<updatedRelatedIds>{u}</updatedRelatedIds>" for u in updated)
+            + "</result>"
+        )
+
 
 def _malformed(sobject: str, record: Any) -> web.Response | None:
     """A whole-call refusal for a record Salesforce cannot deserialize."""
@@ -286,6 +461,43 @@ def _malformed(sobject: str, record: Any) -> web.Response | None:
                 f"Cannot deserialize instance of double from VALUE_STRING value {value}",
             )
     return None
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _envelope(body: str) -> str:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f'<soapenv:Envelope xmlns:soapenv="{SOAP_ENV}" xmlns="urn:partner.soap.sforce.com" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+        f"<soapenv:Body>{body}</soapenv:Body></soapenv:Envelope>"
+    )
+
+
+def _fault(code: str, message: str, faultcode: str = "") -> web.Response:
+    """A call-wide SOAP refusal: HTTP 500 with a Fault naming the exception code."""
+    text = escape(f"{code}: {message}")
+    detail = (
+        f'<detail><sf:UnexpectedErrorFault xsi:type="sf:UnexpectedErrorFault" '
+        f'xmlns:sf="urn:fault.partner.soap.sforce.com"><sf:exceptionCode>{code}'
+        f"</sf:exceptionCode><sf:exceptionMessage>{escape(message)}</sf:exceptionMessage>"
+        "</sf:UnexpectedErrorFault></detail>"
+    )
+    fault = (
+        f'<soapenv:Fault xmlns:sf="urn:fault.partner.soap.sforce.com">'
+        f"<faultcode>{faultcode or 'sf:' + code}</faultcode>"
+        f"<faultstring>{text}</faultstring>{detail}</soapenv:Fault>"
+    )
+    return web.Response(status=500, text=_envelope(fault), content_type="text/xml")
+
+
+def _merge_failure(code: str, message: str) -> str:
+    return (
+        f"<result><errors><message>{escape(message)}</message><statusCode>{code}</statusCode>"
+        '</errors><id xsi:nil="true"/><success>false</success></result>'
+    )
 
 
 def _is_date(value: Any) -> bool:

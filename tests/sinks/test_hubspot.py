@@ -19,6 +19,9 @@ from tests.records import crm_command
 
 ISSUED = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 AUTH = "Bearer pat-na1-test"
+# HubSpot's default call outcomes, as hs_call_disposition takes them.
+CONNECTED = "f240bbac-87c9-4f6e-bf70-924b57d47db7"
+LEFT_VOICEMAIL = "b2cf5968-551e-4856-9783-52b3da59a7d0"
 
 
 @pytest.fixture
@@ -73,7 +76,14 @@ def test_contacts_upsert_by_email_or_by_switchboard_id(hubspot: FakeHubSpot) -> 
     [outcomes] = deliver(hubspot, records)
 
     assert outcomes == [None, None]
-    first, second = hubspot.requests
+    # Before writing, one read asks whether a merge retired any of the batch's contact ids.
+    [alias_read] = bodies(hubspot, "/notes/batch/read")
+    assert alias_read == {
+        "idProperty": "switchboard_command_id",
+        "inputs": [{"id": "merged-contact:c-1"}, {"id": "merged-contact:c-2"}],
+        "properties": ["switchboard_command_id"],
+    }
+    first, second = [r for r in hubspot.requests if r.path.endswith("/batch/upsert")]
     assert (first.method, first.path) == ("POST", "/crm/v3/objects/contacts/batch/upsert")
     assert first.headers["Authorization"] == AUTH
     assert first.body == {
@@ -237,9 +247,10 @@ ENGAGEMENTS = [
         {
             "hs_timestamp": "2026-03-02T09:00:00.000Z",
             "hs_call_title": "Call: connected",
-            "hs_call_body": "Wants a quote",
+            "hs_call_body": "Wants a quote\nOutcome: connected",
             "hs_call_duration": "95000",
             "hs_call_status": "COMPLETED",
+            "hs_call_disposition": CONNECTED,
         },
     ),
     (
@@ -449,3 +460,339 @@ def test_the_server_refuses_more_than_100_inputs_and_the_writer_never_sends_them
     sizes = [len(body["inputs"]) for body in bodies(hubspot, "/contacts/batch/upsert")]
     assert sizes == [101, 100, 50]  # the oversized probe above, then the writer's chunks
     assert len(hubspot.objects["contacts"]) == 150
+
+
+# -- MERGE_CONTACTS ----------------------------------------------------------------------
+
+
+def merge(survivor: str, retired: str, cid: str = "") -> dict[str, Any]:
+    payload = {"retired_contact_id": retired, "identifier": "+441234567890"}
+    return command("MERGE_CONTACTS", survivor, payload, cid)
+
+
+def deal(contact_id: str, deal_id: str, **fields: Any) -> dict[str, Any]:
+    payload = {
+        "deal_id": deal_id,
+        "name": f"Deal {deal_id}",
+        "stage": "appointmentscheduled",
+        "pipeline": None,
+        "amount_minor": None,
+        "currency": None,
+        **fields,
+    }
+    return command("CREATE_DEAL", contact_id, payload, f"cmd-{deal_id}")
+
+
+def activity(contact_id: str, activity_id: str, kind: str, **fields: Any) -> dict[str, Any]:
+    payload = {
+        "activity_id": activity_id,
+        "activity_type": kind,
+        "occurred_at": datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
+        "outcome": None,
+        "duration_seconds": None,
+        "summary": None,
+        "direction": None,
+        "status": None,
+        "handled_by": None,
+        "recording_url": None,
+        "title": None,
+        **fields,
+    }
+    return command("LOG_ACTIVITY", contact_id, payload, f"cmd-{activity_id}")
+
+
+def history(contact_id: str) -> list[dict[str, Any]]:
+    """A deal, a task, a call and a note for ``contact_id``."""
+    task = {
+        "task_id": f"t-{contact_id}",
+        "title": "Call back",
+        "due_at": datetime(2026, 3, 3, 14, 0, tzinfo=UTC),
+        "owner_id": None,
+        "priority": None,
+        "notes": None,
+    }
+    return [
+        deal(contact_id, f"d-{contact_id}"),
+        command("CREATE_TASK", contact_id, task, f"cmd-t-{contact_id}"),
+        activity(contact_id, f"a-{contact_id}", "call", summary="Asked for a quote"),
+        command("ADD_NOTE", contact_id, {"note_id": "n", "body": "VIP"}, f"cmd-n-{contact_id}"),
+    ]
+
+
+def contact_of(fake: FakeHubSpot, contact_id: str) -> str:
+    [stored] = fake.find("contacts", "switchboard_contact_id", contact_id)
+    return stored["hs_object_id"]
+
+
+@pytest.mark.parametrize("merged_values_resolve", [False, True])
+def test_a_merge_moves_everything_to_the_survivor_and_later_commands_follow(
+    merged_values_resolve: bool,
+) -> None:
+    with FakeHubSpot.running(merged_values_resolve=merged_values_resolve) as hubspot:
+        deliver(
+            hubspot,
+            [contact("c-1", "ada@example.com"), contact("c-2", "ada@work.example")],
+            history("c-1")[:1] + history("c-2")[:1],  # one record per contact and batch
+            history("c-1")[1:2] + history("c-2")[1:2],
+            history("c-1")[2:3] + history("c-2")[2:3],
+            history("c-1")[3:] + history("c-2")[3:],
+        )
+        survivor, retired = contact_of(hubspot, "c-1"), contact_of(hubspot, "c-2")
+
+        [[outcome]] = deliver(hubspot, [merge("c-1", "c-2")])
+
+        assert outcome is None
+        assert bodies(hubspot, "/contacts/merge") == [
+            {"primaryObjectId": survivor, "objectIdToMerge": retired}
+        ]
+        [(merged_id, merged)] = hubspot.objects["contacts"].items()
+        assert merged_id not in (survivor, retired)  # HubSpot makes a new record...
+        assert hubspot.resolve(retired) == hubspot.resolve(survivor) == merged_id  # ...for both
+        assert merged["switchboard_contact_id"] == "c-1"
+        assert merged["email"] == "ada@example.com"
+        assert merged["hs_additional_emails"] == "ada@work.example"
+        for kind, count in (("deals", 2), ("tasks", 2), ("calls", 2), ("notes", 3)):
+            tied = hubspot.associated(kind, merged_id)
+            assert tied == set(hubspot.objects[kind]) and len(tied) == count, kind
+        [alias] = hubspot.find("notes", "switchboard_command_id", "merged-contact:c-2")
+        assert "merged contact c-2 into c-1" in alias["hs_note_body"]
+        assert "+441234567890" in alias["hs_note_body"]
+
+        # Commands issued for c-2 before the merge, arriving after it.
+        late = [
+            contact("c-2", "ada@work.example", phone="+447700900123"),
+            activity("c-2", "a-late", "sms", summary="On my way"),
+            deal("c-2", "d-late"),
+        ]
+        outcomes = deliver(hubspot, *([record] for record in late))
+
+        assert outcomes == [[None], [None], [None]]
+        [(still_merged, after)] = hubspot.objects["contacts"].items()
+        assert still_merged == merged_id
+        assert after["switchboard_contact_id"] == "c-1"
+        assert after["phone"] == "+447700900123"
+        [late_upsert] = bodies(hubspot, "/contacts/batch/upsert")[-1:]
+        assert late_upsert["inputs"][0]["id"] == "c-1"
+        assert late_upsert["inputs"][0]["idProperty"] == "switchboard_contact_id"
+        [sms_id] = hubspot.objects["communications"]
+        late_deal = hubspot.find("deals", "switchboard_deal_id", "d-late")[0]["hs_object_id"]
+        assert sms_id in hubspot.associated("communications", merged_id)
+        assert late_deal in hubspot.associated("deals", merged_id)
+
+
+def test_a_replayed_merge_changes_nothing(hubspot: FakeHubSpot) -> None:
+    deliver(hubspot, [contact("c-1"), contact("c-2")], history("c-2")[:1])
+    outcomes = deliver(hubspot, [merge("c-1", "c-2")], [merge("c-1", "c-2")])
+
+    assert outcomes == [[None], [None]]
+    assert len(bodies(hubspot, "/contacts/merge")) == 1
+    [merged_id] = hubspot.objects["contacts"]
+    assert len(hubspot.find("notes", "switchboard_command_id", "merged-contact:c-2")) == 1
+    assert len(hubspot.associated("notes", merged_id)) == 1
+    assert hubspot.associated("deals", merged_id) == set(hubspot.objects["deals"])
+
+
+def test_a_merge_into_another_survivor_after_the_first_is_a_no_op(hubspot: FakeHubSpot) -> None:
+    deliver(hubspot, [contact("c-1"), contact("c-2"), contact("c-3")], [merge("c-1", "c-2")])
+    [[outcome]] = deliver(hubspot, [merge("c-3", "c-2", "cmd-again")])
+
+    assert outcome is None
+    assert len(bodies(hubspot, "/contacts/merge")) == 1
+    assert len(hubspot.objects["contacts"]) == 2
+    [alias] = hubspot.find("notes", "switchboard_command_id", "merged-contact:c-2")
+    assert hubspot.associated("notes", contact_of(hubspot, "c-1")) == {alias["hs_object_id"]}
+
+
+def test_merging_an_unknown_retired_contact_only_keeps_the_alias(hubspot: FakeHubSpot) -> None:
+    deliver(hubspot, [contact("c-1", "ada@example.com")])
+    survivor = contact_of(hubspot, "c-1")
+
+    [[outcome]] = deliver(hubspot, [merge("c-1", "c-9")])
+
+    assert outcome is None
+    assert bodies(hubspot, "/contacts/merge") == []
+    assert list(hubspot.objects["contacts"]) == [survivor]
+    # c-9's own commands, still on their way, land on c-1 rather than make a contact.
+    outcomes = deliver(hubspot, [contact("c-9", phone="+15550100")], history("c-9")[:1])
+    assert outcomes == [[None], [None]]
+    assert list(hubspot.objects["contacts"]) == [survivor]
+    assert hubspot.objects["contacts"][survivor]["phone"] == "+15550100"
+    assert hubspot.associated("deals", survivor) == set(hubspot.objects["deals"])
+
+
+def test_when_only_the_retired_contact_exists_it_becomes_the_survivor(
+    hubspot: FakeHubSpot,
+) -> None:
+    deliver(hubspot, [contact("c-2")], history("c-2")[:1])
+    retired = contact_of(hubspot, "c-2")
+
+    [[outcome]] = deliver(hubspot, [merge("c-1", "c-2")])
+
+    assert outcome is None
+    assert bodies(hubspot, "/contacts/merge") == []
+    assert hubspot.objects["contacts"][retired]["switchboard_contact_id"] == "c-1"
+    assert deliver(hubspot, history("c-1")[3:], history("c-2")[3:]) == [[None], [None]]
+    assert len(hubspot.associated("notes", retired)) == 3  # two notes and the alias
+
+
+def test_a_merge_of_two_contacts_hubspot_never_saw_is_rejected(hubspot: FakeHubSpot) -> None:
+    [[outcome]] = deliver(hubspot, [merge("c-1", "c-2")])
+
+    assert isinstance(outcome, Rejected)
+    assert "neither is in HubSpot" in str(outcome)
+    assert hubspot.objects["notes"] == {}
+
+
+def test_a_refused_merge_is_rejected_with_hubspots_answer(hubspot: FakeHubSpot) -> None:
+    deliver(hubspot, [contact("c-1"), contact("c-2")])
+    hubspot.refuse_merges("Merging these contacts is not allowed")
+
+    [[outcome]] = deliver(hubspot, [merge("c-1", "c-2")])
+
+    assert isinstance(outcome, Rejected)
+    assert "HTTP 400 VALIDATION_ERROR: Merging these contacts is not allowed" in str(outcome)
+    assert len(hubspot.objects["contacts"]) == 2
+
+    hubspot.refuse_merges(None)  # the portal was fixed: the redelivered command merges
+    assert deliver(hubspot, [merge("c-1", "c-2")]) == [[None]]
+    assert len(hubspot.objects["contacts"]) == 1
+
+
+# -- LOG_ACTIVITY: calls, forms, payments --------------------------------------------------
+
+
+def test_a_calls_direction_status_outcome_recording_and_handler_land(
+    hubspot: FakeHubSpot,
+) -> None:
+    calls = [
+        activity(
+            "c-1",
+            "a-1",
+            "call",
+            direction="inbound",
+            status="completed",
+            outcome="voicemail",
+            duration_seconds=192,
+            summary="Caller asked about boiler servicing.",
+            handled_by="Aria (voice AI)",
+            recording_url="https://recordings.example.com/a-1.mp3",
+            title="Inbound call (completed, 3m 12s)",
+        ),
+        activity(
+            "c-2",
+            "a-2",
+            "call",
+            direction="outbound",
+            status="no-answer",
+            handled_by="rep-7",
+        ),
+        activity("c-3", "a-3", "call", status="dropped", outcome="interested"),
+    ]
+    outcomes = deliver(
+        hubspot,
+        [contact("c-1"), contact("c-2"), contact("c-3")],
+        calls,
+        owner_ids={"rep-7": "9001"},
+    )
+
+    assert outcomes == [[None] * 3, [None] * 3]
+    stored = {p["switchboard_command_id"]: p for p in hubspot.objects["calls"].values()}
+    first = stored["cmd-a-1"]
+    assert {k: v for k, v in first.items() if k.startswith("hs_call")} == {
+        "hs_call_title": "Inbound call (completed, 3m 12s)",
+        "hs_call_body": "Caller asked about boiler servicing.\nOutcome: voicemail\n"
+        "Handled by: Aria (voice AI)",
+        "hs_call_direction": "INBOUND",
+        "hs_call_duration": "192000",
+        "hs_call_status": "COMPLETED",
+        "hs_call_disposition": LEFT_VOICEMAIL,
+        "hs_call_recording_url": "https://recordings.example.com/a-1.mp3",
+    }
+    assert "hubspot_owner_id" not in first  # the assistant is no HubSpot owner
+    second = stored["cmd-a-2"]
+    assert second["hs_call_direction"] == "OUTBOUND"
+    assert second["hs_call_status"] == "NO_ANSWER"
+    assert second["hs_call_disposition"] == "73a0d17f-1163-4015-bdd5-ec830791da20"
+    assert second["hubspot_owner_id"] == "9001"
+    assert second["hs_call_title"] == "Call"
+    third = stored["cmd-a-3"]  # neither maps to HubSpot's words: both stay in the body
+    assert third["hs_call_status"] == "COMPLETED"
+    assert "hs_call_disposition" not in third
+    assert third["hs_call_body"] == "Outcome: interested\nStatus: dropped"
+
+
+def test_an_activity_with_an_unknown_direction_is_rejected_without_a_call(
+    hubspot: FakeHubSpot,
+) -> None:
+    [[outcome]] = deliver(hubspot, [activity("c-1", "a-1", "call", direction="sideways")])
+
+    assert isinstance(outcome, Rejected) and "sideways" in str(outcome)
+    assert hubspot.requests == []
+
+
+def test_forms_and_payments_become_notes_headed_by_their_title(hubspot: FakeHubSpot) -> None:
+    records = [
+        activity(
+            "c-1",
+            "a-form",
+            "form",
+            title="Request a quote (website)",
+            summary="Service: boiler installation\nPostcode: 1000-001",
+        ),
+        activity("c-2", "a-pay", "payment", outcome="succeeded", summary="EUR 1,250.00 by card"),
+    ]
+    outcomes = deliver(hubspot, [contact("c-1"), contact("c-2")], records)
+
+    assert outcomes == [[None, None], [None, None]]
+    [form] = hubspot.find("notes", "switchboard_command_id", "cmd-a-form")
+    [payment] = hubspot.find("notes", "switchboard_command_id", "cmd-a-pay")
+    assert form["hs_note_body"] == (
+        "Request a quote (website)\nService: boiler installation\nPostcode: 1000-001"
+    )
+    assert form["hs_timestamp"] == "2026-03-02T09:00:00.000Z"
+    assert payment["hs_note_body"] == "Payment: succeeded\nEUR 1,250.00 by card"
+    assert hubspot.associated("notes", contact_of(hubspot, "c-1")) == {form["hs_object_id"]}
+    assert hubspot.associated("notes", contact_of(hubspot, "c-2")) == {payment["hs_object_id"]}
+
+
+# -- UPDATE_DEAL_STAGE with an amount ----------------------------------------------------
+
+
+def test_a_stage_update_with_an_amount_sets_it_and_one_without_leaves_it(
+    hubspot: FakeHubSpot,
+) -> None:
+    def stage(stage: str, amount_minor: int | None, currency: str | None) -> dict[str, Any]:
+        payload = {
+            "deal_id": "d-1",
+            "stage": stage,
+            "previous_stage": None,
+            "amount_minor": amount_minor,
+            "currency": currency,
+        }
+        return command("UPDATE_DEAL_STAGE", "c-1", payload, f"cmd-{stage}")
+
+    outcomes = deliver(
+        hubspot,
+        [contact("c-1")],
+        [deal("c-1", "d-1", amount_minor=129_950, currency="EUR")],
+        [stage("contractsent", 125_000, "EUR")],
+        [stage("closedwon", None, None)],
+        [stage("closedlost", 125_000, "eur")],
+    )
+
+    assert outcomes[:4] == [[None], [None], [None], [None]]
+    [refused] = outcomes[4]
+    assert isinstance(refused, Rejected) and "'eur'" in str(refused)
+    with_amount, without = bodies(hubspot, "/deals/batch/upsert")[1:]
+    assert with_amount["inputs"][0]["properties"] == {
+        "dealstage": "contractsent",
+        "amount": "1250.00",
+        "deal_currency_code": "EUR",
+        "switchboard_deal_id": "d-1",
+    }
+    assert without["inputs"][0]["properties"] == {
+        "dealstage": "closedwon",
+        "switchboard_deal_id": "d-1",
+    }
+    [stored] = hubspot.objects["deals"].values()
+    assert (stored["dealstage"], stored["amount"]) == ("closedwon", "1250.00")

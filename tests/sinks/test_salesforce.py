@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -68,7 +69,9 @@ def test_contact_upsert_request(salesforce: FakeSalesforce) -> None:
     ([outcomes], writer) = deliver(salesforce, records)
 
     assert outcomes == [None, None]
-    [received] = salesforce.requests
+    # Before writing, one query asks whether a merge retired any of the batch's contact ids.
+    query, received = salesforce.requests
+    assert (query.method, query.path) == ("GET", "/services/data/v66.0/query")
     assert (received.method, received.path) == (
         "PATCH",
         f"{PATH}/Contact/Switchboard_Contact_Id__c",
@@ -96,7 +99,7 @@ def test_contact_upsert_request(salesforce: FakeSalesforce) -> None:
         ],
     }
     assert salesforce.find("Contact", "Switchboard_Contact_Id__c", "c-1")[0]["Title"] == "CTO"
-    assert writer.api_usage == (1, 15000)
+    assert writer.api_usage == (2, 15000)
 
 
 def test_set_owner_maps_the_rep_and_an_unknown_rep_is_rejected(
@@ -387,3 +390,346 @@ def test_the_server_refuses_over_200_and_create_only_updates_so_the_writer_never
     ]
     assert sizes == [201, 200, 50]
     assert len(salesforce.records["Contact"]) == 250
+
+
+# -- MERGE_CONTACTS ----------------------------------------------------------------------
+
+
+def merge(survivor: str, retired: str) -> dict[str, Any]:
+    payload = {"retired_contact_id": retired, "identifier": "ada@example.com"}
+    return command("MERGE_CONTACTS", survivor, payload)
+
+
+def activity(contact_id: str, activity_id: str, kind: str, **fields: Any) -> dict[str, Any]:
+    payload = {
+        "activity_id": activity_id,
+        "activity_type": kind,
+        "occurred_at": datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
+        "outcome": None,
+        "duration_seconds": None,
+        "summary": None,
+        "direction": None,
+        "status": None,
+        "handled_by": None,
+        "recording_url": None,
+        "title": None,
+        **fields,
+    }
+    return crm_command("LOG_ACTIVITY", contact_id, payload, f"cmd-{activity_id}", ISSUED)
+
+
+def history(contact_id: str) -> list[dict[str, Any]]:
+    """A task, a call and a note for ``contact_id``, each its own command."""
+    task = {
+        "task_id": "t",
+        "title": "Call back",
+        "due_at": datetime(2026, 3, 3, 14, 0, tzinfo=UTC),
+        "owner_id": None,
+        "priority": None,
+        "notes": None,
+    }
+    return [
+        crm_command("CREATE_TASK", contact_id, task, f"cmd-t-{contact_id}", ISSUED),
+        activity(contact_id, f"a-{contact_id}", "call", outcome="connected"),
+        crm_command("ADD_NOTE", contact_id, {"note_id": "n", "body": "VIP"}, f"cmd-n-{contact_id}"),
+    ]
+
+
+def contact_id(fake: FakeSalesforce, switchboard_id: str) -> str:
+    [record] = fake.find("Contact", "Switchboard_Contact_Id__c", switchboard_id)
+    return str(record["Id"])
+
+
+def soap_merges(fake: FakeSalesforce) -> list[list[tuple[str, str]]]:
+    """Each merge() call as its (master Id, Id to merge) pairs, checking its envelope."""
+    calls = []
+    for received in fake.requests:
+        if not received.path.startswith("/services/Soap/"):
+            continue
+        assert received.path == "/services/Soap/u/66.0"
+        assert received.headers["Content-Type"].startswith("text/xml")
+        assert received.headers["SOAPAction"] == "merge"
+        root = ET.fromstring(received.body)
+        ns = {
+            "soapenv": "http://schemas.xmlsoap.org/soap/envelope/",
+            "p": "urn:partner.soap.sforce.com",
+            "o": "urn:sobject.partner.soap.sforce.com",
+        }
+        assert root.findtext("soapenv:Header/p:SessionHeader/p:sessionId", namespaces=ns) == TOKEN
+        merge_requests = list(root.iterfind("soapenv:Body/p:merge/p:request", ns))
+        assert merge_requests
+        for r in merge_requests:
+            assert r.findtext("p:masterRecord/o:type", namespaces=ns) == "Contact"
+        calls.append(
+            [
+                (
+                    r.findtext("p:masterRecord/o:Id", namespaces=ns) or "",
+                    r.findtext("p:recordToMergeIds", namespaces=ns) or "",
+                )
+                for r in merge_requests
+            ]
+        )
+    return calls
+
+
+def test_a_merge_moves_the_retired_contacts_tasks_and_later_commands_follow(
+    salesforce: FakeSalesforce,
+) -> None:
+    deliver(salesforce, [contact("c-1"), contact("c-2")])
+    deliver(salesforce, *([record] for record in history("c-1") + history("c-2")))
+    survivor, retired = contact_id(salesforce, "c-1"), contact_id(salesforce, "c-2")
+    retired_tasks = {t["Id"] for t in salesforce.find("Task", "WhoId", retired)}
+    assert len(retired_tasks) == 3
+
+    ([[outcome]], _) = deliver(salesforce, [merge("c-1", "c-2")])
+
+    assert outcome is None
+    assert soap_merges(salesforce) == [[(survivor, retired)]]
+    assert list(salesforce.records["Contact"]) == [survivor]
+    assert salesforce.deleted["Contact"][retired]["MasterRecordId"] == survivor
+    assert {t["Id"] for t in salesforce.find("Task", "WhoId", survivor)} >= retired_tasks
+    [alias] = salesforce.find("Task", "Switchboard_Id__c", "merged-contact:c-2")
+    assert alias["WhoId"] == survivor
+    assert (alias["Type"], alias["Status"]) == ("Other", "Completed")
+    assert "ada@example.com" in alias["Description"]
+
+    # Commands issued for c-2 before the merge, arriving after it.
+    late = [contact("c-2", phone="+447700900123"), activity("c-2", "a-late", "sms")]
+    (outcomes, _) = deliver(salesforce, *([record] for record in late))
+
+    assert outcomes == [[None], [None]]
+    assert list(salesforce.records["Contact"]) == [survivor]
+    stored = salesforce.records["Contact"][survivor]
+    assert (stored["Switchboard_Contact_Id__c"], stored["Phone"]) == ("c-1", "+447700900123")
+    [sms] = salesforce.find("Task", "Switchboard_Id__c", "cmd-a-late")
+    assert sms["WhoId"] == survivor
+    upserts = [r for r in salesforce.requests if r.method == "PATCH"][-2:]
+    assert upserts[0].body["records"][0]["Switchboard_Contact_Id__c"] == "c-1"
+    assert upserts[1].body["records"][0]["Who"]["Switchboard_Contact_Id__c"] == "c-1"
+    assert any("merged-contact:c-2" in q for q in salesforce.queries)
+
+
+def test_a_replayed_merge_changes_nothing(salesforce: FakeSalesforce) -> None:
+    deliver(salesforce, [contact("c-1"), contact("c-2")])
+    (outcomes, _) = deliver(salesforce, [merge("c-1", "c-2")], [merge("c-1", "c-2")])
+
+    assert outcomes == [[None], [None]]
+    assert len(soap_merges(salesforce)) == 1
+    assert len(salesforce.records["Contact"]) == 1
+    assert len(salesforce.find("Task", "Switchboard_Id__c", "merged-contact:c-2")) == 1
+
+
+def test_merging_an_unknown_retired_contact_only_keeps_the_alias(
+    salesforce: FakeSalesforce,
+) -> None:
+    deliver(salesforce, [contact("c-1")])
+    survivor = contact_id(salesforce, "c-1")
+
+    ([[outcome]], _) = deliver(salesforce, [merge("c-1", "c-9")])
+
+    assert outcome is None
+    assert soap_merges(salesforce) == []
+    assert list(salesforce.records["Contact"]) == [survivor]
+    (outcomes, _) = deliver(salesforce, [contact("c-9", phone="+15550100")], history("c-9")[2:])
+    assert outcomes == [[None], [None]]
+    assert list(salesforce.records["Contact"]) == [survivor]
+    assert salesforce.records["Contact"][survivor]["Phone"] == "+15550100"
+    [note] = salesforce.find("Task", "Switchboard_Id__c", "cmd-n-c-9")
+    assert note["WhoId"] == survivor
+
+
+def test_when_only_the_retired_contact_exists_it_becomes_the_survivor(
+    salesforce: FakeSalesforce,
+) -> None:
+    deliver(salesforce, [contact("c-2")])
+    retired = contact_id(salesforce, "c-2")
+
+    ([[outcome]], _) = deliver(salesforce, [merge("c-1", "c-2")])
+
+    assert outcome is None
+    assert soap_merges(salesforce) == []
+    assert salesforce.records["Contact"][retired]["Switchboard_Contact_Id__c"] == "c-1"
+    rename = next(r for r in salesforce.requests if r.path.endswith("/composite/sobjects"))
+    assert rename.body == {
+        "allOrNone": False,
+        "records": [
+            {"attributes": {"type": "Contact"}, "Id": retired, "Switchboard_Contact_Id__c": "c-1"}
+        ],
+    }
+    (outcomes, _) = deliver(salesforce, history("c-2")[2:], history("c-1")[2:])
+    assert outcomes == [[None], [None]]
+    assert len(salesforce.find("Task", "WhoId", retired)) == 3  # two notes and the alias
+
+
+def test_a_merge_of_two_contacts_salesforce_never_saw_is_rejected(
+    salesforce: FakeSalesforce,
+) -> None:
+    ([[outcome]], _) = deliver(salesforce, [merge("c-1", "c-2")])
+
+    assert isinstance(outcome, Rejected) and "neither is in Salesforce" in str(outcome)
+    assert salesforce.records["Task"] == {}
+
+
+def test_merge_faults_are_retryable_or_rejected_by_their_code(
+    salesforce: FakeSalesforce,
+) -> None:
+    deliver(salesforce, [contact("c-1"), contact("c-2")])
+    salesforce.fault_next_merge("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+    with pytest.raises(Retryable, match="REQUEST_LIMIT_EXCEEDED"):
+        deliver(salesforce, [merge("c-1", "c-2")])
+
+    salesforce.fault_next_merge("INVALID_OPERATION", "Contacts with portal users cannot merge")
+    ([[outcome]], _) = deliver(salesforce, [merge("c-1", "c-2")])
+    assert isinstance(outcome, Rejected) and "portal users" in str(outcome)
+    assert "<faultcode>sf:INVALID_OPERATION</faultcode>" in outcome.answer
+
+    # The alias was written before each try; the next delivery still merges.
+    ([[outcome]], _) = deliver(salesforce, [merge("c-1", "c-2")])
+    assert outcome is None
+    assert len(salesforce.records["Contact"]) == 1
+    assert len(salesforce.find("Task", "Switchboard_Id__c", "merged-contact:c-2")) == 1
+
+
+# -- LOG_ACTIVITY: calls, forms, payments --------------------------------------------------
+
+
+def test_a_calls_direction_duration_disposition_recording_and_handler_land(
+    salesforce: FakeSalesforce,
+) -> None:
+    calls = [
+        activity(
+            "c-1",
+            "a-1",
+            "call",
+            direction="inbound",
+            status="completed",
+            outcome="booked",
+            duration_seconds=192,
+            summary="Caller asked about boiler servicing.",
+            handled_by="Aria (voice AI)",
+            recording_url="https://recordings.example.com/a-1.mp3",
+            title="Inbound call (completed, 3m 12s)",
+        ),
+        activity(
+            "c-2", "a-2", "call", direction="outbound", status="no-answer", handled_by="rep-7"
+        ),
+    ]
+    (outcomes, _) = deliver(
+        salesforce, [contact("c-1"), contact("c-2")], calls, owner_ids={"rep-7": USER}
+    )
+
+    assert outcomes == [[None, None], [None, None]]
+    first = salesforce.requests[-1].body["records"][0]
+    assert {k: v for k, v in first.items() if k not in ("attributes", "Who")} == {
+        "Switchboard_Id__c": "cmd-a-1",
+        "Subject": "Inbound call (completed, 3m 12s)",
+        "Type": "Call",
+        "Status": "Completed",
+        "ActivityDate": "2026-03-02",
+        "Description": "Caller asked about boiler servicing.\nStatus: completed\n"
+        "Recording: https://recordings.example.com/a-1.mp3\nHandled by: Aria (voice AI)",
+        "CallType": "Inbound",
+        "CallDurationInSeconds": 192,
+        "CallDisposition": "booked",
+    }
+    [second] = salesforce.find("Task", "Switchboard_Id__c", "cmd-a-2")
+    assert (second["Subject"], second["CallType"], second["CallDisposition"]) == (
+        "Call",
+        "Outbound",
+        "no-answer",
+    )
+    assert second["OwnerId"] == USER
+    assert second["Description"] == "Handled by: rep-7"
+
+
+def test_an_activity_with_an_unknown_direction_is_rejected_without_a_call(
+    salesforce: FakeSalesforce,
+) -> None:
+    ([[outcome]], _) = deliver(salesforce, [activity("c-1", "a-1", "sms", direction="up")])
+
+    assert isinstance(outcome, Rejected) and "'up'" in str(outcome)
+    assert salesforce.requests == []
+
+
+def test_forms_and_payments_are_other_tasks_with_a_clear_subject(
+    salesforce: FakeSalesforce,
+) -> None:
+    records = [
+        activity(
+            "c-1",
+            "a-form",
+            "form",
+            title="Request a quote (website)",
+            summary="Service: boiler installation",
+        ),
+        activity("c-2", "a-pay", "payment", outcome="succeeded", summary="EUR 1,250.00 by card"),
+    ]
+    (outcomes, _) = deliver(salesforce, [contact("c-1"), contact("c-2")], records)
+
+    assert outcomes == [[None, None], [None, None]]
+    [form] = salesforce.find("Task", "Switchboard_Id__c", "cmd-a-form")
+    [payment] = salesforce.find("Task", "Switchboard_Id__c", "cmd-a-pay")
+    assert (form["Type"], form["Status"], form["Subject"], form["Description"]) == (
+        "Other",
+        "Completed",
+        "Request a quote (website)",
+        "Service: boiler installation",
+    )
+    assert (payment["Type"], payment["Subject"], payment["Description"]) == (
+        "Other",
+        "Payment: succeeded",
+        "EUR 1,250.00 by card",
+    )
+    assert "CallType" not in payment and "CallDisposition" not in payment
+    assert form["WhoId"] == contact_id(salesforce, "c-1")
+
+
+# -- UPDATE_DEAL_STAGE with an amount ----------------------------------------------------
+
+
+def test_a_stage_update_with_an_amount_sets_it_and_one_without_leaves_it(
+    salesforce: FakeSalesforce,
+) -> None:
+    def stage(name: str, amount_minor: int | None, currency: str | None) -> dict[str, Any]:
+        payload = {
+            "deal_id": "d-1",
+            "stage": name,
+            "previous_stage": None,
+            "amount_minor": amount_minor,
+            "currency": currency,
+        }
+        return command("UPDATE_DEAL_STAGE", "c-1", payload)
+
+    create = command(
+        "CREATE_DEAL",
+        "c-1",
+        {
+            "deal_id": "d-1",
+            "name": "Boiler",
+            "stage": "Prospecting",
+            "pipeline": None,
+            "amount_minor": 129_950,
+            "currency": "EUR",
+        },
+    )
+    (outcomes, _) = deliver(
+        salesforce,
+        [create],
+        [stage("Negotiation/Review", 125_000, "EUR")],
+        [stage("Closed Won", None, None)],
+        [stage("Closed Lost", 125_000, "euro")],
+        [stage("Closed Won", 500, "JPY")],
+    )
+
+    assert outcomes[:3] == [[None], [None], [None]]
+    [refused] = outcomes[3]
+    assert isinstance(refused, Rejected) and "'euro'" in str(refused)
+    with_amount, without, yen = (
+        r.body["records"][0] for r in salesforce.requests[1:] if r.method == "PATCH"
+    )
+    assert with_amount["Amount"] == 1250.0
+    assert "Amount" not in without
+    assert yen["Amount"] == 500.0
+    assert salesforce.queries == []  # deals are not tied to contacts: no alias query
+    [deal] = salesforce.records["Opportunity"].values()
+    assert (deal["StageName"], deal["Amount"]) == ("Closed Won", 500.0)

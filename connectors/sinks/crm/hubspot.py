@@ -5,13 +5,29 @@ made the first time and changes nothing (invariant 2):
 
 - contacts by ``email``, or by ``switchboard_contact_id`` when the command has no e-mail;
   every contact carries ``switchboard_contact_id`` so the other commands can find it;
-- deals by ``switchboard_deal_id`` (CREATE_DEAL and UPDATE_DEAL_STAGE reach the same deal);
+- deals by ``switchboard_deal_id`` (CREATE_DEAL and UPDATE_DEAL_STAGE reach the same deal;
+  UPDATE_DEAL_STAGE sets ``amount`` and ``deal_currency_code`` too when it carries an amount);
 - tasks, calls, meetings, e-mails, SMS (communications) and notes by
-  ``switchboard_command_id``, the command's idempotency key.
+  ``switchboard_command_id``, the command's idempotency key. LOG_ACTIVITY of a form or a
+  payment has no engagement type of its own: it becomes a note headed by its title.
 
 Batch upsert takes no associations, so a deal or activity is tied to its contact afterwards
 with the v4 "associate default" batch call, which is idempotent too. The portal needs the
 custom unique-value properties above (``hasUniqueValue: true``) on each object it writes.
+
+MERGE_CONTACTS uses HubSpot's own merge (``POST /crm/v3/objects/contacts/merge``): HubSpot
+moves the retired contact's deals and activities to the merged record and keeps both old
+record ids pointing at it. It does not keep the retired contact's ``switchboard_contact_id``
+(the primary's values win; only e-mail has an exception, as an additional e-mail), so the
+writer keeps the alias itself: a note keyed ``switchboard_command_id =
+merged-contact:{retired id}``, tied to the survivor, written *before* the merge call. HubSpot
+moves that note along with every later merge of the survivor. Before writing, the writer
+reads those notes for the batch's contact ids (one batch read; two more only when one is
+found) and sends a retired id's commands to the survivor's record instead, so a command
+issued before the merge neither recreates the retired contact nor is refused. A merge is
+idempotent: replayed, the retired contact is no longer there (or the note says it was
+merged already) and only the note is written again. A retired id unknown to HubSpot gets
+the note alone; when only the retired contact exists, it is renamed to the survivor's id.
 
 Docs followed (developers.hubspot.com):
 
@@ -21,7 +37,15 @@ Docs followed (developers.hubspot.com):
 - batch read by ``idProperty``: /docs/api-reference/legacy/crm/objects/objects/batch/read
 - v4 default associations ``POST /crm/v4/associations/{from}/{to}/batch/associate/default``
   with ``inputs[{from: {id}, to: {id}}]``:
-  /docs/api-reference/legacy/crm/associations/associate-records/batch/create-associations
+  /docs/api-reference/legacy/crm/associations/associate-records/batch/create-associations;
+  v4 batch read ``POST /crm/v4/associations/{from}/{to}/batch/read`` with ``inputs[{id}]``,
+  answered ``results[{from: {id}, to: [{toObjectId, associationTypes}]}]``
+- merge ``POST /crm/v3/objects/contacts/merge`` with ``{primaryObjectId, objectIdToMerge}``,
+  answered with the merged record ``{id, properties, createdAt, updatedAt, archived}``:
+  /docs/api-reference/legacy/crm/objects/contacts/merge-contacts; the merged record gets a
+  new id and both old ids keep resolving to it (developer changelog, "Updated merge
+  functionality for contacts and companies"; knowledge.hubspot.com "Merge records")
+- update ``PATCH /crm/v3/objects/contacts/{contactId}`` with ``{properties}``
 - errors: /docs/api-reference/error-handling -- the body ``{status: "error", message,
   correlationId, category, errors[]}`` (every field optional); 207 multi-status when the
   inputs carry an ``objectWriteTraceId``, each error naming its inputs in
@@ -30,11 +54,16 @@ Docs followed (developers.hubspot.com):
   ``X-HubSpot-RateLimit-Max``/``-Remaining``/``-Interval-Milliseconds``
   (/docs/developer-tooling/platform/usage-guidelines).
 - engagement properties: tasks (``hs_task_subject``, ``hs_task_body``, ``hs_timestamp`` is
-  the due date, ``hs_task_priority``, ``hs_task_status``), calls (``hs_call_*``), notes
-  (``hs_note_body``, ``hs_timestamp``): /docs/api-reference/latest/crm/activities/*/guide."""
+  the due date, ``hs_task_priority``, ``hs_task_status``), calls (``hs_call_title``,
+  ``hs_call_body``, ``hs_call_direction`` INBOUND/OUTBOUND, ``hs_call_status``,
+  ``hs_call_duration`` in milliseconds, ``hs_call_recording_url``, ``hs_call_disposition``
+  = the id of a call outcome; the ids below are HubSpot's default outcomes), e-mails
+  (``hs_email_direction`` EMAIL/INCOMING_EMAIL), notes (``hs_note_body``, ``hs_timestamp``):
+  /docs/api-reference/latest/crm/activities/*/guide."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,6 +79,9 @@ BATCH_LIMIT = 100  # inputs per batch call (upsert, read, associate)
 CONTACT_KEY = "switchboard_contact_id"
 DEAL_KEY = "switchboard_deal_id"
 COMMAND_KEY = "switchboard_command_id"
+# The note that keeps a merged-away Switchboard contact id pointing at its survivor.
+ALIAS_PREFIX = "merged-contact:"
+MERGED_IDS = "hs_merged_object_ids"  # HubSpot's own list of the record ids merged into one
 
 # LOG_ACTIVITY's activity_type -> the HubSpot engagement object that records it.
 ACTIVITY_OBJECTS = {
@@ -57,8 +89,41 @@ ACTIVITY_OBJECTS = {
     "meeting": "meetings",
     "email": "emails",
     "sms": "communications",
+    "form": "notes",
+    "payment": "notes",
 }
+# How a form or payment is headed on the timeline when the command has no title.
+ACTIVITY_LABELS = {"form": "Form submission", "payment": "Payment"}
 TASK_PRIORITIES = {"low": "LOW", "medium": "MEDIUM", "normal": "MEDIUM", "high": "HIGH"}
+DIRECTIONS = {"inbound", "outbound"}
+EMAIL_DIRECTIONS = {"inbound": "INCOMING_EMAIL", "outbound": "EMAIL"}
+# The provider's call status -> hs_call_status. A logged call happened, so anything else
+# is COMPLETED (and the provider's word goes into the body).
+CALL_STATUSES = {
+    "completed": "COMPLETED",
+    "answered": "COMPLETED",
+    "voicemail": "COMPLETED",
+    "busy": "BUSY",
+    "no-answer": "NO_ANSWER",
+    "failed": "FAILED",
+    "canceled": "CANCELED",
+    "cancelled": "CANCELED",
+    "in-progress": "IN_PROGRESS",
+    "ringing": "RINGING",
+    "queued": "QUEUED",
+}
+# An outcome or status -> the id of HubSpot's default call outcome it names. Only these map
+# cleanly; any other outcome stays in the call's body alone.
+CALL_DISPOSITIONS = {
+    "connected": "f240bbac-87c9-4f6e-bf70-924b57d47db7",
+    "busy": "9d9162e7-6cf3-4944-bf63-4dff82258764",
+    "no-answer": "73a0d17f-1163-4015-bdd5-ec830791da20",
+    "voicemail": "b2cf5968-551e-4856-9783-52b3da59a7d0",
+    "left-voicemail": "b2cf5968-551e-4856-9783-52b3da59a7d0",
+    "left-live-message": "a4c4c377-d246-4b32-a13b-75a56a4cd0ff",
+    "wrong-number": "17b47fee-58de-441e-a44c-c6300d46f273",
+}
+_CURRENCY = re.compile(r"[A-Z]{3}")
 
 
 @dataclass(frozen=True)
@@ -72,6 +137,19 @@ class Write:
     properties: dict[str, str]
     associate: bool  # tie the object to the record's contact afterwards
     trace_id: str  # objectWriteTraceId: the command id, so errors map back exactly
+    contact_id: str = ""  # the Switchboard contact it belongs to (a survivor, once merged)
+
+
+@dataclass(frozen=True)
+class Merge:
+    """One MERGE_CONTACTS: ``retired`` becomes part of ``survivor``."""
+
+    index: int
+    command_id: str
+    survivor: str
+    retired: str
+    identifier: str | None
+    issued_at: datetime | int
 
 
 class HubSpotWriter:
@@ -102,21 +180,26 @@ class HubSpotWriter:
     async def deliver(self, records: Sequence[dict[str, Any]]) -> list[Outcome]:
         outcomes: list[Outcome] = [None] * len(records)
         writes: list[Write] = []
+        merges: list[Merge] = []
         for index, record in enumerate(records):
             try:
-                writes.append(self._write_for(index, record))
+                if record["command_type"] == "MERGE_CONTACTS":
+                    merges.append(_merge_for(index, record))
+                else:
+                    writes.append(self._write_for(index, record))
             except Rejected as exc:
                 outcomes[index] = exc
-        contacts = await self._contact_ids(
-            {records[w.index]["contact_id"] for w in writes if w.associate}
-        )
+        if merges:  # first: a command for a contact they retire then lands on the survivor
+            await self._merge(merges, outcomes)
+        if writes:
+            writes = await self._redirect(records, writes, outcomes)
+        contacts = await self._contact_ids({w.contact_id for w in writes if w.associate})
         groups: dict[tuple[str, str], list[Write]] = {}
         for write in writes:
-            contact_id = records[write.index]["contact_id"]
-            if write.associate and contact_id not in contacts:
+            if write.associate and write.contact_id not in contacts:
                 outcomes[write.index] = Rejected(
-                    f"hubspot: contact {contact_id} not found (no contact with "
-                    f"{CONTACT_KEY}={contact_id}); upsert the contact first"
+                    f"hubspot: contact {write.contact_id} not found (no contact with "
+                    f"{CONTACT_KEY}={write.contact_id}); upsert the contact first"
                 )
                 continue
             groups.setdefault((write.object_type, write.id_property), []).append(write)
@@ -125,7 +208,7 @@ class HubSpotWriter:
                 chunk = group[start : start + BATCH_LIMIT]
                 made = await self._upsert(object_type, chunk, outcomes)
                 links = [
-                    (w.index, made[w.index], contacts[records[w.index]["contact_id"]])
+                    (w.index, made[w.index], contacts[w.contact_id])
                     for w in chunk
                     if w.associate and w.index in made
                 ]
@@ -140,17 +223,23 @@ class HubSpotWriter:
 
     # -- commands -> upsert inputs ---------------------------------------------------------
 
-    def _write_for(self, index: int, record: Mapping[str, Any]) -> Write:
+    def _write_for(
+        self, index: int, record: Mapping[str, Any], survivor: str | None = None
+    ) -> Write:
+        """The record as an upsert input; ``survivor`` is the contact it goes to instead of
+        its own, when a merge retired its contact."""
         command = record["command_type"]
         payload: Mapping[str, Any] = record["payload"]
-        contact_id: str = record["contact_id"]
+        contact_id: str = survivor or record["contact_id"]
         command_id: str = record["command_id"]
 
         def write(object_type: str, key: str, value: str, props: dict[str, Any]) -> Write:
             properties = {k: _text(v) for k, v in props.items() if v is not None}
             properties[key] = value
             associate = object_type != "contacts"
-            return Write(index, object_type, key, value, properties, associate, command_id)
+            return Write(
+                index, object_type, key, value, properties, associate, command_id, contact_id
+            )
 
         if command == "UPSERT_CONTACT":
             props = {
@@ -164,7 +253,7 @@ class HubSpotWriter:
                 CONTACT_KEY: contact_id,
             }
             email = payload.get("email")
-            if email:
+            if email and survivor is None:  # the survivor is found by its own id, always
                 return write("contacts", "email", email, props)
             return write("contacts", CONTACT_KEY, contact_id, props)
         if command == "SET_OWNER":
@@ -180,7 +269,13 @@ class HubSpotWriter:
             }
             return write("deals", DEAL_KEY, payload["deal_id"], props)
         if command == "UPDATE_DEAL_STAGE":
-            return write("deals", DEAL_KEY, payload["deal_id"], {"dealstage": payload["stage"]})
+            props = {"dealstage": payload["stage"]}
+            amount_minor = payload.get("amount_minor")
+            if amount_minor is not None:  # without one, the deal keeps the amount it has
+                currency = _currency(payload.get("currency"))
+                props["amount"] = _amount(amount_minor, currency)
+                props["deal_currency_code"] = currency
+            return write("deals", DEAL_KEY, payload["deal_id"], props)
         if command == "CREATE_TASK":
             priority = payload.get("priority")
             props = {
@@ -197,7 +292,7 @@ class HubSpotWriter:
             }
             return write("tasks", COMMAND_KEY, command_id, props)
         if command == "LOG_ACTIVITY":
-            object_type, props = _activity(payload)
+            object_type, props = _activity(payload, self._handler_owner(payload))
             return write(object_type, COMMAND_KEY, command_id, props)
         if command == "ADD_NOTE":
             props = {"hs_note_body": payload["body"], "hs_timestamp": _instant(record["issued_at"])}
@@ -214,14 +309,234 @@ class HubSpotWriter:
             )
         return owner
 
+    def _handler_owner(self, payload: Mapping[str, Any]) -> str | None:
+        """The HubSpot owner of an activity's ``handled_by``, when the owner map knows it
+        (it may as well name the voice-AI assistant, which owns nothing in HubSpot)."""
+        handled_by = payload.get("handled_by")
+        if not handled_by or self.owner_ids is None:
+            return None
+        return self.owner_ids.get(handled_by)
+
+    # -- merges ----------------------------------------------------------------------------
+
+    async def _merge(self, merges: list[Merge], outcomes: list[Outcome]) -> None:
+        """Apply the batch's merges, in rounds that share no contact (a chain c-1 <- c-2 <-
+        c-3 in one batch resolves step by step)."""
+        pending = merges
+        while pending:
+            this_round: list[Merge] = []
+            later: list[Merge] = []
+            busy: set[str] = set()
+            for merge in pending:
+                touched = {merge.survivor, merge.retired}
+                (later if touched & busy else this_round).append(merge)
+                busy |= touched
+            await self._merge_round(this_round, outcomes)
+            pending = later
+
+    async def _merge_round(self, merges: list[Merge], outcomes: list[Outcome]) -> None:
+        wanted: dict[str, list[tuple[int, str]]] = {}
+        for m in merges:
+            for contact_id in (m.survivor, m.retired):
+                wanted.setdefault(contact_id, []).append((m.index, m.command_id))
+        aliases = await self._aliases(wanted, outcomes)
+        merges = [m for m in merges if outcomes[m.index] is None]
+        survivors = {m.index: aliases.get(m.survivor, m.survivor) for m in merges}
+        found = await self._contact_ids({*survivors.values(), *(m.retired for m in merges)})
+        notes: list[tuple[Merge, str, str]] = []  # (merge, survivor id, HubSpot contact)
+        joins: list[tuple[Merge, str, str]] = []  # (merge, primary, object to merge)
+        for m in merges:
+            survivor = survivors[m.index]
+            earlier = aliases.get(m.retired)
+            if survivor == m.retired or (earlier is not None and earlier != survivor):
+                continue  # one contact already, or merged into another one before: no-op
+            primary, retired = found.get(survivor), found.get(m.retired)
+            if primary is None and retired is None:
+                outcomes[m.index] = Rejected(
+                    f"hubspot: cannot merge {m.retired} into {survivor}: neither is in HubSpot "
+                    f"(no contact with {CONTACT_KEY}={survivor}); upsert the contact first"
+                )
+            elif primary is None and retired is not None:
+                # Only the retired contact is in HubSpot: it becomes the survivor.
+                if await self._rename(m, retired, survivor, outcomes):
+                    notes.append((m, survivor, retired))
+            elif primary is not None:
+                notes.append((m, survivor, primary))
+                if retired is not None and retired != primary:
+                    joins.append((m, primary, retired))
+        # The alias goes first: a command for the retired id that comes while HubSpot merges
+        # already finds its way to the survivor (HubSpot moves the note onto the merged record).
+        await self._alias_notes(notes, outcomes)
+        for m, primary, retired in joins:
+            if outcomes[m.index] is None:
+                await self._merge_pair(m, primary, retired, outcomes)
+
+    async def _alias_notes(
+        self, notes: list[tuple[Merge, str, str]], outcomes: list[Outcome]
+    ) -> None:
+        writes: list[Write] = []
+        tied: dict[int, str] = {}
+        for m, survivor, contact in notes:
+            shared = f" (they share {m.identifier})" if m.identifier else ""
+            body = (
+                f"Switchboard merged contact {m.retired} into {survivor}{shared}: commands "
+                f"for {m.retired} now land on this contact."
+            )
+            properties = {"hs_note_body": body, "hs_timestamp": _instant(m.issued_at)}
+            key = ALIAS_PREFIX + m.retired
+            properties[COMMAND_KEY] = key
+            writes.append(
+                Write(m.index, "notes", COMMAND_KEY, key, properties, True, m.command_id, survivor)
+            )
+            tied[m.index] = contact
+        for start in range(0, len(writes), BATCH_LIMIT):
+            chunk = writes[start : start + BATCH_LIMIT]
+            made = await self._upsert("notes", chunk, outcomes)
+            links = [(w.index, made[w.index], tied[w.index]) for w in chunk if w.index in made]
+            if links:
+                await self._associate("notes", links, outcomes)
+
+    async def _merge_pair(
+        self, merge: Merge, primary: str, retired: str, outcomes: list[Outcome]
+    ) -> None:
+        what = f"hubspot contacts merge {merge.retired} into {merge.survivor}"
+        body = {"primaryObjectId": primary, "objectIdToMerge": retired}
+        answer = await self._call("/crm/v3/objects/contacts/merge", body, what)
+        if answer.status in (400, 404, 409):
+            message = _message(answer)
+            outcomes[merge.index] = Rejected(
+                f"{what}: HTTP {answer.status} {message}".strip(), answer.summary()
+            )
+            return
+        _raise_for_call(answer, what)
+        _json_object(answer)  # the merged record: anything else leaves the effect unknown
+
+    async def _rename(
+        self, merge: Merge, contact: str, survivor: str, outcomes: list[Outcome]
+    ) -> bool:
+        """Give the retired contact the survivor's id; False (with the outcome set) if not."""
+        what = f"hubspot contacts update {merge.retired} to {CONTACT_KEY}={survivor}"
+        body = {"properties": {CONTACT_KEY: survivor}}
+        answer = await self._call(f"/crm/v3/objects/contacts/{contact}", body, what, "PATCH")
+        if answer.status == 404:  # gone meanwhile (merged by someone): look again next time
+            outcomes[merge.index] = Retryable(f"{what}: HTTP 404", answer.summary())
+            return False
+        if answer.status in (400, 409):
+            message = _message(answer)
+            outcomes[merge.index] = Rejected(
+                f"{what}: HTTP {answer.status} {message}".strip(), answer.summary()
+            )
+            return False
+        _raise_for_call(answer, what)
+        return True
+
+    async def _redirect(
+        self, records: Sequence[Mapping[str, Any]], writes: list[Write], outcomes: list[Outcome]
+    ) -> list[Write]:
+        """The writes, with those for a merged-away contact rebuilt for its survivor."""
+        wanted: dict[str, list[tuple[int, str]]] = {}
+        for w in writes:
+            wanted.setdefault(w.contact_id, []).append((w.index, w.trace_id))
+        aliases = await self._aliases(wanted, outcomes)
+        kept: list[Write] = []
+        for write in writes:
+            if outcomes[write.index] is not None:
+                continue
+            survivor = aliases.get(write.contact_id)
+            if survivor is None:
+                kept.append(write)
+                continue
+            try:
+                kept.append(self._write_for(write.index, records[write.index], survivor))
+            except Rejected as exc:
+                outcomes[write.index] = exc
+        return kept
+
+    async def _aliases(
+        self, wanted: Mapping[str, Sequence[tuple[int, str]]], outcomes: list[Outcome]
+    ) -> dict[str, str]:
+        """Switchboard contact id -> the Switchboard id of the contact it was merged into,
+        for those of ``wanted`` a merge retired. ``wanted`` names, per contact id, the
+        records (index, command id) that a refused read fails."""
+        notes: dict[str, str] = {}  # retired id -> its alias note
+        ordered = sorted(wanted)
+        for start in range(0, len(ordered), BATCH_LIMIT):
+            chunk = ordered[start : start + BATCH_LIMIT]
+            what = "hubspot notes batch/read (merged contacts)"
+            body = {
+                "idProperty": COMMAND_KEY,
+                "inputs": [{"id": ALIAS_PREFIX + c} for c in chunk],
+                "properties": [COMMAND_KEY],
+            }
+            answer = await self._call("/crm/v3/objects/notes/batch/read", body, what)
+            if answer.status == 400:  # the records that needed the read fail with it
+                inputs = [(i, trace, c) for c in chunk for i, trace in wanted[c]]
+                _refused(answer, what, inputs, outcomes)
+                continue
+            _raise_for_call(answer, what)
+            for result in _json_object(answer).get("results", []):
+                key = str((result.get("properties") or {}).get(COMMAND_KEY) or "")
+                retired = key.removeprefix(ALIAS_PREFIX)
+                if key.startswith(ALIAS_PREFIX) and retired in wanted:
+                    notes[retired] = str(result["id"])
+        if not notes:
+            return {}
+        tied = await self._note_contacts(sorted(set(notes.values())))
+        survivors = await self._contact_keys(sorted(set(tied.values())))
+        aliases: dict[str, str] = {}
+        for retired, note in notes.items():
+            survivor = survivors.get(tied.get(note, ""))
+            if survivor and survivor != retired:
+                aliases[retired] = survivor
+        return aliases
+
+    async def _note_contacts(self, note_ids: list[str]) -> dict[str, str]:
+        """Note id -> the HubSpot contact it is tied to (HubSpot moves it on every merge)."""
+        tied: dict[str, str] = {}
+        for start in range(0, len(note_ids), BATCH_LIMIT):
+            what = "hubspot notes->contacts batch/read"
+            body = {"inputs": [{"id": n} for n in note_ids[start : start + BATCH_LIMIT]]}
+            path = "/crm/v4/associations/notes/contacts/batch/read"
+            answer = await self._call(path, body, what)
+            _raise_for_call(answer, what)
+            for result in _json_object(answer).get("results", []):
+                to = result.get("to") or []
+                if to:
+                    tied[str(result["from"]["id"])] = str(to[0]["toObjectId"])
+        return tied
+
+    async def _contact_keys(self, object_ids: list[str]) -> dict[str, str]:
+        """HubSpot contact id (or an id merged into it) -> its Switchboard contact id."""
+        keys: dict[str, str] = {}
+        for start in range(0, len(object_ids), BATCH_LIMIT):
+            what = "hubspot contacts batch/read by id"
+            body = {
+                "inputs": [{"id": i} for i in object_ids[start : start + BATCH_LIMIT]],
+                "properties": [CONTACT_KEY, MERGED_IDS],
+            }
+            answer = await self._call("/crm/v3/objects/contacts/batch/read", body, what)
+            _raise_for_call(answer, what)
+            for result in _json_object(answer).get("results", []):
+                props = result.get("properties") or {}
+                key = props.get(CONTACT_KEY)
+                if not key:
+                    continue
+                merged = str(props.get(MERGED_IDS) or "").split(";")
+                for object_id in [str(result["id"]), *merged]:
+                    if object_id:
+                        keys[object_id] = str(key)
+        return keys
+
     # -- calls ---------------------------------------------------------------------------
 
-    async def _call(self, path: str, body: dict[str, Any], what: str) -> Answer:
+    async def _call(
+        self, path: str, body: dict[str, Any], what: str, method: str = "POST"
+    ) -> Answer:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         answer = await request(
             self._session,
-            "POST",
+            method,
             self.base_url + path,
             what=what,
             timeout_s=self.timeout_s,
@@ -409,8 +724,52 @@ def _amount(amount_minor: int | None, currency: str | None) -> str | None:
     return None if amount is None else str(amount)
 
 
-def _activity(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """LOG_ACTIVITY -> (engagement object, properties)."""
+def _currency(value: Any) -> str | None:
+    """The contract's ISO 4217 code (upper case), or None; anything else is refused."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
+        raise Rejected(f"hubspot: currency {value!r} is not an ISO 4217 code such as EUR")
+    return value
+
+
+def _merge_for(index: int, record: Mapping[str, Any]) -> Merge:
+    payload: Mapping[str, Any] = record["payload"]
+    retired = payload.get("retired_contact_id")
+    if not isinstance(retired, str) or not retired:
+        raise Rejected("hubspot: MERGE_CONTACTS needs the retired_contact_id it merges")
+    identifier = payload.get("identifier")
+    return Merge(
+        index,
+        record["command_id"],
+        record["contact_id"],
+        retired,
+        identifier if isinstance(identifier, str) and identifier else None,
+        record["issued_at"],
+    )
+
+
+def _message(answer: Answer) -> str:
+    """HubSpot's ``message`` from an error body, or the start of the body."""
+    body = answer.json()
+    if isinstance(body, dict) and body.get("message"):
+        return f"{body.get('category', 'ERROR')}: {body['message']}"
+    return answer.text[:200]
+
+
+def _slug(value: Any) -> str:
+    """'No Answer', 'no_answer', 'no-answer' -> 'no-answer'."""
+    return re.sub(r"[\s_]+", "-", str(value).strip().lower())
+
+
+def _lines(*lines: str | None) -> str | None:
+    kept = [line for line in lines if line]
+    return "\n".join(kept) if kept else None
+
+
+def _activity(payload: Mapping[str, Any], owner: str | None) -> tuple[str, dict[str, Any]]:
+    """LOG_ACTIVITY -> (engagement object, properties). ``owner`` is the HubSpot owner of
+    ``handled_by``, if it has one."""
     kind = str(payload["activity_type"]).lower()
     object_type = ACTIVITY_OBJECTS.get(kind)
     if object_type is None:
@@ -418,29 +777,79 @@ def _activity(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
             f"hubspot: activity type {payload['activity_type']!r} has no HubSpot engagement; "
             f"use one of {sorted(ACTIVITY_OBJECTS)}"
         )
+    direction = payload.get("direction")
+    if direction is not None and _slug(direction) not in DIRECTIONS:
+        raise Rejected(f"hubspot: activity direction {direction!r} is not inbound or outbound")
     when = _instant(payload["occurred_at"])
     summary, outcome = payload.get("summary"), payload.get("outcome")
+    title, status = payload.get("title"), payload.get("status")
+    handled_by = payload.get("handled_by")
+    handled = f"Handled by: {handled_by}" if handled_by else None
     duration = payload.get("duration_seconds")
     if object_type == "calls":
+        call_status = CALL_STATUSES.get(_slug(status)) if status else None
+        disposition = next(
+            (
+                CALL_DISPOSITIONS[_slug(v)]
+                for v in (outcome, status)
+                if v and _slug(v) in CALL_DISPOSITIONS
+            ),
+            None,
+        )
         return object_type, {
             "hs_timestamp": when,
-            "hs_call_title": f"Call: {outcome}" if outcome else "Call",
-            "hs_call_body": summary,
+            "hs_call_title": title or (f"Call: {outcome}" if outcome else "Call"),
+            "hs_call_body": _lines(
+                summary,
+                f"Outcome: {outcome}" if outcome else None,
+                f"Status: {status}" if status and call_status is None else None,
+                handled,
+            ),
+            "hs_call_direction": _slug(direction).upper() if direction else None,
             "hs_call_duration": duration * 1000 if duration is not None else None,
-            "hs_call_status": "COMPLETED",
+            "hs_call_status": call_status or "COMPLETED",
+            "hs_call_disposition": disposition,
+            "hs_call_recording_url": payload.get("recording_url"),
+            "hubspot_owner_id": owner,
         }
     if object_type == "meetings":
         return object_type, {
             "hs_timestamp": when,
-            "hs_meeting_title": f"Meeting: {outcome}" if outcome else "Meeting",
-            "hs_meeting_body": summary,
+            "hs_meeting_title": title or (f"Meeting: {outcome}" if outcome else "Meeting"),
+            "hs_meeting_body": _lines(
+                summary, f"Outcome: {outcome}" if title and outcome else None, handled
+            ),
             "hs_meeting_start_time": when,
+            "hubspot_owner_id": owner,
         }
     if object_type == "emails":
-        return object_type, {"hs_timestamp": when, "hs_email_text": summary}
+        return object_type, {
+            "hs_timestamp": when,
+            "hs_email_subject": title,
+            "hs_email_direction": EMAIL_DIRECTIONS[_slug(direction)] if direction else None,
+            "hs_email_text": summary,
+            "hubspot_owner_id": owner,
+        }
+    if object_type == "notes":  # a form or a payment: a note headed by what it was
+        label = ACTIVITY_LABELS[kind]
+        heading = title or (f"{label}: {outcome}" if outcome else label)
+        return object_type, {
+            "hs_timestamp": when,
+            "hs_note_body": _lines(
+                heading,
+                summary,
+                f"Outcome: {outcome}" if title and outcome else None,
+                f"Status: {status}" if status else None,
+                handled,
+            ),
+            "hubspot_owner_id": owner,
+        }
     return object_type, {
         "hs_timestamp": when,
         "hs_communication_channel_type": "SMS",
         "hs_communication_logged_from": "CRM",
-        "hs_communication_body": summary,
+        "hs_communication_body": _lines(
+            summary, f"Direction: {_slug(direction)}" if direction else None, handled
+        ),
+        "hubspot_owner_id": owner,
     }
