@@ -5,7 +5,8 @@ Templates are data (``TEMPLATES`` below), written with ``string.Template`` place
 (``${who}``), so adding one needs no code and no template engine. Rendering refuses, as a
 Rejected that names what is wrong, an unknown template and a context without a key the
 channel's text needs: a notification that cannot say what it should is dead-lettered,
-never sent half-empty. A key that is present but blank renders as an em dash."""
+never sent half-empty. A key that is present but blank renders as an em dash, except a
+greeting's name: ``${first_name}`` that is blank or an address reads "there"."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ SMS_MAX_CHARS = 320  # two concatenated GSM-7 segments at most
 SLACK_TEXT_MAX = 3000  # a section block's text limit (Block Kit)
 SLACK_HEADER_MAX = 150  # a header block's plain_text limit (Block Kit)
 BLANK = "\u2014"
+GREETING_KEY, GREETING_FALLBACK = "first_name", "there"
 
 
 @dataclass(frozen=True)
@@ -117,12 +119,12 @@ TEMPLATES: dict[str, NotificationTemplate] = {
     "satisfaction_survey": NotificationTemplate(
         subject="How did we do?",
         text=(
-            "Hi ${who},\n\n"
+            "Hi ${first_name},\n\n"
             "Thank you for choosing us for your ${job_type}. How did we do?\n"
             "Reply to this message with a score from 1 to 10 and anything we could do better.\n\n"
             "Job reference: ${job_id}\n"
         ),
-        sms="Hi ${who}, thanks for choosing us for your ${job_type} (job ${job_id}). "
+        sms="Hi ${first_name}, thanks for choosing us for your ${job_type} (job ${job_id}). "
         "How did we do? Reply with a score from 1 to 10.",
         slack_text="Survey sent to *${who}* for ${job_type} job ${job_id}.",
     ),
@@ -179,7 +181,7 @@ TEMPLATES: dict[str, NotificationTemplate] = {
             "Hi ${first_name},\n\nThank you for your payment, and welcome aboard. Your "
             "account manager will be in touch to book a kick-off.\n"
         ),
-        sms="Welcome aboard, ${first_name}! We'll be in touch to book your kick-off.",
+        sms="Hi ${first_name}, welcome aboard! We'll be in touch to book your kick-off.",
         slack_text="Onboarding welcome sent to *${who}*.",
     ),
     "onboarding_check_in": NotificationTemplate(
@@ -235,7 +237,15 @@ def template_for(record: Mapping[str, Any]) -> NotificationTemplate:
 
 
 def _context(record: Mapping[str, Any]) -> dict[str, str]:
-    return {k: (v if v.strip() else BLANK) for k, v in (record.get("context") or {}).items()}
+    context = {k: (v if v.strip() else BLANK) for k, v in (record.get("context") or {}).items()}
+    if GREETING_KEY in context and not _is_name(context[GREETING_KEY]):
+        context[GREETING_KEY] = GREETING_FALLBACK
+    return context
+
+
+def _is_name(value: str) -> bool:
+    """Not a blank, an e-mail address or a phone number: nobody is greeted by those."""
+    return value != BLANK and "@" not in value and not value.lstrip("+").isdigit()
 
 
 def _strings(value: Any) -> Iterator[str]:
