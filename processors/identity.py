@@ -24,7 +24,7 @@ import hashlib
 from dataclasses import dataclass
 
 from processors import profile as profiles
-from processors.state import RECENT_EVENT_IDS, ContactState
+from processors.state import PENDING_TASKS, RECENT_EVENT_IDS, ContactState
 
 
 def minted_contact_id(identifier: str) -> str:
@@ -94,6 +94,11 @@ def merge_states(survivor: ContactState, loser: ContactState) -> ContactState:
     merged.consent.sms_opt_out |= loser.consent.sms_opt_out
     merged.consent.email_bounced |= loser.consent.email_bounced
     merged.workflows = loser.workflows | survivor.workflows
+    held = {t.task_id for t in survivor.pending_tasks}
+    merged.pending_tasks = [
+        *survivor.pending_tasks,
+        *(t for t in loser.pending_tasks if t.task_id not in held),
+    ][-PENDING_TASKS:]
     merged.tags = [*survivor.tags, *(t for t in loser.tags if t not in survivor.tags)]
     seen = set(survivor.recent_event_ids)
     merged.recent_event_ids = [

@@ -15,7 +15,7 @@ from processors.matching import SLA_BREACHED
 from processors.pipeline import PipelineOutcome
 from processors.profile import CRM_PROPERTIES
 from processors.sla import Firing, Timer, TimerChange
-from processors.state import ContactState
+from processors.state import ContactState, NextStep
 from processors.workflow_engine import Audit, Effect, Message, Task, Upsert
 
 # Every routing message goes to one partition, where the router decides in one order.
@@ -126,11 +126,37 @@ def upsert_contact(
     }
 
 
-def merge_contacts(survivor: str, retired: str, identifier: str, at: datetime) -> Output:
-    """MERGE_CONTACTS: the CRM moves everything of ``retired`` onto ``survivor``."""
-    command_id = decision_id("merge", survivor, retired)
-    payload = {"retired_contact_id": retired, "identifier": identifier}
-    return crm_command(survivor, "MERGE_CONTACTS", command_id, payload, at, None)
+def merge_outputs(
+    before: ContactState | None, merged: ContactState, retired: str, identifier: str, at: datetime
+) -> list[Output]:
+    """What the CRM is told of a merge, in order: MERGE_CONTACTS (it moves everything of
+    ``retired`` onto the survivor), the owner the survivor keeps when it came from the
+    retired contact (a CRM's own merge keeps the survivor's fields, blank or not), and the
+    merged profile."""
+    survivor = merged.contact_id
+    cause = f"merged:{retired}"
+    outputs = [
+        crm_command(
+            survivor,
+            "MERGE_CONTACTS",
+            decision_id("merge", survivor, retired),
+            {"retired_contact_id": retired, "identifier": identifier},
+            at,
+            None,
+        )
+    ]
+    previous = before.owner_id if before else None
+    if merged.owner_id is not None and merged.owner_id != previous:
+        payload = {
+            "owner_id": merged.owner_id,
+            "previous_owner_id": previous,
+            "reason": f"kept from {retired}, merged into this contact",
+        }
+        command_id = decision_id("merge-owner", survivor, retired)
+        outputs.append(crm_command(survivor, "SET_OWNER", command_id, payload, at, None))
+    upsert = upsert_contact(merged, decision_id("upsert", survivor, cause), cause, at)
+    outputs.append(("commands", survivor, upsert))
+    return outputs
 
 
 # ---- the contact's timeline in the CRM -------------------------------------------------
@@ -235,51 +261,68 @@ def activity(event: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def next_step_task(state: ContactState, event: dict[str, Any]) -> dict[str, Any] | None:
-    """The CREATE_TASK payload of a call's next step (a voice AI's, or a rep's notes),
-    with what the owner needs before dialling back; None when the call named none."""
+def next_step(state: ContactState, event: dict[str, Any]) -> NextStep | None:
+    """The task a call's next step (a voice AI's, or a rep's notes) asks of the owner, with
+    what they need before dialling back; None when the call named none."""
     p = event["payload"]
     if event["event_type"] != "CALL_COMPLETED" or not p["next_step"]:
         return None
-    return {
-        "task_id": decision_id("next-step", event["event_id"]),
-        "title": f"{p['next_step']} \u2014 {state.who()}"[:500],
-        "due_at": event["event_time"] + NEXT_STEP_DUE,
-        "owner_id": state.owner_id,
-        "priority": "HIGH" if (p["outcome"] or "").lower() in URGENT_OUTCOMES else "MEDIUM",
-        "notes": _lines(
+    return NextStep(
+        task_id=decision_id("next-step", event["event_id"]),
+        title=f"{p['next_step']} \u2014 {state.who()}"[:500],
+        due_at=event["event_time"] + NEXT_STEP_DUE,
+        priority="HIGH" if (p["outcome"] or "").lower() in URGENT_OUTCOMES else "MEDIUM",
+        notes=_lines(
             ("Outcome", p["outcome"]),
             ("Service requested", p["requested_service"]),
             ("Summary", p["transcript_summary"]),
             ("Call", f"{p['direction'].lower()}, {p['status']}, handled by {p['handled_by']}"),
             ("Recording", p["recording_url"]),
         ),
-    }
+        cause=event["event_id"],
+        at=event["event_time"],
+    )
 
 
-def timeline_outputs(state: ContactState, event: dict[str, Any]) -> list[Output]:
-    """The event's activity on the contact's timeline, and the next-step task it asks for."""
-    contact_id, at, cause = state.contact_id, event["event_time"], event["event_id"]
-    outputs: list[Output] = []
+def activity_outputs(state: ContactState, event: dict[str, Any]) -> list[Output]:
+    """The event's activity on the contact's timeline, if it is one."""
     logged = activity(event)
-    if logged is not None:
-        command_id = logged["activity_id"]
-        outputs.append(crm_command(contact_id, "LOG_ACTIVITY", command_id, logged, at, cause))
-    task = next_step_task(state, event)
-    if task is not None:
-        outputs.append(crm_command(contact_id, "CREATE_TASK", task["task_id"], task, at, cause))
-        inputs = {"task_id": task["task_id"], "owner_id": task["owner_id"] or ""}
-        entry = audit_entry(
-            contact_id,
-            "timeline",
-            "task_created",
-            f"call's next step: {task['title']}",
-            inputs,
-            [cause],
-            at,
-        )
-        outputs.append(("audit", contact_id, entry))
-    return outputs
+    if logged is None:
+        return []
+    command = crm_command(
+        state.contact_id,
+        "LOG_ACTIVITY",
+        logged["activity_id"],
+        logged,
+        event["event_time"],
+        event["event_id"],
+    )
+    return [command]
+
+
+def next_step_outputs(contact_id: str, task: NextStep, owner_id: str | None) -> list[Output]:
+    """The CREATE_TASK of a call's next step for ``owner_id``, and its audit entry."""
+    payload = {
+        "task_id": task.task_id,
+        "title": task.title,
+        "due_at": task.due_at,
+        "owner_id": owner_id,
+        "priority": task.priority,
+        "notes": task.notes,
+    }
+    entry = audit_entry(
+        contact_id,
+        "timeline",
+        "task_created",
+        f"call's next step: {task.title}",
+        {"task_id": task.task_id, "owner_id": owner_id or ""},
+        [task.cause],
+        task.at,
+    )
+    return [
+        crm_command(contact_id, "CREATE_TASK", task.task_id, payload, task.at, task.cause),
+        ("audit", contact_id, entry),
+    ]
 
 
 def route_request(state: ContactState, cause: str, at: datetime) -> Output:

@@ -33,20 +33,22 @@ from processors.matching import ASSIGNED
 from processors.pipeline import PipelineRules, apply_rules
 from processors.records import (
     Output,
+    activity_outputs,
     audit_entry,
     breach_trigger,
     contact_fields,
-    merge_contacts,
+    merge_outputs,
+    next_step,
+    next_step_outputs,
     pipeline_outputs,
     route_request,
     stage_change_triggers,
-    timeline_outputs,
     upsert_contact,
 )
 from processors.routing import RoutingRules
 from processors.scoring import ScoringModel, components_at, is_meaningful, total
 from processors.sla_clocks import SlaClocks
-from processors.state import ContactState, identifiers_of
+from processors.state import PENDING_TASKS, ContactState, identifiers_of
 from processors.timers import DueNotices
 from processors.workflow import Library
 from processors.workflow_engine import Engine
@@ -233,7 +235,7 @@ def register(
             )
         if before is None or contact_fields(before) != contact_fields(state):
             await upsert_command(state, event["event_id"], at)
-        await send_all(timeline_outputs(state, event))
+        await send_all(activity_outputs(state, event))
         if is_meaningful(decision, model):
             inputs = {
                 "previous": decision.previous,
@@ -284,6 +286,15 @@ def register(
             state = state.model_copy(update={"routing": "requested"})
             contacts[contact_id] = state.model_dump_json()
             await send_all([route_request(state, event["event_id"], at)])
+        task = next_step(state, event)
+        if task is not None:
+            if state.owner_id is None and state.routing == "requested":
+                # The router answers in moments: the task waits for the owner it names.
+                held = [*state.pending_tasks, task][-PENDING_TASKS:]
+                state = state.model_copy(update={"pending_tasks": held})
+                contacts[contact_id] = state.model_dump_json()
+            else:
+                await send_all(next_step_outputs(contact_id, task, state.owner_id))
 
     def routable(state: ContactState) -> bool:
         if state.owner_id is not None or state.routing is not None:
@@ -301,7 +312,7 @@ def register(
             return
         rep_id = assignment["rep_id"]
         outcome = "assigned" if rep_id else ("held" if assignment["held"] else "unassigned")
-        update: dict[str, Any] = {"routing": outcome}
+        update: dict[str, Any] = {"routing": outcome, "pending_tasks": []}
         if rep_id and rep_id != state.owner_id:
             update |= {
                 "owner_id": rep_id,
@@ -310,6 +321,8 @@ def register(
             }
         assigned = state.model_copy(update=update)
         contacts[contact_id] = assigned.model_dump_json()
+        for task in state.pending_tasks:  # held or unassigned: the tasks go out unowned
+            await send_all(next_step_outputs(contact_id, task, assigned.owner_id))
         if "owner_id" in update:  # clocks that start on assignment start (a running one goes on)
             at = assignment["at"]
             trigger = {
@@ -394,11 +407,9 @@ def register(
             if step.get("workflows"):
                 adopted = await runs.adopt(merged, other, step["workflows"], partition)
                 contacts[contact_id] = adopted.model_dump_json()
-            # The CRM moves the retired contact's records onto the survivor, then shows the
-            # merged profile (which also creates the survivor when the merge reached it
-            # before its first event: the two come by different topics).
-            await send_all([merge_contacts(contact_id, other, step["identifier"], at)])
-            await upsert_command(merged, f"merged:{other}", at)
+            # The merged profile's upsert also creates the survivor in the CRM when the merge
+            # reached it before its first event (the two come by different topics).
+            await send_all(merge_outputs(before, merged, other, step["identifier"], at))
             await c.audit.send(
                 contact_id,
                 audit_entry(

@@ -28,6 +28,22 @@ class Consent(BaseModel):
     email_bounced: bool = False
 
 
+class NextStep(BaseModel):
+    """A task a call asked of the contact's owner, held until the router has named one."""
+
+    task_id: str
+    title: str
+    due_at: datetime
+    priority: str
+    notes: str | None
+    cause: str
+    at: datetime
+
+
+# Next steps a contact holds for its owner at most (more calls before routing answers).
+PENDING_TASKS = 10
+
+
 class Award(BaseModel):
     rule: str
     points: float
@@ -66,6 +82,7 @@ class ContactState(BaseModel):
     # table decides; this is what `switchboard explain` shows).
     workflows: dict[str, str] = Field(default_factory=dict)
     routing: str | None = None  # requested, assigned, held or unassigned
+    pending_tasks: list[NextStep] = Field(default_factory=list)  # until routing answers
     recent_event_ids: list[str] = Field(default_factory=list)
     first_seen: datetime | None = None
     last_event_time: datetime | None = None

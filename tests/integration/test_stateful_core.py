@@ -237,10 +237,15 @@ def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_noth
         assert all(d["contact_id"] == contact.contact_id for d in merges)
         upserts = [commands.decode(m.value()) for m in read_all(settings, commands.topic)]
         kinds = Counter(u["command_type"] for u in upserts)
-        assert kinds["SET_OWNER"] == 1 and kinds["UPSERT_CONTACT"] >= 1
-        [set_owner] = [u for u in upserts if u["command_type"] == "SET_OWNER"]
+        assert kinds["UPSERT_CONTACT"] >= 1
+        owners = [u for u in upserts if u["command_type"] == "SET_OWNER"]
+        [set_owner] = [o for o in owners if not o["payload"]["reason"].startswith("kept from")]
         assert set_owner["payload"]["owner_id"] == contact.owner_id
         assert set_owner["payload"]["reason"].startswith("inbound: rule inbound")
+        # A merge that brings the owner to a survivor without one tells the CRM so.
+        carried = [o for o in owners if o is not set_owner]
+        assert all(o["payload"]["owner_id"] == contact.owner_id for o in carried)
+        assert all(o["contact_id"] == contact.contact_id for o in carried)
 
         [assigned] = [d for d in decisions if d["decision"] == "assigned"]
         assert assigned["stage"] == "routing"
@@ -329,8 +334,13 @@ def test_a_merge_that_reaches_the_survivor_before_its_first_event_creates_it_in_
         survivor = live_contacts(settings)["c-survivor"]
         assert survivor.identifiers == retired.identifiers
         assert survivor.recent_event_ids == ["vapi:call-7"]
-        wait_for(lambda: len(read_all(settings, commands.topic)) > 0, "a CRM command")
-        [upsert] = [commands.decode(m.value()) for m in read_all(settings, commands.topic)]
+        wait_for(lambda: len(read_all(settings, commands.topic)) > 1, "two CRM commands")
+        merge, upsert = [commands.decode(m.value()) for m in read_all(settings, commands.topic)]
+        # The CRM first moves the retired contact's records, then shows the merged profile.
+        assert merge["command_type"] == "MERGE_CONTACTS"
+        assert merge["contact_id"] == "c-survivor"
+        assert merge["payload"]["retired_contact_id"] == "c-retired"
+        assert merge["payload"]["identifier"] == f"phone:{PHONE}"
         assert upsert["command_type"] == "UPSERT_CONTACT"
         assert upsert["contact_id"] == "c-survivor"
         assert upsert["causation_event_id"] == "merged:c-retired"

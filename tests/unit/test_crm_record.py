@@ -9,7 +9,14 @@ from typing import Any
 
 from connectors.sinks.notify.templates import render_sms, render_text
 from processors.identity import merge_states
-from processors.records import activity, next_step_task, timeline_outputs, upsert_contact
+from processors.records import (
+    activity,
+    activity_outputs,
+    merge_outputs,
+    next_step,
+    next_step_outputs,
+    upsert_contact,
+)
 from processors.state import ContactState, apply_event
 
 T0 = datetime(2026, 11, 18, 15, 0, tzinfo=UTC)
@@ -122,7 +129,10 @@ def test_a_voice_ai_call_is_logged_and_its_next_step_is_the_owners_task() -> Non
         recording_url="https://storage.vapi.ai/r.wav",
     )
     state = ContactState(contact_id="c-1", owner_id="rep-7", profile={"first_name": "Dana"})
-    [log, task, audit] = timeline_outputs(state, ai)
+    [log] = activity_outputs(state, ai)
+    step = next_step(state, ai)
+    assert step is not None
+    [task, audit] = next_step_outputs("c-1", step, state.owner_id)
     assert log[2]["command_type"] == "LOG_ACTIVITY"
     logged = log[2]["payload"]
     assert logged["title"] == "Inbound call (completed, 4m 07s)"
@@ -147,11 +157,12 @@ def test_a_voice_ai_call_is_logged_and_its_next_step_is_the_owners_task() -> Non
     assert "Summary: Boiler failed; wants a quote." in created["notes"]
     assert audit[0] == "audit"
     # The same event decides the same ids: a replay is recognised by the sinks.
-    assert timeline_outputs(state, ai) == [log, task, audit]
+    assert activity_outputs(state, ai) == [log]
+    assert next_step_outputs("c-1", step, "rep-7") == [task, audit]
 
 
 def test_a_call_without_a_next_step_makes_no_task_and_opens_are_not_activities() -> None:
-    assert next_step_task(ContactState(contact_id="c-1"), call()) is None
+    assert next_step(ContactState(contact_id="c-1"), call()) is None
     assert activity(event("EMAIL_OPENED", {"message_id": "m", "user_agent": None})) is None
 
 
@@ -202,3 +213,26 @@ def test_nobody_is_greeted_by_an_address_or_a_blank() -> None:
         assert render_sms(record).startswith("Hi there,")
     named = {"template": "onboarding_welcome", "context": {"first_name": "Dana"}}
     assert render_text(named)[1].startswith("Hi Dana,")
+
+
+def test_a_merge_tells_the_crm_the_merge_the_owner_it_kept_and_the_merged_profile() -> None:
+    survivor = ContactState(contact_id="c-a", profile={"first_name": "Dana"})
+    retired = ContactState(contact_id="c-b", owner_id="rep-7")
+    merged = merge_states(survivor, retired)
+    outputs = merge_outputs(survivor, merged, "c-b", "phone:+14155550177", T0)
+    kinds = [(o[0], o[1], o[2]["command_type"]) for o in outputs]
+    assert kinds == [
+        ("commands", "c-a", "MERGE_CONTACTS"),
+        ("commands", "c-a", "SET_OWNER"),
+        ("commands", "c-a", "UPSERT_CONTACT"),
+    ]
+    assert outputs[0][2]["payload"] == {
+        "retired_contact_id": "c-b",
+        "identifier": "phone:+14155550177",
+    }
+    assert outputs[1][2]["payload"]["owner_id"] == "rep-7"
+    assert outputs[2][2]["payload"]["first_name"] == "Dana"
+    # The survivor had the owner already: nothing to tell.
+    owned = survivor.model_copy(update={"owner_id": "rep-7"})
+    again = merge_outputs(owned, merge_states(owned, retired), "c-b", "phone:x", T0)
+    assert [o[2]["command_type"] for o in again] == ["MERGE_CONTACTS", "UPSERT_CONTACT"]
