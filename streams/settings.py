@@ -140,6 +140,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Rep id -> the CRM's owner/user id (HubSpot owner, Salesforce user).",
     )
+    crm_stage_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="Pipeline stage (processors/rules/pipeline.yaml) -> the CRM's own stage: "
+        "a Salesforce StageName, a HubSpot pipeline's stage id. Unmapped stages go as they are.",
+    )
     hubspot_url: str = Field("https://api.hubapi.com", description="HubSpot API base URL.")
     salesforce_url: str | None = Field(
         None, description="Salesforce instance URL (https://yourorg.my.salesforce.com)."

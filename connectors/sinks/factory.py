@@ -41,6 +41,7 @@ def crm_destination(settings: Settings) -> Destination:
             _secret("hubspot_token", "crm_backend=hubspot"),
             base_url=settings.hubspot_url,
             owner_ids=owners,
+            stage_names=settings.crm_stage_names,
             timeout_s=settings.http_timeout_s,
         )
     from connectors.sinks.crm.salesforce import SalesforceWriter
@@ -51,6 +52,7 @@ def crm_destination(settings: Settings) -> Destination:
         settings.salesforce_url,
         _secret("salesforce_token", "crm_backend=salesforce"),
         owner_ids=owners,
+        stage_names=settings.crm_stage_names,
         timeout_s=settings.http_timeout_s,
     )
 

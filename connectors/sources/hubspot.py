@@ -6,6 +6,7 @@ id); a deal's ``dealstage`` change becomes DEAL_STAGE_CHANGED."""
 
 from __future__ import annotations
 
+import zoneinfo
 from datetime import datetime
 
 from pydantic import BaseModel, RootModel
@@ -43,6 +44,11 @@ def verify(request: WebhookRequest, secret: bytes, now: float) -> None:
     )
 
 
+# HubSpot writes a time zone as "america_slash_new_york"; the profile keeps IANA names.
+_IANA_ZONES = {
+    zone.lower().replace("/", "_slash_"): zone for zone in zoneinfo.available_timezones()
+}
+
 # HubSpot's contact properties under the profile's names.
 PROFILE_PROPERTIES = {
     "firstname": "first_name",
@@ -62,6 +68,8 @@ def _contact(sub: Subscription, received: datetime) -> Event:
     name, value = sub.propertyName, sub.propertyValue
     properties = {name: value or ""} if name else {}
     field = PROFILE_PROPERTIES.get(name or "")
+    if field == "timezone" and value:
+        value = _IANA_ZONES.get(value.lower(), value)
     edited = {field: value} if field and value else {}
     return canonical.event(
         system=SYSTEM,

@@ -8,7 +8,9 @@ that value, never makes a second one), batch read by ``idProperty``, default ass
 and ``policyName``, and ``X-HubSpot-RateLimit-*`` headers. It refuses what HubSpot refuses:
 more than 100 inputs, duplicate ids in one batch, a non-unique ``idProperty``, unknown
 properties, bad enumeration values, unknown owners, a unique value another record holds,
-an engagement without ``hs_timestamp``.
+an engagement without ``hs_timestamp``. Its portal is set up as the writer's docstring
+says: it knows HubSpot's default properties the writer uses and the ``switchboard_``
+custom properties listed there, and no other (``define`` creates one more).
 
 It merges the way HubSpot documents (``POST /crm/v3/objects/{type}/merge``): the merged
 record gets a new id; both old ids keep resolving to it (batch read by id, update by id);
@@ -42,6 +44,14 @@ PROPERTIES: dict[str, set[str]] = {
     "contacts": {
         "email", "phone", "firstname", "lastname", "company", "jobtitle", "website",
         "lifecyclestage", "hs_lead_status", "hubspot_owner_id", "switchboard_contact_id",
+        # HubSpot's default contact properties for the profile
+        "address", "city", "state", "zip", "country", "industry", "hs_timezone",
+        "numemployees",
+        # the custom properties connectors/sinks/crm/hubspot.py tells a portal to create
+        "switchboard_lead_score", "switchboard_lead_band", "switchboard_service",
+        "switchboard_qualification", "switchboard_timezone", "switchboard_company_size",
+        "switchboard_workflow_tags", "switchboard_sla_breach", "switchboard_sla_breached_at",
+        "switchboard_onboarding",
     },
     "deals": {
         "dealname", "dealstage", "pipeline", "amount", "deal_currency_code", "closedate",
@@ -68,6 +78,15 @@ UNIQUE: dict[str, set[str]] = {
     **{kind: {"switchboard_command_id"} for kind in ENGAGEMENTS},
 }
 ENUMS: dict[str, set[str]] = {
+    "lifecyclestage": {
+        "subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity",
+        "customer", "evangelist", "other",
+    },
+    # A few of HubSpot's own time zone codes (it has one per zone it knows, not IANA names).
+    "hs_timezone": {
+        "america_slash_new_york", "america_slash_chicago", "america_slash_denver",
+        "america_slash_los_angeles", "europe_slash_london", "europe_slash_lisbon",
+    },
     "hs_task_status": {"NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"},
     "hs_task_priority": {"NONE", "LOW", "MEDIUM", "HIGH"},
     "hs_call_status": {
@@ -128,6 +147,7 @@ class FakeHubSpot(FakeServer):
         self.token = token
         self.owners = owners if owners is not None else {"9001", "9002"}
         self.objects: dict[str, dict[str, dict[str, str]]] = {kind: {} for kind in PROPERTIES}
+        self.properties = {kind: set(names) for kind, names in PROPERTIES.items()}
         self.associations: set[tuple[str, str, str, str]] = set()
         self.merged_into: dict[str, str] = {}  # a merged-away record id -> the merged record
         self.merged_values_resolve = merged_values_resolve
@@ -158,6 +178,10 @@ class FakeHubSpot(FakeServer):
             for from_type, from_id, to_type, to_id in self.associations
             if from_type == object_type and to_type == "contacts" and to_id == contact_object_id
         }
+
+    def define(self, object_type: str, name: str) -> None:
+        """Create a custom property, as a portal admin does (properties API or settings)."""
+        self.properties[object_type].add(name)
 
     def reject(self, id_value: str, message: str, category: str = "VALIDATION_ERROR") -> None:
         """Make every upsert input with this id fail (a 207 multi-status answer)."""
@@ -318,7 +342,7 @@ class FakeHubSpot(FakeServer):
     def _invalid_properties(
         self, object_type: str, properties: dict[str, str]
     ) -> tuple[str, str] | None:
-        unknown = sorted(set(properties) - PROPERTIES[object_type])
+        unknown = sorted(set(properties) - self.properties[object_type])
         if unknown:
             return "VALIDATION_ERROR", "Property values were not valid: " + ", ".join(
                 f'{{"isValid":false,"message":"Property \\"{name}\\" does not exist",'

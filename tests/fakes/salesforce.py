@@ -8,7 +8,10 @@ every answer. Records are stored by external id, so a repeat upsert updates. It 
 what Salesforce refuses: more than 200 records, records of another type, unknown fields,
 a missing required field on create, a create-only field on update (``TaskSubtype``,
 ``Opportunity.ContactId``), a bad restricted-picklist value, an unknown owner, a ``Who``
-reference to a contact that does not exist, a date that is not ``YYYY-MM-DD``.
+reference to a contact that does not exist, a date that is not ``YYYY-MM-DD``. Its org is
+set up as the writer's docstring says: Contact has the standard fields the writer uses and
+the ``Switchboard_..__c`` custom fields listed there, and no other (``add_field`` creates
+one more).
 
 It also answers the SOQL the writer sends (``GET .../query?q=SELECT f, ... FROM Object
 WHERE Field IN ('a', ...)``), updates by Id (``PATCH .../composite/sobjects``) and the SOAP
@@ -41,6 +44,13 @@ FIELDS: dict[str, set[str]] = {
     "Contact": {
         "Switchboard_Contact_Id__c", "Email", "Phone", "MobilePhone", "FirstName", "LastName",
         "Title", "Department", "LeadSource", "Description", "OwnerId",
+        "MailingStreet", "MailingCity", "MailingState", "MailingPostalCode", "MailingCountry",
+        # the custom fields connectors/sinks/crm/salesforce.py tells an org to create
+        "Switchboard_Lead_Score__c", "Switchboard_Lead_Band__c", "Switchboard_Service__c",
+        "Switchboard_Qualification__c", "Switchboard_Timezone__c", "Switchboard_Industry__c",
+        "Switchboard_Company_Size__c", "Switchboard_Workflow_Tags__c",
+        "Switchboard_Sla_Breach__c", "Switchboard_Sla_Breached_At__c",
+        "Switchboard_Lifecycle_Stage__c", "Switchboard_Onboarding__c",
     },
     "Opportunity": {
         "Switchboard_Deal_Id__c", "Name", "StageName", "CloseDate", "Amount", "Description",
@@ -115,6 +125,7 @@ class FakeSalesforce(FakeServer):
         self.users = users if users is not None else {"005000000000001AAA", "005000000000002AAA"}
         self.records: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in FIELDS}
         self.deleted: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in FIELDS}
+        self.fields = {sobject: set(names) for sobject, names in FIELDS.items()}
         self.api_used = 0
         self.api_limit = api_limit
         self._ids = itertools.count(1)
@@ -126,6 +137,10 @@ class FakeSalesforce(FakeServer):
 
     def find(self, sobject: str, field: str, value: Any) -> list[dict[str, Any]]:
         return [r for r in self.records[sobject].values() if r.get(field) == value]
+
+    def add_field(self, sobject: str, name: str) -> None:
+        """Create a custom field, as an org admin does in Setup."""
+        self.fields[sobject].add(name)
 
     def reject(self, external_id: str, status_code: str, message: str) -> None:
         """Make every record with this external id fail with this per-record error."""
@@ -198,7 +213,7 @@ class FakeSalesforce(FakeServer):
                 "into this call",
             )
         for record in records:
-            refused = _malformed(sobject, record)
+            refused = _malformed(sobject, record, self.fields[sobject])
             if refused is not None:
                 return refused
         values = [str(r.get(field)) for r in records]
@@ -305,7 +320,9 @@ class FakeSalesforce(FakeServer):
                 return _refuse(400, "INVALID_TYPE", "Must send a concrete entity type.")
             record_id = str(record.get("Id", ""))
             fields = {k: v for k, v in record.items() if k not in ("attributes", "Id")}
-            refused = _malformed(sobject, {"attributes": record["attributes"], **fields})
+            refused = _malformed(
+                sobject, {"attributes": record["attributes"], **fields}, self.fields[sobject]
+            )
             if refused is not None:
                 return refused
             if record_id not in self.records[sobject]:
@@ -338,7 +355,7 @@ class FakeSalesforce(FakeServer):
         if sobject not in FIELDS:
             return _refuse(400, "INVALID_TYPE", f"sObject type '{sobject}' is not supported.")
         for name in [*fields, field]:
-            if name != "Id" and name not in FIELDS[sobject]:
+            if name != "Id" and name not in self.fields[sobject]:
                 return _refuse(
                     400, "INVALID_FIELD", f"No such column '{name}' on entity '{sobject}'."
                 )
@@ -427,7 +444,7 @@ class FakeSalesforce(FakeServer):
         )
 
 
-def _malformed(sobject: str, record: Any) -> web.Response | None:
+def _malformed(sobject: str, record: Any, fields: set[str]) -> web.Response | None:
     """A whole-call refusal for a record Salesforce cannot deserialize."""
     if not isinstance(record, dict):
         return _refuse(400, "JSON_PARSER_ERROR", "Each record must be a JSON object")
@@ -444,7 +461,7 @@ def _malformed(sobject: str, record: Any) -> web.Response | None:
     for name, value in record.items():
         if name == "attributes":
             continue
-        if name not in FIELDS[sobject]:
+        if name not in fields:
             return _refuse(
                 400, "INVALID_FIELD", f"No such column '{name}' on sobject of type {sobject}"
             )

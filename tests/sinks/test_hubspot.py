@@ -11,8 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from connectors.sinks.crm.hubspot import HubSpotWriter
+from connectors.sinks.crm.hubspot import HubSpotWriter, contact_property
 from connectors.sinks.delivery import Outcome, Rejected, Retryable
+from processors.records import upsert_contact
+from processors.state import ContactState
 from tests.fakes import Scripted
 from tests.fakes.hubspot import FakeHubSpot
 from tests.records import crm_command
@@ -796,3 +798,176 @@ def test_a_stage_update_with_an_amount_sets_it_and_one_without_leaves_it(
     }
     [stored] = hubspot.objects["deals"].values()
     assert (stored["dealstage"], stored["amount"]) == ("closedwon", "1250.00")
+
+
+# -- contact properties: Switchboard's names -> HubSpot's --------------------------------
+
+# What the processors put in an UPSERT_CONTACT's properties, under their own names.
+PROCESSOR_PROPERTIES = {
+    "lead_score": "42",
+    "lead_band": "MQL",
+    "service": "boiler replacement",
+    "qualification": "qualified",
+    "postcode": "94110",
+    "timezone": "America/New_York",
+    "workflow_tags": "a,b",
+}
+
+
+def processor_contact(contact_id: str = "c-1", **properties: str) -> dict[str, Any]:
+    """An UPSERT_CONTACT the way the processors build it (processors.records), with every
+    profile field the CRM shows, a band, an SLA flag and a workflow's exit update."""
+    profile = {
+        "first_name": "Dana",
+        "last_name": "Whitfield",
+        "company": "Whitfield Bakery",
+        "title": "Owner",
+        "address": "12 Elm St",
+        "city": "San Francisco",
+        "postcode": "94110",
+        "region": "CA",
+        "country": "US",
+        "timezone": "America/Los_Angeles",
+        "service": "boiler replacement",
+        "qualification": "qualified",
+        "industry": "Food & Beverage",
+        "company_size": "11-50",
+    }
+    state = ContactState(
+        contact_id=contact_id,
+        identifiers=["email:dana@example.com", "phone:+14155550177"],
+        profile=profile,
+        score=42.5,
+        band="SQL",
+    )
+    return upsert_contact(state, f"cmd-upsert-{contact_id}", "evt-1", ISSUED, **properties)
+
+
+def test_a_processor_made_contact_lands_under_hubspot_names(
+    hubspot: FakeHubSpot,
+) -> None:
+    # Sent verbatim (as the writer once did), these names are not HubSpot properties and
+    # HubSpot refused every such upsert.
+    record = contact("c-1", "dana@example.com", properties=PROCESSOR_PROPERTIES)
+    [[outcome]] = deliver(hubspot, [record])
+
+    assert outcome is None
+    [sent] = bodies(hubspot, "/contacts/batch/upsert")
+    assert sent["inputs"][0]["properties"] == {
+        "switchboard_lead_score": "42",
+        "switchboard_lead_band": "MQL",
+        "switchboard_service": "boiler replacement",
+        "switchboard_qualification": "qualified",
+        "zip": "94110",
+        "switchboard_timezone": "America/New_York",
+        "switchboard_workflow_tags": "a,b",
+        "email": "dana@example.com",
+        "firstname": "Ada",
+        "lastname": "Lovelace",
+        "switchboard_contact_id": "c-1",
+    }
+    [stored] = hubspot.find("contacts", "switchboard_contact_id", "c-1")
+    assert (stored["zip"], stored["switchboard_lead_band"]) == ("94110", "MQL")
+
+
+def test_every_property_the_processors_send_has_a_hubspot_name(hubspot: FakeHubSpot) -> None:
+    record = processor_contact(
+        sla_breach="first-response",
+        sla_breached_at="2026-03-02T09:45:00+00:00",
+        workflow_tags="web-lead-booked",
+        lifecyclestage="salesqualifiedlead",
+        onboarding="started",
+    )
+    [[outcome]] = deliver(hubspot, [record])
+
+    assert outcome is None
+    [sent] = bodies(hubspot, "/contacts/batch/upsert")
+    assert sent["inputs"][0]["properties"] == {
+        # HubSpot's default contact properties
+        "address": "12 Elm St",
+        "city": "San Francisco",
+        "zip": "94110",
+        "state": "CA",
+        "country": "US",
+        "industry": "Food & Beverage",
+        "lifecyclestage": "salesqualifiedlead",
+        # custom properties, named switchboard_<key>
+        "switchboard_lead_score": "42.5",
+        "switchboard_lead_band": "SQL",
+        "switchboard_timezone": "America/Los_Angeles",
+        "switchboard_service": "boiler replacement",
+        "switchboard_qualification": "qualified",
+        "switchboard_company_size": "11-50",
+        "switchboard_sla_breach": "first-response",
+        "switchboard_sla_breached_at": "2026-03-02T09:45:00+00:00",
+        "switchboard_workflow_tags": "web-lead-booked",
+        "switchboard_onboarding": "started",
+        # the command's own fields
+        "email": "dana@example.com",
+        "phone": "+14155550177",
+        "firstname": "Dana",
+        "lastname": "Whitfield",
+        "company": "Whitfield Bakery",
+        "jobtitle": "Owner",
+        "switchboard_contact_id": "c-1",
+    }
+    [stored] = hubspot.find("contacts", "email", "dana@example.com")
+    assert stored["state"] == "CA" and stored["switchboard_sla_breach"] == "first-response"
+
+
+def test_an_unknown_property_key_becomes_a_switchboard_custom_property(
+    hubspot: FakeHubSpot,
+) -> None:
+    # A workflow's update names a property no table knows: it follows the rule, and the
+    # portal refuses it until an admin creates the property.
+    record = contact("c-1", properties={"Favourite Colour": "teal", "hs_lead_status": "OPEN"})
+    [[refused]] = deliver(hubspot, [record])
+
+    assert isinstance(refused, Rejected)
+    assert '"name":"switchboard_favourite_colour"' in str(refused)
+    hubspot.define("contacts", "switchboard_favourite_colour")
+    [[outcome]] = deliver(hubspot, [record])
+
+    assert outcome is None
+    [stored] = hubspot.find("contacts", "switchboard_contact_id", "c-1")
+    # A key spelled as a HubSpot name already is written as it is.
+    assert (stored["switchboard_favourite_colour"], stored["hs_lead_status"]) == ("teal", "OPEN")
+
+
+@pytest.mark.parametrize(
+    ("key", "name"),
+    [
+        ("region", "state"),
+        ("postcode", "zip"),
+        ("lead_score", "switchboard_lead_score"),
+        ("SLA breached-at", "switchboard_sla_breached_at"),
+        ("__odd__key__", "switchboard_odd_key"),
+        ("hs_language", "hs_language"),
+        ("switchboard_service", "switchboard_service"),
+    ],
+)
+def test_contact_property_names(key: str, name: str) -> None:
+    assert contact_property(key) == name
+
+
+def test_a_property_key_with_nothing_to_name_is_rejected(hubspot: FakeHubSpot) -> None:
+    [[refused, kept]] = deliver(hubspot, [contact("c-1", properties={"--": "x"}), contact("c-2")])
+
+    assert isinstance(refused, Rejected) and "'--'" in str(refused)
+    assert kept is None
+    assert hubspot.find("contacts", "switchboard_contact_id", "c-1") == []
+
+
+def test_pipeline_stages_go_under_the_portals_own_stage_ids(hubspot: FakeHubSpot) -> None:
+    payload = {"deal_id": "d-1", "stage": "closedwon", "previous_stage": None}
+    won = command("UPDATE_DEAL_STAGE", "c-1", payload, "cmd-won")
+    outcomes = deliver(
+        hubspot,
+        [contact("c-1")],
+        [deal("c-1", "d-1")],
+        [won],
+        stage_names={"closedwon": "1234567"},
+    )
+    assert outcomes == [[None], [None], [None]]
+    [(_, stored)] = hubspot.objects["deals"].items()
+    assert stored["dealstage"] == "1234567"

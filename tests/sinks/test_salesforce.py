@@ -11,8 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from connectors.sinks.crm.salesforce import SalesforceWriter
+from connectors.sinks.crm.salesforce import SalesforceWriter, contact_field
 from connectors.sinks.delivery import Outcome, Rejected, Retryable
+from processors.records import upsert_contact
+from processors.state import ContactState
 from tests.fakes import Scripted
 from tests.fakes.salesforce import FakeSalesforce
 from tests.records import crm_command
@@ -733,3 +735,199 @@ def test_a_stage_update_with_an_amount_sets_it_and_one_without_leaves_it(
     assert salesforce.queries == []  # deals are not tied to contacts: no alias query
     [deal] = salesforce.records["Opportunity"].values()
     assert (deal["StageName"], deal["Amount"]) == ("Closed Won", 500.0)
+
+
+# -- contact properties: Switchboard's names -> Contact fields ---------------------------
+
+# What the processors put in an UPSERT_CONTACT's properties, under their own names.
+PROCESSOR_PROPERTIES = {
+    "lead_score": "42",
+    "lead_band": "MQL",
+    "service": "boiler replacement",
+    "qualification": "qualified",
+    "postcode": "94110",
+    "timezone": "America/New_York",
+    "workflow_tags": "a,b",
+}
+
+
+def processor_contact(contact_id: str = "c-1", **properties: str) -> dict[str, Any]:
+    """An UPSERT_CONTACT the way the processors build it (processors.records), with every
+    profile field the CRM shows, a band, an SLA flag and a workflow's exit update."""
+    profile = {
+        "first_name": "Dana",
+        "last_name": "Whitfield",
+        "company": "Whitfield Bakery",
+        "title": "Owner",
+        "address": "12 Elm St",
+        "city": "San Francisco",
+        "postcode": "94110",
+        "region": "CA",
+        "country": "US",
+        "timezone": "America/Los_Angeles",
+        "service": "boiler replacement",
+        "qualification": "qualified",
+        "industry": "Food & Beverage",
+        "company_size": "11-50",
+    }
+    state = ContactState(
+        contact_id=contact_id,
+        identifiers=["email:dana@example.com", "phone:+14155550177"],
+        profile=profile,
+        score=42.5,
+        band="SQL",
+    )
+    return upsert_contact(state, f"cmd-upsert-{contact_id}", "evt-1", ISSUED, **properties)
+
+
+def test_a_processor_made_contact_lands_under_salesforce_names(
+    salesforce: FakeSalesforce,
+) -> None:
+    # Sent verbatim (as the writer once did), these names are not Contact fields and
+    # Salesforce refused every such upsert (INVALID_FIELD).
+    ([[outcome]], _) = deliver(salesforce, [contact("c-1", properties=PROCESSOR_PROPERTIES)])
+
+    assert outcome is None
+    [sent] = [r.body["records"][0] for r in salesforce.requests if r.method == "PATCH"]
+    assert sent == {
+        "attributes": {"type": "Contact"},
+        "Switchboard_Lead_Score__c": "42",
+        "Switchboard_Lead_Band__c": "MQL",
+        "Switchboard_Service__c": "boiler replacement",
+        "Switchboard_Qualification__c": "qualified",
+        "MailingPostalCode": "94110",
+        "Switchboard_Timezone__c": "America/New_York",
+        "Switchboard_Workflow_Tags__c": "a,b",
+        "Switchboard_Contact_Id__c": "c-1",
+        "FirstName": "Ada",
+        "LastName": "Lovelace",
+    }
+    [stored] = salesforce.find("Contact", "Switchboard_Contact_Id__c", "c-1")
+    assert (stored["MailingPostalCode"], stored["Switchboard_Lead_Band__c"]) == ("94110", "MQL")
+
+
+def test_every_property_the_processors_send_has_a_contact_field(
+    salesforce: FakeSalesforce,
+) -> None:
+    record = processor_contact(
+        sla_breach="first-response",
+        sla_breached_at="2026-03-02T09:45:00+00:00",
+        workflow_tags="web-lead-booked",
+        lifecyclestage="salesqualifiedlead",
+        onboarding="started",
+    )
+    ([[outcome]], _) = deliver(salesforce, [record])
+
+    assert outcome is None
+    [sent] = [r.body["records"][0] for r in salesforce.requests if r.method == "PATCH"]
+    assert sent == {
+        "attributes": {"type": "Contact"},
+        # the standard mailing address
+        "MailingStreet": "12 Elm St",
+        "MailingCity": "San Francisco",
+        "MailingPostalCode": "94110",
+        "MailingState": "CA",
+        "MailingCountry": "US",
+        # custom fields, named Switchboard_<Words>__c
+        "Switchboard_Lead_Score__c": "42.5",
+        "Switchboard_Lead_Band__c": "SQL",
+        "Switchboard_Timezone__c": "America/Los_Angeles",
+        "Switchboard_Service__c": "boiler replacement",
+        "Switchboard_Qualification__c": "qualified",
+        "Switchboard_Industry__c": "Food & Beverage",
+        "Switchboard_Company_Size__c": "11-50",
+        "Switchboard_Sla_Breach__c": "first-response",
+        "Switchboard_Sla_Breached_At__c": "2026-03-02T09:45:00+00:00",
+        "Switchboard_Workflow_Tags__c": "web-lead-booked",
+        "Switchboard_Lifecycle_Stage__c": "salesqualifiedlead",
+        "Switchboard_Onboarding__c": "started",
+        # the command's own fields (company has no Contact field: not sent)
+        "Switchboard_Contact_Id__c": "c-1",
+        "Email": "dana@example.com",
+        "Phone": "+14155550177",
+        "FirstName": "Dana",
+        "LastName": "Whitfield",
+        "Title": "Owner",
+    }
+    [stored] = salesforce.find("Contact", "Email", "dana@example.com")
+    assert (stored["MailingState"], stored["Switchboard_Sla_Breach__c"]) == ("CA", "first-response")
+
+
+def test_an_unknown_property_key_becomes_a_switchboard_custom_field(
+    salesforce: FakeSalesforce,
+) -> None:
+    # A workflow's update names a property no table knows: it follows the rule, and the
+    # org refuses it until an admin creates the field.
+    record = contact("c-1", properties={"favourite colour": "teal", "LeadSource": "Web"})
+    ([[refused]], _) = deliver(salesforce, [record])
+
+    assert isinstance(refused, Rejected)
+    assert "Switchboard_Favourite_Colour__c" in refused.answer
+    salesforce.add_field("Contact", "Switchboard_Favourite_Colour__c")
+    ([[outcome]], _) = deliver(salesforce, [record])
+
+    assert outcome is None
+    [stored] = salesforce.find("Contact", "Switchboard_Contact_Id__c", "c-1")
+    # A key spelled as a Salesforce field name already is written as it is.
+    assert (stored["Switchboard_Favourite_Colour__c"], stored["LeadSource"]) == ("teal", "Web")
+
+
+@pytest.mark.parametrize(
+    ("key", "name"),
+    [
+        ("address", "MailingStreet"),
+        ("region", "MailingState"),
+        ("lifecyclestage", "Switchboard_Lifecycle_Stage__c"),
+        ("lead_score", "Switchboard_Lead_Score__c"),
+        ("sla_breached_at", "Switchboard_Sla_Breached_At__c"),
+        ("__odd--key__", "Switchboard_Odd_Key__c"),
+        ("2nd phone", "Switchboard_2nd_Phone__c"),
+        ("leadScore", "Switchboard_LeadScore__c"),
+        ("LeadSource", "LeadSource"),
+        ("Shoe_Size__c", "Shoe_Size__c"),
+        ("a" * 28, "Switchboard_" + "A" + "a" * 27 + "__c"),  # 40 characters before __c
+    ],
+)
+def test_contact_field_names(key: str, name: str) -> None:
+    assert contact_field(key) == name
+
+
+def test_a_property_key_with_no_custom_field_name_is_rejected(
+    salesforce: FakeSalesforce,
+) -> None:
+    records = [
+        contact("c-1", properties={"--": "x"}),
+        contact("c-2", properties={"a" * 29: "x"}),  # 41 characters before __c
+        contact("c-3"),
+    ]
+    ([[nameless, too_long, kept]], _) = deliver(salesforce, records)
+
+    assert isinstance(nameless, Rejected) and "'--'" in str(nameless)
+    assert isinstance(too_long, Rejected) and "at most 40 characters" in str(too_long)
+    assert kept is None
+    assert salesforce.find("Contact", "Switchboard_Contact_Id__c", "c-1") == []
+
+
+def test_pipeline_stages_go_under_the_orgs_own_stage_names(salesforce: FakeSalesforce) -> None:
+    """The packaged pipeline's stages are HubSpot's ids; crm_stage_names maps them onto the
+    org's StageName picklist, which refuses anything else."""
+    deal = {
+        "deal_id": "d-1",
+        "name": "Boiler",
+        "stage": "appointmentscheduled",
+        "pipeline": None,
+        "amount_minor": None,
+        "currency": None,
+    }
+    won = {"deal_id": "d-1", "stage": "closedwon", "previous_stage": "appointmentscheduled"}
+    names = {"appointmentscheduled": "Qualification", "closedwon": "Closed Won"}
+    records = [command("CREATE_DEAL", "c-1", deal), command("UPDATE_DEAL_STAGE", "c-1", won)]
+    (outcomes, _) = deliver(salesforce, [records[0]], [records[1]], stage_names=names)
+    assert outcomes == [[None], [None]]
+    [opportunity] = salesforce.records["Opportunity"].values()
+    assert opportunity["StageName"] == "Closed Won"
+    ([[refused]], _) = deliver(
+        salesforce, [command("CREATE_DEAL", "c-2", deal | {"deal_id": "d-2"})]
+    )
+    assert isinstance(refused, Rejected)
+    assert "appointmentscheduled" in str(refused)

@@ -15,6 +15,27 @@ Batch upsert takes no associations, so a deal or activity is tied to its contact
 with the v4 "associate default" batch call, which is idempotent too. The portal needs the
 custom unique-value properties above (``hasUniqueValue: true``) on each object it writes.
 
+UPSERT_CONTACT's ``properties`` use Switchboard's own names; each is written to a HubSpot
+contact property (``CONTACT_PROPERTIES`` and ``contact_property``). A key HubSpot has a
+default contact property for goes there (``lifecyclestage`` is HubSpot's name already):
+
+    address -> address      region -> state      country -> country
+    city -> city            postcode -> zip      industry -> industry
+    lifecyclestage -> lifecyclestage
+
+Every other key becomes the custom property ``switchboard_<key>``: the key in lower case,
+each run of characters other than letters and digits made one underscore. The portal must
+create them (single-line text; not unique): today ``switchboard_lead_score``,
+``switchboard_lead_band``, ``switchboard_service``, ``switchboard_qualification``,
+``switchboard_timezone``, ``switchboard_company_size``, ``switchboard_workflow_tags``,
+``switchboard_sla_breach``, ``switchboard_sla_breached_at`` and, from the bundled
+payment-onboarding workflow, ``switchboard_onboarding``; a key a workflow adds tomorrow
+follows the same rule. Two defaults are deliberately not used: ``hs_timezone`` is a
+dropdown of HubSpot's own codes (``america_slash_new_york``) that lacks some IANA names (no
+``UTC``; ``Europe/Kiev`` but not ``Europe/Kyiv``), and ``numemployees`` a dropdown of ranges
+(``25-50``): a value outside either would refuse the whole contact. A key already spelled
+as a HubSpot name (``hs_...``, ``switchboard_...``) is passed as it is.
+
 MERGE_CONTACTS uses HubSpot's own merge (``POST /crm/v3/objects/contacts/merge``): HubSpot
 moves the retired contact's deals and activities to the merged record and keeps both old
 record ids pointing at it. It does not keep the retired contact's ``switchboard_contact_id``
@@ -53,6 +74,9 @@ Docs followed (developers.hubspot.com):
   ``policyName`` (``TEN_SECONDLY_ROLLING`` or ``DAILY``), and answers carry
   ``X-HubSpot-RateLimit-Max``/``-Remaining``/``-Interval-Milliseconds``
   (/docs/developer-tooling/platform/usage-guidelines).
+- default contact properties (knowledge.hubspot.com "HubSpot's default contact
+  properties"): ``address``, ``city``, ``state``, ``zip``, ``country``, ``industry`` are
+  single-line text; ``lifecyclestage``, ``hs_timezone`` and ``numemployees`` are dropdowns
 - engagement properties: tasks (``hs_task_subject``, ``hs_task_body``, ``hs_timestamp`` is
   the due date, ``hs_task_priority``, ``hs_task_status``), calls (``hs_call_title``,
   ``hs_call_body``, ``hs_call_direction`` INBOUND/OUTBOUND, ``hs_call_status``,
@@ -83,6 +107,20 @@ COMMAND_KEY = "switchboard_command_id"
 ALIAS_PREFIX = "merged-contact:"
 MERGED_IDS = "hs_merged_object_ids"  # HubSpot's own list of the record ids merged into one
 
+# UPSERT_CONTACT's Switchboard property names -> HubSpot default contact properties. Any
+# other key is written to the custom property CUSTOM_PREFIX + key (contact_property).
+CONTACT_PROPERTIES = {
+    "address": "address",
+    "city": "city",
+    "region": "state",
+    "postcode": "zip",
+    "country": "country",
+    "industry": "industry",
+    "lifecyclestage": "lifecyclestage",
+}
+CUSTOM_PREFIX = "switchboard_"
+# Keys already spelled as HubSpot property names, passed as they are.
+HUBSPOT_PREFIXES = ("hs_", CUSTOM_PREFIX)
 # LOG_ACTIVITY's activity_type -> the HubSpot engagement object that records it.
 ACTIVITY_OBJECTS = {
     "call": "calls",
@@ -124,6 +162,7 @@ CALL_DISPOSITIONS = {
     "wrong-number": "17b47fee-58de-441e-a44c-c6300d46f273",
 }
 _CURRENCY = re.compile(r"[A-Z]{3}")
+_NOT_NAME = re.compile(r"[^a-z0-9]+")  # what a custom property name cannot hold
 
 
 @dataclass(frozen=True)
@@ -164,13 +203,17 @@ class HubSpotWriter:
         *,
         base_url: str = "https://api.hubapi.com",
         owner_ids: Mapping[str, str] | None = None,
+        stage_names: Mapping[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout_s: float = 10.0,
     ) -> None:
         """``owner_ids`` maps Switchboard rep ids to HubSpot owner ids; without it rep ids
-        are taken to be HubSpot owner ids already. A ``session`` passed in stays open."""
+        are taken to be HubSpot owner ids already. ``stage_names`` maps pipeline stages to
+        the deal pipeline's stage ids; an unmapped stage goes as it is. A ``session``
+        passed in stays open."""
         self.base_url = base_url.rstrip("/")
         self.owner_ids = owner_ids
+        self.stage_names = dict(stage_names or {})
         self.timeout_s = timeout_s
         self._headers = {"Authorization": f"Bearer {token}"}
         self._session = session
@@ -243,7 +286,7 @@ class HubSpotWriter:
 
         if command == "UPSERT_CONTACT":
             props = {
-                **payload.get("properties", {}),
+                **contact_properties(payload.get("properties") or {}),
                 "email": payload.get("email"),
                 "phone": payload.get("phone"),
                 "firstname": payload.get("first_name"),
@@ -262,14 +305,14 @@ class HubSpotWriter:
         if command == "CREATE_DEAL":
             props = {
                 "dealname": payload["name"],
-                "dealstage": payload["stage"],
+                "dealstage": self.stage_names.get(payload["stage"], payload["stage"]),
                 "pipeline": payload.get("pipeline"),
                 "amount": _amount(payload.get("amount_minor"), payload.get("currency")),
                 "deal_currency_code": payload.get("currency"),
             }
             return write("deals", DEAL_KEY, payload["deal_id"], props)
         if command == "UPDATE_DEAL_STAGE":
-            props = {"dealstage": payload["stage"]}
+            props = {"dealstage": self.stage_names.get(payload["stage"], payload["stage"])}
             amount_minor = payload.get("amount_minor")
             if amount_minor is not None:  # without one, the deal keeps the amount it has
                 currency = _currency(payload.get("currency"))
@@ -705,6 +748,26 @@ def _refused(
 
 
 # -- values ------------------------------------------------------------------------------
+
+
+def contact_property(key: str) -> str:
+    """The HubSpot contact property a Switchboard property key is written to: its default
+    property (CONTACT_PROPERTIES), the key itself when it is spelled as a HubSpot name
+    already, else the custom ``switchboard_<key>``: 'lead_score' -> 'switchboard_lead_score',
+    'Lead Score' -> 'switchboard_lead_score'."""
+    if key in CONTACT_PROPERTIES:
+        return CONTACT_PROPERTIES[key]
+    if key.startswith(HUBSPOT_PREFIXES):
+        return key
+    name = _NOT_NAME.sub("_", key.lower()).strip("_")
+    if not name:
+        raise Rejected(f"hubspot: property {key!r} has no letters or digits to name a property")
+    return CUSTOM_PREFIX + name
+
+
+def contact_properties(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """UPSERT_CONTACT's ``properties`` under HubSpot's names."""
+    return {contact_property(key): value for key, value in properties.items()}
 
 
 def _text(value: Any) -> str:

@@ -13,6 +13,33 @@ it made the first time and changes nothing (invariant 2):
   Other, with a Subject that says what they were; ADD_NOTE as a completed Task "Note",
   because Note and ContentNote cannot carry an external-id field).
 
+UPSERT_CONTACT's ``properties`` use Switchboard's own names; each is written to a Contact
+field (``CONTACT_FIELDS`` and ``contact_field``). The address goes to the standard mailing
+address fields:
+
+    address -> MailingStreet        postcode -> MailingPostalCode
+    city -> MailingCity             country -> MailingCountry
+    region -> MailingState          lifecyclestage -> Switchboard_Lifecycle_Stage__c
+
+Every other key becomes the custom field ``Switchboard_<Words>__c``: the key's runs of
+letters and digits, each with its first letter upper-cased, joined by single underscores
+(``lead_score`` -> ``Switchboard_Lead_Score__c``). So the name starts with a letter, has no
+double underscore and does not end with one, as Salesforce requires; a key whose name would
+be longer than Salesforce's 40 characters (before ``__c``) is refused. The org must create
+the fields (Text, 255) like ``Switchboard_Contact_Id__c``: today
+``Switchboard_Lead_Score__c``, ``Switchboard_Lead_Band__c``, ``Switchboard_Service__c``,
+``Switchboard_Qualification__c``, ``Switchboard_Timezone__c``, ``Switchboard_Industry__c``,
+``Switchboard_Company_Size__c``, ``Switchboard_Workflow_Tags__c``,
+``Switchboard_Sla_Breach__c``, ``Switchboard_Sla_Breached_At__c``,
+``Switchboard_Lifecycle_Stage__c`` and, from the bundled payment-onboarding workflow,
+``Switchboard_Onboarding__c``; a key a workflow adds tomorrow follows the same rule.
+Contact has no industry, size or time zone field (Industry and NumberOfEmployees belong to
+Account and Lead). A key already spelled as a Salesforce field name (``LeadSource``,
+``Shoe_Size__c``: a capital first, or ``__c`` last) is passed as it is. The command's
+``company`` is not sent: Contact has no company field (a contact's company is its Account,
+which the writer does not manage). With State and Country/Territory Picklists on,
+MailingState and MailingCountry take only the names the org's picklists hold.
+
 A Task reaches its contact through the polymorphic ``Who`` relationship by the contact's
 external id, so no id lookup is needed. ``TaskSubtype`` is deliberately not sent: it is
 create-only, so the update half of a redelivered upsert would be refused.
@@ -101,6 +128,18 @@ ACTIVITY_SUBJECTS = {
     "payment": "Payment",
 }
 CALL_TYPES = {"inbound": "Inbound", "outbound": "Outbound"}
+# UPSERT_CONTACT's Switchboard property names -> Contact fields. Any other key is written to
+# the custom field CUSTOM_PREFIX + Words + "__c" (contact_field).
+CONTACT_FIELDS = {
+    "address": "MailingStreet",
+    "city": "MailingCity",
+    "region": "MailingState",
+    "postcode": "MailingPostalCode",
+    "country": "MailingCountry",
+    "lifecyclestage": "Switchboard_Lifecycle_Stage__c",
+}
+CUSTOM_PREFIX = "Switchboard_"
+CUSTOM_NAME_LIMIT = 40  # characters in a custom field's name, before "__c"
 SUBJECT_LENGTH = 255  # Task.Subject
 # The Task that keeps a merged-away Switchboard contact id pointing at its survivor.
 ALIAS_PREFIX = "merged-contact:"
@@ -109,6 +148,11 @@ PARTNER = "urn:partner.soap.sforce.com"
 SOBJECT = "urn:sobject.partner.soap.sforce.com"
 _API_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 _CURRENCY = re.compile(r"[A-Z]{3}")
+_WORD = re.compile(r"[A-Za-z0-9]+")
+# A key spelled as a Salesforce field name already: LeadSource, Shoe_Size__c.
+_FIELD_NAME = re.compile(
+    r"[A-Z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)*|[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)*__c"
+)
 
 
 @dataclass(frozen=True)
@@ -152,11 +196,14 @@ class SalesforceWriter:
         deal_id_field: str = "Switchboard_Deal_Id__c",
         activity_id_field: str = "Switchboard_Id__c",
         owner_ids: Mapping[str, str] | None = None,
+        stage_names: Mapping[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout_s: float = 10.0,
     ) -> None:
         """``owner_ids`` maps Switchboard rep ids to Salesforce User ids (005...); without
-        it rep ids are taken to be User ids already. A ``session`` passed in stays open."""
+        it rep ids are taken to be User ids already. ``stage_names`` maps pipeline stages to
+        the org's StageName picklist values; an unmapped stage goes as it is. A ``session``
+        passed in stays open."""
         self.instance_url = instance_url.rstrip("/")
         self.base_url = f"{self.instance_url}/services/data/{api_version}"
         self.soap_url = f"{self.instance_url}/services/Soap/u/{api_version.lstrip('v')}"
@@ -166,6 +213,7 @@ class SalesforceWriter:
             "Task": activity_id_field,
         }
         self.owner_ids = owner_ids
+        self.stage_names = dict(stage_names or {})
         self.timeout_s = timeout_s
         self._token = token
         self._headers = {"Authorization": f"Bearer {token}"}
@@ -225,7 +273,7 @@ class SalesforceWriter:
             return write(
                 "Contact",
                 {
-                    **payload.get("properties", {}),
+                    **contact_fields(payload.get("properties") or {}),
                     **contact_key,
                     "Email": payload.get("email"),
                     "Phone": payload.get("phone"),
@@ -243,7 +291,7 @@ class SalesforceWriter:
                 {
                     self.external_ids["Opportunity"]: payload["deal_id"],
                     "Name": payload["name"],
-                    "StageName": payload["stage"],
+                    "StageName": self.stage_names.get(payload["stage"], payload["stage"]),
                     "CloseDate": close,
                     "Amount": _amount(payload.get("amount_minor"), payload.get("currency")),
                 },
@@ -257,7 +305,7 @@ class SalesforceWriter:
                 "Opportunity",
                 {
                     self.external_ids["Opportunity"]: payload["deal_id"],
-                    "StageName": payload["stage"],
+                    "StageName": self.stage_names.get(payload["stage"], payload["stage"]),
                     "Amount": amount,
                 },
             )
@@ -624,6 +672,29 @@ class SalesforceWriter:
             raise Retryable(f"{what}: expected {len(writes)} results", answer.summary())
         for write, result in zip(writes, results, strict=True):
             outcomes[write.index] = _outcome(what, write, result)
+
+
+def contact_field(key: str) -> str:
+    """The Contact field a Switchboard property key is written to: a standard field
+    (CONTACT_FIELDS), the key itself when it is spelled as a Salesforce field name already,
+    else the custom ``Switchboard_<Words>__c``: 'lead_score' -> 'Switchboard_Lead_Score__c'."""
+    if key in CONTACT_FIELDS:
+        return CONTACT_FIELDS[key]
+    if _FIELD_NAME.fullmatch(key):
+        return key
+    words = _WORD.findall(key)
+    name = CUSTOM_PREFIX + "_".join(word[:1].upper() + word[1:] for word in words)
+    if not words or len(name) > CUSTOM_NAME_LIMIT:
+        raise Rejected(
+            f"salesforce: property {key!r} makes no custom field name of at most "
+            f"{CUSTOM_NAME_LIMIT} characters (it would be {name!r})"
+        )
+    return name + "__c"
+
+
+def contact_fields(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """UPSERT_CONTACT's ``properties`` under the Contact's field names."""
+    return {contact_field(key): value for key, value in properties.items()}
 
 
 def _outcome(what: str, write: Write, result: Any) -> Outcome:
