@@ -102,6 +102,8 @@ def test_payment_closes_the_deal_won_and_a_completed_job_is_invoiced_once(
         "deal_id": "D-1",
         "stage": "closedwon",
         "previous_stage": "proposalsent",
+        "amount_minor": 480000,  # the payment's
+        "currency": "USD",
     }
     assert won["causation_event_id"] == "stripe:evt-1"
     tasks = sorted(c["payload"]["title"] for c in commands if c["command_type"] == "CREATE_TASK")
@@ -109,6 +111,7 @@ def test_payment_closes_the_deal_won_and_a_completed_job_is_invoiced_once(
     assert Counter(c["command_type"] for c in commands) == {
         "UPDATE_DEAL_STAGE": 1,
         "CREATE_TASK": 1,
+        "LOG_ACTIVITY": 1,  # the payment, on the contact's timeline (once, despite the replay)
     }
     # The survey is the job-completed workflow's, which does not run here.
     assert [n for n in notices if n["template"] == "satisfaction_survey"] == []
