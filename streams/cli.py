@@ -27,6 +27,9 @@ def _settings() -> Settings:
         raise click.ClickException(f"invalid settings:\n{exc}") from None
 
 
+ONCE_SCRAPE_TIMEOUT_S = 10.0
+
+
 @click.group()
 @click.option(
     "--config",
@@ -349,9 +352,12 @@ def top(urls: tuple[str, ...], interval: float, once: bool) -> None:
         f"http://127.0.0.1:{settings.metrics_port + 1}/metrics",
     ]
     if once:
-        before = live.read(targets)
+        # One look, nothing to keep fresh: a busy process gets longer to answer before
+        # it is called down.
+        before = live.read(targets, timeout=ONCE_SCRAPE_TIMEOUT_S)
         time.sleep(interval)
-        Console().print(live.render(live.view(before, live.read(targets))))
+        after = live.read(targets, timeout=ONCE_SCRAPE_TIMEOUT_S)
+        Console().print(live.render(live.view(before, after)))
         return
     live.watch(targets, interval)
 

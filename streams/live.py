@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -72,8 +73,13 @@ class Reading:
         return dict(groups)
 
 
-def read(urls: Iterable[str]) -> Reading:
-    return Reading(time.monotonic(), {url: scrape(url) for url in urls})
+def read(urls: Iterable[str], timeout: float = 2.0) -> Reading:
+    """Every target at once: one slow process delays the reading by its own wait, not by
+    everyone's."""
+    targets = list(urls)
+    with ThreadPoolExecutor(max(len(targets), 1)) as pool:
+        samples = list(pool.map(lambda url: scrape(url, timeout), targets))
+    return Reading(time.monotonic(), dict(zip(targets, samples, strict=True)))
 
 
 @dataclass
