@@ -6,7 +6,9 @@ routing, SLA clocks, workflows; exactly-once) → the CRM sink → rows in the S
   write for it (events/s, end to end);
 * latency: a steady feed, each event's time from its event_time (the provider's stamp,
   some to the second only) and from its arrival, to its first CRM write (p50/p95/p99),
-  against the seeds' promise of under two seconds;
+  against the seeds' promise of under two seconds; and, for each call with a next step
+  (the voice AI's end-of-call reports), from its arrival to its whole record in the CRM:
+  the last of its writes (contact fields, the call's activity, the next-step task);
 * peak memory (VmHWM) of each worker and of the sink.
 
     .venv/bin/python -m tests.bench.bench_e2e [--workers 1 2 4] [--partitions 6 12]
@@ -53,15 +55,23 @@ BENCH = Path(".run/bench")
 
 def first_writes(settings: Settings) -> dict[str, datetime]:
     """Each causing event's first CRM write (applied_at), from the CRM store."""
+    return crm_writes(settings)[0]
+
+
+def crm_writes(settings: Settings) -> tuple[dict[str, datetime], dict[str, datetime]]:
+    """Each causing event's first and last CRM write (applied_at), from the CRM store."""
     engine = create_sql_engine(settings.crm_database_url)
     rows = select(APPLIED_COMMANDS.c.causation_event_id, APPLIED_COMMANDS.c.applied_at)
     first: dict[str, datetime] = {}
+    last: dict[str, datetime] = {}
     with engine.connect() as connection:
         for cause, at in connection.execute(rows):
             if cause and (cause not in first or at < first[cause]):
                 first[cause] = at
+            if cause and (cause not in last or at > last[cause]):
+                last[cause] = at
     engine.dispose()
-    return first
+    return first, last
 
 
 def settled(settings: Settings, timeout: float) -> None:
@@ -123,8 +133,8 @@ def one(workers: int, partitions: int, backlog: int, rate: float, seconds: float
         steady_from = time.time() * 1000
         asyncio.run(run_load(settings, rate=rate, duration=seconds, seed=6, target="kafka"))
         settled(settings, timeout=300)
-        writes = first_writes(settings)
-        from_event, from_arrival = [], []
+        writes, last_writes = crm_writes(settings)
+        from_event, from_arrival, call_to_record = [], [], []
         for message in read_all(settings, serde.topic):
             if message.timestamp()[1] < steady_from:
                 continue
@@ -133,6 +143,10 @@ def one(workers: int, partitions: int, backlog: int, rate: float, seconds: float
             if written is not None:
                 from_event.append((written - event["event_time"]).total_seconds())
                 from_arrival.append((written - event["received_time"]).total_seconds())
+            payload = event["payload"]
+            if event["event_type"] == "CALL_COMPLETED" and payload.get("next_step"):
+                whole = last_writes[event["event_id"]] - event["received_time"]
+                call_to_record.append(whole.total_seconds())
         memory = {
             "workers_mb": [round(peak_rss_mb(p), 1) for p in processes],
             "sink_mb": round(peak_rss_mb(sink), 1),
@@ -148,6 +162,8 @@ def one(workers: int, partitions: int, backlog: int, rate: float, seconds: float
         "from_event_time_s": {q: percentile(from_event, p) for q, p in QUANTILES},
         "from_arrival_s": {q: percentile(from_arrival, p) for q, p in QUANTILES},
         "under_2s_share": sum(v < 2 for v in from_event) / len(from_event) if from_event else 0,
+        "calls_with_next_step": len(call_to_record),
+        "call_to_whole_record_s": {q: percentile(call_to_record, p) for q, p in QUANTILES},
         "peak_memory": memory,
     }
 
@@ -169,7 +185,7 @@ def main() -> None:
     )
     print(
         "  workers partitions   events/s   event->CRM p50/p95/p99 s   arrival->CRM p50/p95/p99 s"
-        "   <2s   peak MB worker/sink"
+        "   <2s   peak MB worker/sink   call->whole record p50/p95/p99 s"
     )
     rows = []
     for partitions in args.partitions:
@@ -177,12 +193,14 @@ def main() -> None:
             row = one(workers, partitions, args.backlog, args.rate, args.seconds)
             rows.append(row)
             e, a, m = row["from_event_time_s"], row["from_arrival_s"], row["peak_memory"]
+            c = row["call_to_whole_record_s"]
             print(
                 f"  {workers:7} {partitions:10} {row['throughput_events_per_s']:10,.0f}"
                 f"   {e['p50']:6.2f} {e['p95']:6.2f} {e['p99']:6.2f}"
                 f"        {a['p50']:6.2f} {a['p95']:6.2f} {a['p99']:6.2f}"
                 f"        {row['under_2s_share']:4.0%}"
-                f"   {max(m['workers_mb']):.0f}/{m['sink_mb']:.0f}",
+                f"   {max(m['workers_mb']):.0f}/{m['sink_mb']:.0f}"
+                f"        {c['p50']:6.2f} {c['p95']:6.2f} {c['p99']:6.2f}",
                 flush=True,
             )
     print(f"  written to {write_results('e2e', {'runs': rows})}")
