@@ -533,9 +533,12 @@ def assert_exactly_once(
     missing = set(by_id) - set(applied) - set(rejected)
     assert missing == set(), f"{len(missing)} commands neither applied nor dead-lettered"
 
-    # Each table holds exactly the rows its applied commands make.
+    # Each table holds exactly the rows its applied commands make; a merged contact's rows
+    # are its survivor's.
     done = [by_id[i] for i in applied]
-    assert {r["contact_id"] for r in store.rows("contacts")} == {c["contact_id"] for c in done}
+    survivor = {a["contact_id"]: a["survivor_id"] for a in store.rows("contact_aliases")}
+    made = {survivor.get(c["contact_id"], c["contact_id"]) for c in done}
+    assert {r["contact_id"] for r in store.rows("contacts")} == made
     assert set(contacts) <= {r["contact_id"] for r in store.rows("contacts")}
     for table, kind, key in (
         ("deals", "CREATE_DEAL", "deal_id"),
