@@ -1,7 +1,9 @@
 """Benchmark of the stateful core on this machine: one worker (identity, contact and
 router stages, exactly-once) over the load generator's multi-system feed.
 
-* sustained: a backlog of events drained as fast as the worker goes (events/s);
+* sustained: a backlog of events drained as fast as the worker goes (events/s), and the
+  same backlog through the floor (tests/bench/floor.py: a bare transactional
+  read-decode-encode-write loop on the same broker, in the same run), with the ratio;
 * latency: a steady feed, each decision's time in Kafka minus its event's time in
   Kafka (p50/p95/p99), for contact creations, score changes and assignments.
 
@@ -23,7 +25,7 @@ from streams.registry import register_catalog
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
 from streams.topics import AUDIT, CONTACT_EVENTS, REP_ROSTER, ensure_topics
-from tests.bench import run_then_clean, write_results
+from tests.bench import floor, run_then_clean, write_results
 from tests.conftest import free_port
 from tests.kafka_helpers import producer, read_all, running_worker, worker_metric
 
@@ -85,10 +87,13 @@ def sustained(backlog: int, partitions: int) -> dict[str, Any]:
     events = len(read_all(settings, CONTACT_EVENTS.full_name(settings)))
     with running_worker(settings, Path(".run/bench") / run / "worker.log"):
         seconds = wait_drained(settings, events, timeout=600)
+    floor_seconds = floor.drain(settings, CONTACT_EVENTS.full_name(settings), events)
     return {
         "events": events,
         "seconds": seconds,
         "events_per_s": events / seconds,
+        "floor_events_per_s": events / floor_seconds,
+        "core_to_floor": floor_seconds / seconds,
         "partitions": partitions,
         "workers": 1,
     }
@@ -145,7 +150,8 @@ def main() -> None:
         results["sustained"].append(row)
         print(
             f"  sustained   {partitions} partitions: {row['events_per_s']:7,.0f} events/s "
-            f"({row['events']} events in {row['seconds']:.1f}s)"
+            f"({row['events']} events in {row['seconds']:.1f}s); floor "
+            f"{row['floor_events_per_s']:,.0f} events/s; core/floor {row['core_to_floor']:.3f}"
         )
     for partitions in args.partitions:
         row = latency(args.rate, args.seconds, partitions)
