@@ -8,7 +8,8 @@ routing, SLA clocks, workflows; exactly-once) → the CRM sink → rows in the S
   some to the second only) and from its arrival, to its first CRM write (p50/p95/p99),
   against the seeds' promise of under two seconds; and, for each call with a next step
   (the voice AI's end-of-call reports), from its arrival to its whole record in the CRM:
-  the last of its writes (contact fields, the call's activity, the next-step task);
+  the contact's fields, the call's activity and the next-step task all applied (later
+  consequences of the call, a workflow's steps, are not the record);
 * peak memory (VmHWM) of each worker and of the sink.
 
     .venv/bin/python -m tests.bench.bench_e2e [--workers 1 2 4] [--partitions 6 12]
@@ -53,25 +54,41 @@ from tests.kafka_helpers import read_all, running_sink, running_worker
 BENCH = Path(".run/bench")
 
 
+# The commands that make a call's record whole in the CRM.
+RECORD = ("UPSERT_CONTACT", "LOG_ACTIVITY", "CREATE_TASK")
+
+
 def first_writes(settings: Settings) -> dict[str, datetime]:
     """Each causing event's first CRM write (applied_at), from the CRM store."""
     return crm_writes(settings)[0]
 
 
 def crm_writes(settings: Settings) -> tuple[dict[str, datetime], dict[str, datetime]]:
-    """Each causing event's first and last CRM write (applied_at), from the CRM store."""
+    """Each causing event's first CRM write, and the time its record was whole: the
+    latest of the first write of each of RECORD's command types it caused."""
     engine = create_sql_engine(settings.crm_database_url)
-    rows = select(APPLIED_COMMANDS.c.causation_event_id, APPLIED_COMMANDS.c.applied_at)
+    rows = select(
+        APPLIED_COMMANDS.c.causation_event_id,
+        APPLIED_COMMANDS.c.command_type,
+        APPLIED_COMMANDS.c.applied_at,
+    )
     first: dict[str, datetime] = {}
-    last: dict[str, datetime] = {}
+    by_type: dict[tuple[str, str], datetime] = {}
     with engine.connect() as connection:
-        for cause, at in connection.execute(rows):
+        for cause, kind, at in connection.execute(rows):
             if cause and (cause not in first or at < first[cause]):
                 first[cause] = at
-            if cause and (cause not in last or at > last[cause]):
-                last[cause] = at
+            if (
+                cause
+                and kind in RECORD
+                and ((cause, kind) not in by_type or at < by_type[cause, kind])
+            ):
+                by_type[cause, kind] = at
     engine.dispose()
-    return first, last
+    whole: dict[str, datetime] = {}
+    for (cause, _), at in by_type.items():
+        whole[cause] = max(at, whole.get(cause, at))
+    return first, whole
 
 
 def settled(settings: Settings, timeout: float) -> None:
