@@ -95,7 +95,14 @@ from typing import Any
 
 import aiohttp
 
-from connectors.sinks.crm.values import major_units, task_priority, utc
+from connectors.sinks.crm.values import (
+    Merge,
+    iso_currency,
+    major_units,
+    merge_of,
+    task_priority,
+    utc,
+)
 from connectors.sinks.delivery import DeliveryError, Outcome, Rejected, Retryable
 from connectors.sinks.http import Answer, raise_for_status, request, retry_after_seconds
 
@@ -161,7 +168,6 @@ CALL_DISPOSITIONS = {
     "left-live-message": "a4c4c377-d246-4b32-a13b-75a56a4cd0ff",
     "wrong-number": "17b47fee-58de-441e-a44c-c6300d46f273",
 }
-_CURRENCY = re.compile(r"[A-Z]{3}")
 _NOT_NAME = re.compile(r"[^a-z0-9]+")  # what a custom property name cannot hold
 
 
@@ -177,18 +183,6 @@ class Write:
     associate: bool  # tie the object to the record's contact afterwards
     trace_id: str  # objectWriteTraceId: the command id, so errors map back exactly
     contact_id: str = ""  # the Switchboard contact it belongs to (a survivor, once merged)
-
-
-@dataclass(frozen=True)
-class Merge:
-    """One MERGE_CONTACTS: ``retired`` becomes part of ``survivor``."""
-
-    index: int
-    command_id: str
-    survivor: str
-    retired: str
-    identifier: str | None
-    issued_at: datetime | int
 
 
 class HubSpotWriter:
@@ -227,7 +221,7 @@ class HubSpotWriter:
         for index, record in enumerate(records):
             try:
                 if record["command_type"] == "MERGE_CONTACTS":
-                    merges.append(_merge_for(index, record))
+                    merges.append(merge_of(index, record, "hubspot"))
                 else:
                     writes.append(self._write_for(index, record))
             except Rejected as exc:
@@ -315,7 +309,7 @@ class HubSpotWriter:
             props = {"dealstage": self.stage_names.get(payload["stage"], payload["stage"])}
             amount_minor = payload.get("amount_minor")
             if amount_minor is not None:  # without one, the deal keeps the amount it has
-                currency = _currency(payload.get("currency"))
+                currency = iso_currency(payload.get("currency"), "hubspot")
                 props["amount"] = _amount(amount_minor, currency)
                 props["deal_currency_code"] = currency
             return write("deals", DEAL_KEY, payload["deal_id"], props)
@@ -785,31 +779,6 @@ def _instant(value: datetime | int) -> str:
 def _amount(amount_minor: int | None, currency: str | None) -> str | None:
     amount = major_units(amount_minor, currency)
     return None if amount is None else str(amount)
-
-
-def _currency(value: Any) -> str | None:
-    """The contract's ISO 4217 code (upper case), or None; anything else is refused."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
-        raise Rejected(f"hubspot: currency {value!r} is not an ISO 4217 code such as EUR")
-    return value
-
-
-def _merge_for(index: int, record: Mapping[str, Any]) -> Merge:
-    payload: Mapping[str, Any] = record["payload"]
-    retired = payload.get("retired_contact_id")
-    if not isinstance(retired, str) or not retired:
-        raise Rejected("hubspot: MERGE_CONTACTS needs the retired_contact_id it merges")
-    identifier = payload.get("identifier")
-    return Merge(
-        index,
-        record["command_id"],
-        record["contact_id"],
-        retired,
-        identifier if isinstance(identifier, str) and identifier else None,
-        record["issued_at"],
-    )
 
 
 def _message(answer: Answer) -> str:

@@ -92,12 +92,19 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
 
-from connectors.sinks.crm.values import major_units, task_priority, utc
+from connectors.sinks.crm.values import (
+    Merge,
+    iso_currency,
+    major_units,
+    merge_of,
+    task_priority,
+    utc,
+)
 from connectors.sinks.delivery import Outcome, Rejected, Retryable
 from connectors.sinks.http import Answer, raise_for_status, request, retry_after_seconds
 
@@ -147,7 +154,6 @@ SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 PARTNER = "urn:partner.soap.sforce.com"
 SOBJECT = "urn:sobject.partner.soap.sforce.com"
 _API_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
-_CURRENCY = re.compile(r"[A-Z]{3}")
 _WORD = re.compile(r"[A-Za-z0-9]+")
 # A key spelled as a Salesforce field name already: LeadSource, Shoe_Size__c.
 _FIELD_NAME = re.compile(
@@ -163,17 +169,6 @@ class Write:
     sobject: str
     fields: dict[str, Any]
     contact_id: str | None = None  # the Switchboard contact it reaches, if any
-
-
-@dataclass(frozen=True)
-class Merge:
-    """One MERGE_CONTACTS: ``retired`` becomes part of ``survivor``."""
-
-    index: int
-    survivor: str
-    retired: str
-    identifier: str | None
-    issued_at: datetime | int
 
 
 class _Refused(Rejected):
@@ -228,7 +223,7 @@ class SalesforceWriter:
         for index, record in enumerate(records):
             try:
                 if record["command_type"] == "MERGE_CONTACTS":
-                    merges.append(_merge_for(index, record))
+                    merges.append(merge_of(index, record, "salesforce"))
                 else:
                     writes.append(self._write_for(index, record))
             except Rejected as exc:
@@ -300,7 +295,7 @@ class SalesforceWriter:
             amount_minor = payload.get("amount_minor")
             amount = None  # without one, the deal keeps the amount it has
             if amount_minor is not None:
-                amount = _amount(amount_minor, _currency(payload.get("currency")))
+                amount = _amount(amount_minor, iso_currency(payload.get("currency"), "salesforce"))
             return write(
                 "Opportunity",
                 {
@@ -724,30 +719,6 @@ def _error_codes(answer: Answer) -> str:
 def _amount(amount_minor: int | None, currency: str | None) -> float | None:
     amount = major_units(amount_minor, currency)
     return None if amount is None else float(amount)
-
-
-def _currency(value: Any) -> str | None:
-    """The contract's ISO 4217 code (upper case), or None; anything else is refused."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
-        raise Rejected(f"salesforce: currency {value!r} is not an ISO 4217 code such as EUR")
-    return value
-
-
-def _merge_for(index: int, record: Mapping[str, Any]) -> Merge:
-    payload: Mapping[str, Any] = record["payload"]
-    retired = payload.get("retired_contact_id")
-    if not isinstance(retired, str) or not retired:
-        raise Rejected("salesforce: MERGE_CONTACTS needs the retired_contact_id it merges")
-    identifier = payload.get("identifier")
-    return Merge(
-        index,
-        record["contact_id"],
-        retired,
-        identifier if isinstance(identifier, str) and identifier else None,
-        record["issued_at"],
-    )
 
 
 def _lines(*lines: str | None) -> str | None:

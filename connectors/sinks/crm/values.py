@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from connectors.sinks.delivery import Rejected
 
@@ -37,3 +40,44 @@ def task_priority(priority: str, choices: Mapping[str, str], crm: str) -> str:
     if value is None:
         raise Rejected(f"{crm}: task priority {priority!r} unknown; use one of {sorted(choices)}")
     return value
+
+
+_CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+def iso_currency(value: Any, crm: str) -> str | None:
+    """The contract's ISO 4217 code (upper case), or None; anything else is refused."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
+        raise Rejected(f"{crm}: currency {value!r} is not an ISO 4217 code such as EUR")
+    return value
+
+
+@dataclass(frozen=True)
+class Merge:
+    """One MERGE_CONTACTS, the ``index``-th record of its batch: ``retired`` becomes part
+    of ``survivor``."""
+
+    index: int
+    command_id: str
+    survivor: str
+    retired: str
+    identifier: str | None
+    issued_at: datetime | int
+
+
+def merge_of(index: int, record: Mapping[str, Any], crm: str) -> Merge:
+    payload: Mapping[str, Any] = record["payload"]
+    retired = payload.get("retired_contact_id")
+    if not isinstance(retired, str) or not retired:
+        raise Rejected(f"{crm}: MERGE_CONTACTS needs the retired_contact_id it merges")
+    identifier = payload.get("identifier")
+    return Merge(
+        index,
+        record["command_id"],
+        record["contact_id"],
+        retired,
+        identifier if isinstance(identifier, str) and identifier else None,
+        record["issued_at"],
+    )
