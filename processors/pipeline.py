@@ -233,11 +233,9 @@ def _move(
     at: datetime = event["event_time"]
     why = f"{event['event_type'].lower().replace('_', ' ')} ({rule.name})"
     paid: dict[str, Any] = {}
-    if event["payload"].get("amount_minor") is not None:
-        paid = {
-            "amount_minor": event["payload"]["amount_minor"],
-            "currency": str(event["payload"]["currency"]).upper(),
-        }
+    amount, currency = event["payload"].get("amount_minor"), event["payload"].get("currency")
+    if amount is not None and currency:  # a payment (a CRM's stage change may lack either)
+        paid = {"amount_minor": amount, "currency": str(currency).upper()}
     if not deals:
         if not rule.create_deal:
             return None

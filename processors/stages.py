@@ -321,7 +321,7 @@ def register(
             }
         assigned = state.model_copy(update=update)
         contacts[contact_id] = assigned.model_dump_json()
-        for task in state.pending_tasks:  # held or unassigned: the tasks go out unowned
+        for task in state.pending_tasks:  # for the owner just named (held: unowned)
             await send_all(next_step_outputs(contact_id, task, assigned.owner_id))
         if "owner_id" in update:  # clocks that start on assignment start (a running one goes on)
             at = assignment["at"]
