@@ -100,6 +100,7 @@ from connectors.sinks.crm.values import (
     iso_currency,
     major_units,
     merge_of,
+    merge_rounds,
     task_priority,
     utc,
 )
@@ -357,19 +358,9 @@ class HubSpotWriter:
     # -- merges ----------------------------------------------------------------------------
 
     async def _merge(self, merges: list[Merge], outcomes: list[Outcome]) -> None:
-        """Apply the batch's merges, in rounds that share no contact (a chain c-1 <- c-2 <-
-        c-3 in one batch resolves step by step)."""
-        pending = merges
-        while pending:
-            this_round: list[Merge] = []
-            later: list[Merge] = []
-            busy: set[str] = set()
-            for merge in pending:
-                touched = {merge.survivor, merge.retired}
-                (later if touched & busy else this_round).append(merge)
-                busy |= touched
-            await self._merge_round(this_round, outcomes)
-            pending = later
+        """Apply the batch's merges, round by round (``merge_rounds``)."""
+        for merge_round in merge_rounds(merges):
+            await self._merge_round(merge_round, outcomes)
 
     async def _merge_round(self, merges: list[Merge], outcomes: list[Outcome]) -> None:
         wanted: dict[str, list[tuple[int, str]]] = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -81,3 +81,19 @@ def merge_of(index: int, record: Mapping[str, Any], crm: str) -> Merge:
         identifier if isinstance(identifier, str) and identifier else None,
         record["issued_at"],
     )
+
+
+def merge_rounds(merges: list[Merge]) -> Iterator[list[Merge]]:
+    """A batch's merges in rounds that share no contact, in order, so a chain c-1 <- c-2
+    <- c-3 in one batch resolves step by step."""
+    pending = merges
+    while pending:
+        this_round: list[Merge] = []
+        later: list[Merge] = []
+        busy: set[str] = set()
+        for merge in pending:
+            touched = {merge.survivor, merge.retired}
+            (later if touched & busy else this_round).append(merge)
+            busy |= touched
+        yield this_round
+        pending = later
