@@ -99,6 +99,7 @@ from connectors.sinks.crm.values import (
     Merge,
     iso_currency,
     major_units,
+    merge_action,
     merge_of,
     merge_rounds,
     task_priority,
@@ -375,22 +376,19 @@ class HubSpotWriter:
         joins: list[tuple[Merge, str, str]] = []  # (merge, primary, object to merge)
         for m in merges:
             survivor = survivors[m.index]
-            earlier = aliases.get(m.retired)
-            if survivor == m.retired or (earlier is not None and earlier != survivor):
-                continue  # one contact already, or merged into another one before: no-op
             primary, retired = found.get(survivor), found.get(m.retired)
-            if primary is None and retired is None:
+            action = merge_action(m, survivor, aliases.get(m.retired), primary, retired)
+            if action == "refuse":
                 outcomes[m.index] = Rejected(
                     f"hubspot: cannot merge {m.retired} into {survivor}: neither is in HubSpot "
                     f"(no contact with {CONTACT_KEY}={survivor}); upsert the contact first"
                 )
-            elif primary is None and retired is not None:
-                # Only the retired contact is in HubSpot: it becomes the survivor.
+            elif action == "rename" and retired is not None:
                 if await self._rename(m, retired, survivor, outcomes):
                     notes.append((m, survivor, retired))
-            elif primary is not None:
+            elif action in ("join", "alias") and primary is not None:
                 notes.append((m, survivor, primary))
-                if retired is not None and retired != primary:
+                if action == "join" and retired is not None:
                     joins.append((m, primary, retired))
         # The alias goes first: a command for the retired id that comes while HubSpot merges
         # already finds its way to the survivor (HubSpot moves the note onto the merged record).

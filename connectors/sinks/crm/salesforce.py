@@ -101,6 +101,7 @@ from connectors.sinks.crm.values import (
     Merge,
     iso_currency,
     major_units,
+    merge_action,
     merge_of,
     merge_rounds,
     task_priority,
@@ -419,20 +420,20 @@ class SalesforceWriter:
         joins: list[tuple[Merge, str, str]] = []  # (merge, master Id, Id to merge)
         for m in merges:
             survivor = survivors[m.index]
-            earlier = aliases.get(m.retired)
-            if survivor == m.retired or (earlier is not None and earlier != survivor):
-                continue  # one contact already, or merged into another one before: no-op
             master, retired = found.get(survivor), found.get(m.retired)
-            if master is None and retired is None:
+            action = merge_action(m, survivor, aliases.get(m.retired), master, retired)
+            if action == "none":
+                continue
+            if action == "refuse":
                 outcomes[m.index] = Rejected(
                     f"salesforce: cannot merge {m.retired} into {survivor}: neither is in "
                     f"Salesforce (no Contact with {self.external_ids['Contact']}={survivor}); "
                     "upsert the contact first"
                 )
                 continue
-            if master is None and retired is not None:
-                renames.append((m, retired))  # only the retired one exists: it survives
-            elif master is not None and retired is not None and retired != master:
+            if action == "rename" and retired is not None:
+                renames.append((m, retired))
+            elif action == "join" and master is not None and retired is not None:
                 joins.append((m, master, retired))
             notes.append(m)
         if renames:

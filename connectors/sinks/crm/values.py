@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from connectors.sinks.delivery import Rejected
 
@@ -97,3 +97,29 @@ def merge_rounds(merges: list[Merge]) -> Iterator[list[Merge]]:
             busy |= touched
         yield this_round
         pending = later
+
+
+MergeAction = Literal["none", "refuse", "rename", "join", "alias"]
+
+
+def merge_action(
+    merge: Merge,
+    survivor: str,
+    earlier: str | None,
+    kept: str | None,
+    retired: str | None,
+) -> MergeAction:
+    """What a merge asks of a CRM, given the survivor it resolves to, the survivor the
+    retired id was merged into before (``earlier``), and the CRM's records of the two
+    (``kept``, ``retired``, None where it has none):
+
+    - none: one contact already, or the retired one was merged into another before;
+    - refuse: the CRM has neither contact;
+    - rename: only the retired contact exists, so it becomes the survivor;
+    - join: both exist apart, so the CRM merges them (and the alias is kept);
+    - alias: the survivor exists and the retired one is gone or the same record."""
+    if survivor == merge.retired or (earlier is not None and earlier != survivor):
+        return "none"
+    if kept is None:
+        return "refuse" if retired is None else "rename"
+    return "join" if retired is not None and retired != kept else "alias"
