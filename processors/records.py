@@ -17,12 +17,10 @@ from processors.profile import CRM_PROPERTIES
 from processors.sla import Firing, Timer, TimerChange
 from processors.state import ContactState, NextStep
 from processors.workflow_engine import Audit, Effect, Message, Task, Upsert
+from streams.engine import Output
 
 # Every routing message goes to one partition, where the router decides in one order.
 ROUTER_KEY = "router"
-
-# (channel name, key, record): what a stage sends, to which Channels field.
-Output = tuple[str, str, dict[str, Any]]
 
 
 def audit_entry(

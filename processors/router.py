@@ -12,19 +12,15 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-import faust
 from pydantic import BaseModel, Field
 
-from processors.decoding import Decoded, each_decoded, undecodable
 from processors.ids import decision_id
 from processors.records import ROUTER_KEY
 from processors.routing import Assignment, Rep, RoutingRules, rep_from_record, route
-from processors.stages import Channels
 from processors.state import ContactState
 from streams import metrics
-from streams.serde import UndecodableMessage
-from streams.settings import Settings
-from streams.transactions import step
+from streams.engine import Decoded, Engine, Output
+from streams.serde import AvroSerde
 
 
 class RouterState(BaseModel):
@@ -86,14 +82,12 @@ def addresses(roster: dict[str, Rep], rep_id: str | None) -> dict[str, str | Non
     }
 
 
-async def handle(
-    message: dict[str, Any],
-    state: RouterState,
-    rules: RoutingRules,
-    send: Any,
-) -> RouterState:
-    """Apply one routing message; ``send(channel_name, key, record)`` emits outputs."""
+def handle(
+    message: dict[str, Any], state: RouterState, rules: RoutingRules
+) -> tuple[RouterState, list[Output]]:
+    """Apply one routing message: the router's state after it, and what it sends."""
     at: datetime = message["at"]
+    outputs: list[Output] = []
     if message["kind"] == "ROSTER":
         rep_id = message["rep_id"]
         roster = dict(state.roster)
@@ -103,92 +97,84 @@ async def handle(
             roster[rep_id] = rep_from_record(json.loads(message["rep"]))
         # The roster's own count of open leads now includes what we assigned before.
         assigned = {k: v for k, v in state.assigned.items() if k != rep_id}
-        return state.model_copy(update={"roster": roster, "assigned": assigned})
+        return state.model_copy(update={"roster": roster, "assigned": assigned}), outputs
 
     contact = ContactState.model_validate_json(message["contact"])
     rotation, decision = route(contact, state.effective_roster(), state.rotation, rules, at)
     cause = message["cause"] or ""
     contact_id = contact.contact_id
-    await send(
-        "assignments",
-        contact_id,
-        {
-            "contact_id": contact_id,
-            "rep_id": decision.rep_id,
-            "rule": decision.rule,
-            "reason": decision.reason,
-            "held": decision.held,
-            "at": at,
-            **addresses(state.roster, decision.rep_id),
-        },
-    )
+    assignment = {
+        "contact_id": contact_id,
+        "rep_id": decision.rep_id,
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "held": decision.held,
+        "at": at,
+        **addresses(state.roster, decision.rep_id),
+    }
+    outputs.append(("assignments", contact_id, assignment))
     outcome = "assigned" if decision.rep_id else ("held" if decision.held else "unassigned")
     metrics.ROUTING_DECISIONS.labels(rule=decision.rule or "none", outcome=outcome).inc()
     if decision.rep_id:
         metrics.ASSIGNMENTS.labels(rep=decision.rep_id).inc()
-    await send(
-        "audit",
-        contact_id,
-        {
-            "audit_id": decision_id(contact_id, "routing", outcome, cause),
-            "contact_id": contact_id,
-            "recorded_at": at,
-            "stage": "routing",
-            "decision": outcome,
-            "reason": decision.reason,
-            "inputs": {
-                "rule": decision.rule or "",
-                "rep_id": decision.rep_id or "",
-                "considered": ",".join(decision.considered),
-                "score": f"{contact.score:g}",
-                "band": contact.band or "",
-                "country": contact.profile.get("country", ""),
-                "industry": contact.profile.get("industry", ""),
-            },
-            "causation_event_ids": [cause] if cause else [],
+    audit = {
+        "audit_id": decision_id(contact_id, "routing", outcome, cause),
+        "contact_id": contact_id,
+        "recorded_at": at,
+        "stage": "routing",
+        "decision": outcome,
+        "reason": decision.reason,
+        "inputs": {
+            "rule": decision.rule or "",
+            "rep_id": decision.rep_id or "",
+            "considered": ",".join(decision.considered),
+            "score": f"{contact.score:g}",
+            "band": contact.band or "",
+            "country": contact.profile.get("country", ""),
+            "industry": contact.profile.get("industry", ""),
         },
-    )
+        "causation_event_ids": [cause] if cause else [],
+    }
+    outputs.append(("audit", contact_id, audit))
     if decision.rep_id is None:
-        return state.model_copy(update={"rotation": rotation})
+        return state.model_copy(update={"rotation": rotation}), outputs
     rep = state.roster[decision.rep_id]
-    await send(
-        "commands",
-        contact_id,
-        {
-            "command_id": decision_id("set-owner", contact_id, decision.rep_id, cause),
-            "command_type": "SET_OWNER",
-            "contact_id": contact_id,
-            "issued_at": at,
-            "causation_event_id": cause or None,
-            "payload": {
-                "owner_id": decision.rep_id,
-                "previous_owner_id": contact.owner_id,
-                "reason": f"{decision.rule}: {decision.reason}",
-            },
+    set_owner = {
+        "command_id": decision_id("set-owner", contact_id, decision.rep_id, cause),
+        "command_type": "SET_OWNER",
+        "contact_id": contact_id,
+        "issued_at": at,
+        "causation_event_id": cause or None,
+        "payload": {
+            "owner_id": decision.rep_id,
+            "previous_owner_id": contact.owner_id,
+            "reason": f"{decision.rule}: {decision.reason}",
         },
-    )
-    await send(
-        "notifications",
-        contact_id,
-        {
-            "notification_id": decision_id("new-lead", contact_id, decision.rep_id, cause),
-            "channel": "EMAIL",
-            "recipient": rep.email,
-            "template": "new_lead",
-            "subject": f"New lead for you: score {contact.score:g}",
-            "context": notification_context(contact, decision, rep),
-            "contact_id": contact_id,
-            "issued_at": at,
-            "causation_event_id": cause or None,
-        },
-    )
+    }
+    new_lead = {
+        "notification_id": decision_id("new-lead", contact_id, decision.rep_id, cause),
+        "channel": "EMAIL",
+        "recipient": rep.email,
+        "template": "new_lead",
+        "subject": f"New lead for you: score {contact.score:g}",
+        "context": notification_context(contact, decision, rep),
+        "contact_id": contact_id,
+        "issued_at": at,
+        "causation_event_id": cause or None,
+    }
+    outputs += [("commands", contact_id, set_owner), ("notifications", contact_id, new_lead)]
     assigned = dict(state.assigned)
     assigned[decision.rep_id] = assigned.get(decision.rep_id, 0) + 1
-    return state.model_copy(update={"rotation": rotation, "assigned": assigned})
+    return state.model_copy(update={"rotation": rotation, "assigned": assigned}), outputs
 
 
-def register(app: faust.App, settings: Settings, c: Channels, rules: RoutingRules) -> None:
-    table = app.Table("router", partitions=settings.partitions, key_type=str, value_type=str)
+def register(
+    engine: Engine,
+    roster: tuple[str, AvroSerde],
+    routing: tuple[str, AvroSerde],
+    rules: RoutingRules,
+) -> None:
+    table = engine.table("router")
     metrics.declare(
         metrics.ROUTING_DECISIONS,
         (
@@ -197,52 +183,29 @@ def register(app: faust.App, settings: Settings, c: Channels, rules: RoutingRule
             for outcome in ("assigned", "held", "unassigned")
         ),
     )
-    outputs = {
-        "assignments": c.assignments,
-        "audit": c.audit,
-        "commands": c.commands,
-        "notifications": c.notifications,
-    }
 
-    async def send(name: str, key: str, record: dict[str, Any]) -> None:
-        await outputs[name].send(key, record)
-
-    @app.agent(c.roster.topic, name="roster")
-    async def roster_stage(stream: faust.StreamT[bytes]) -> None:
+    def roster_change(item: Decoded) -> list[Output]:
         """Roster changes join the leads' order on the router's partition."""
-        async for event in stream.events():
-            async with step(event) as current:
-                if not current:
-                    continue
-                message = event.message
-                rep: str | None = None
-                if message.value is not None:  # None: the rep was removed (a tombstone)
-                    try:
-                        rep = json.dumps(c.roster.serde.decode(message.value))
-                    except UndecodableMessage as exc:
-                        await c.dead_letters.send_raw(message, undecodable(message, "roster", exc))
-                        continue
-                await c.routing.send(
-                    ROUTER_KEY,
-                    {
-                        "kind": "ROSTER",
-                        "contact_id": None,
-                        "contact": None,
-                        "rep_id": (message.key or b"").decode(),
-                        "rep": rep,
-                        "cause": None,
-                        "at": datetime.fromtimestamp(message.timestamp, UTC),
-                    },
-                )
+        change = {
+            "kind": "ROSTER",
+            "contact_id": None,
+            "contact": None,
+            "rep_id": (item.key or b"").decode(),
+            # None: the rep was removed (a tombstone)
+            "rep": None if item.record is None else json.dumps(item.record),
+            "cause": None,
+            "at": datetime.fromtimestamp(item.timestamp_ms / 1000, UTC),
+        }
+        return [("routing", ROUTER_KEY, change)]
 
-    async def route(item: Decoded) -> None:
+    def decide(item: Decoded) -> list[Output]:
+        assert item.record is not None
         stored = table.get(ROUTER_KEY)
         state = RouterState.model_validate_json(stored) if stored else RouterState()
         metrics.declare(metrics.ASSIGNMENTS, ({"rep": rep} for rep in state.roster))
-        state = await handle(item.record, state, rules, send)
+        state, outputs = handle(item.record, state, rules)
         table[ROUTER_KEY] = state.model_dump_json()
+        return outputs
 
-    @app.agent(c.routing.topic, name="router")
-    async def router_stage(stream: faust.StreamT[bytes]) -> None:
-        dead = c.dead_letters
-        await each_decoded(stream, c.routing.serde, dead.topic, dead.serde, "routing", route)
+    engine.route(roster, "roster", roster_change, tombstones=True)
+    engine.route(routing, "routing", decide)

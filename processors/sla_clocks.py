@@ -8,43 +8,33 @@ keeps the schedule in step with it, and sends what they decide."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-import faust
-
 from processors import sla, timers
-from processors.records import Output, audit_entry, firing_outputs, timer_change_audit
+from processors.records import audit_entry, firing_outputs, timer_change_audit
 from processors.state import ContactState
 from streams import metrics
 from streams.clock import Clock
+from streams.engine import Engine, Output
 from streams.settings import Settings
 
 
 class SlaClocks:
     def __init__(
         self,
-        app: faust.App,
+        engine: Engine,
         settings: Settings,
         policies: sla.SlaPolicies,
         clock: Clock,
-        send: Callable[[list[Output]], Awaitable[None]],
-        notices: timers.DueNotices,
-        source_topic: str,
     ) -> None:
         # Running timers per contact (sla.TimerBook JSON), co-partitioned with contacts.
-        self.table = app.Table(
-            "timers", partitions=settings.partitions, key_type=str, value_type=str
-        )
+        self.table = engine.table("timers")
         self.schedule = timers.Schedule()
         self.policies = policies
         declare_policies(policies)
         self.clock = clock
-        self.send = send
-        timers.register(
-            app, self.table, self.schedule, clock, source_topic, notices.send, settings.timer_tick_s
-        )
+        timers.attach(engine, self.table, self.schedule, clock, settings.timer_tick_s)
 
     def load(self, contact_id: str) -> sla.TimerBook:
         stored = self.table.get(contact_id)
@@ -57,20 +47,21 @@ class SlaClocks:
         elif contact_id in self.table:
             del self.table[contact_id]
 
-    async def on_triggers(
+    def on_triggers(
         self, state: ContactState, triggers: list[dict[str, Any]], partition: int
-    ) -> None:
+    ) -> list[Output]:
         """Start, stop or cancel the contact's clocks for what just happened."""
         contact_id = state.contact_id
         book = self.load(contact_id)
         changed = False
+        outputs: list[Output] = []
         for trigger in triggers:
             book, changes = sla.on_event(self.policies, book, state, trigger)
             for change in changes:
                 changed = True
                 timer = change.timer
                 audit = timer_change_audit(contact_id, change, trigger["event_id"])
-                await self.send([("audit", contact_id, audit)])
+                outputs.append(("audit", contact_id, audit))
                 if change.change in ("started", "restarted"):
                     self.schedule.put(
                         contact_id, timer.timer_id, timer.due_at, timer.level, partition
@@ -85,12 +76,14 @@ class SlaClocks:
                     metrics.TIME_TO_FIRST_TOUCH.labels(policy=timer.policy).observe(waited)
         if changed:
             self.store(contact_id, book, partition)
+        return outputs
 
-    async def on_due(
+    def on_due(
         self, contact_id: str, notice: dict[str, Any], partition: int, state: ContactState
-    ) -> sla.Firing | None:
+    ) -> tuple[sla.Firing | None, list[Output]]:
         """Fire the escalation step a due notice announces, once (sla.on_due ignores a
-        notice that no longer matches the timer); the step fired, if one did."""
+        notice that no longer matches the timer); the step fired, if one did, and what it
+        sends."""
         book = self.load(contact_id)
         now = self.clock.now()
         key = notice["timer_id"]
@@ -98,10 +91,10 @@ class SlaClocks:
             self.policies, book, key, notice["due_at"], notice["escalation_level"], now
         )
         if after is book:
-            return None
+            return None, []
         self.store(contact_id, after, partition)
         if firing is None:
-            return None
+            return None, []
         policy = firing.timer.policy
         metrics.TIMERS_FIRED.labels(policy=policy).inc()
         metrics.SLA_BREACHES.labels(policy=policy, level=str(firing.level)).inc()
@@ -109,8 +102,7 @@ class SlaClocks:
         following = after.timers.get(key)
         if following is not None:
             self.schedule.put(contact_id, key, following.due_at, following.level, partition)
-        await self.send(firing_outputs(state, firing, now))
-        return firing
+        return firing, firing_outputs(state, firing, now)
 
     def retire(self, contact_id: str, partition: int) -> str | None:
         """A contact merged into another: its clocks leave with it (JSON, or None)."""
@@ -120,10 +112,11 @@ class SlaClocks:
         self.store(contact_id, sla.TimerBook(), partition)
         return book.model_dump_json() if book.timers else None
 
-    async def adopt(
+    def adopt(
         self, contact_id: str, retired: str, stored: str, at: datetime, partition: int
-    ) -> None:
+    ) -> list[Output]:
         """The survivor of a merge takes over the retired contact's running clocks."""
+        outputs: list[Output] = []
         theirs = sla.TimerBook.model_validate_json(stored)
         book, adopted, dropped = sla.merge_books(self.load(contact_id), theirs)
         self.store(contact_id, book, partition)
@@ -133,7 +126,7 @@ class SlaClocks:
             reason = f"merged with {retired}: the clock that started first stands"
             change = sla.TimerChange("cancelled", timer, reason, at)
             audit = timer_change_audit(contact_id, change, timer.cause)
-            await self.send([("audit", contact_id, audit)])
+            outputs.append(("audit", contact_id, audit))
         for timer in adopted:
             self.schedule.put(contact_id, timer.timer_id, timer.due_at, timer.level, partition)
             audit = audit_entry(
@@ -145,7 +138,8 @@ class SlaClocks:
                 [timer.cause],
                 at,
             )
-            await self.send([("audit", contact_id, audit)])
+            outputs.append(("audit", contact_id, audit))
+        return outputs
 
 
 def declare_policies(policies: sla.SlaPolicies) -> None:

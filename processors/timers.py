@@ -6,38 +6,29 @@ survive restarts and move with their partitions on a rebalance. Each worker keep
 from the table whenever its assignment changes.
 
 A timer is not fired by the index. When one is due, the worker sends a due notice to
-the ``timers`` topic, keyed by the contact, and the contact stage fires it in a step of
-its own (streams.transactions): the firing, its outputs and the table write commit
+the ``timers`` topic, keyed by the contact, and the contact stage fires it as a record
+of its own (streams.engine): the firing, its outputs and the table write commit
 together, and the stage ignores a notice that no longer matches the table (a
-duplicate, or a timer that stopped or moved on meanwhile). A notice lost in a crash is
-sent again after the restart, because the table still holds the timer: each timer fires
-once, late after downtime rather than never.
-
-Notices go through a plain idempotent producer, outside the Kafka transactions: a notice
-is only a hint (the table decides), and in a transaction it would wait for the next
-commit of its partition's transaction, which a quiet partition never makes."""
+duplicate, or a timer that stopped or moved on meanwhile). A notice lost with an aborted
+transaction or a crash is sent again, because the schedule is rebuilt from the table
+then: each timer fires once, late after downtime rather than never."""
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import astuple, dataclass
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
-
-import faust
-from confluent_kafka import Producer
 
 from processors.sla import EPOCH, to_ms
 from streams import metrics
 from streams.clock import Clock
-from streams.kafka import producer_config
-from streams.serde import AvroSerde
-from streams.settings import Settings
+from streams.engine import Engine, Output
+from streams.tables import Table
 
 log = logging.getLogger(__name__)
 
@@ -128,19 +119,13 @@ def stored_timers(items: Iterable[tuple[str, str]], owned: set[int]) -> Entries:
             yield contact_id, key, due, timer.get("level", 0), partition
 
 
-class DueNotices:
-    """Sends due notices to the ``timers`` topic, keyed by contact: a plain idempotent
-    producer, outside the transactions (see the module's doc)."""
-
-    def __init__(self, settings: Settings, serde: AvroSerde, clock: Clock) -> None:
-        self.producer = Producer(producer_config(settings, **{"linger.ms": 5}))
-        self.serde = serde
-        self.clock = clock
-
-    async def send(self, due: list[DueTimer]) -> None:
-        now = self.clock.now()
-        for timer in due:
-            notice = {
+def due_notices(due: list[DueTimer], now: datetime) -> list[Output]:
+    """The due notices of ``due`` timers, for the ``timers`` topic, keyed by contact."""
+    return [
+        (
+            "timers",
+            timer.contact_id,
+            {
                 "timer_id": timer.key,
                 "contact_id": timer.contact_id,
                 "policy": timer.key.split(":", 1)[0],
@@ -151,56 +136,36 @@ class DueNotices:
                 "fired_at": None,
                 "lateness_ms": max(to_ms(now) - to_ms(timer.due_at), 0),
                 "context": {},
-            }
-            self.producer.produce(
-                self.serde.topic, key=timer.contact_id.encode(), value=self.serde.encode(notice)
-            )
-        unsent = await asyncio.to_thread(self.producer.flush, 30)
-        if unsent:
-            raise RuntimeError(f"{unsent} due notices not acknowledged by Kafka")
+            },
+        )
+        for timer in due
+    ]
 
 
-def register(
-    app: faust.App,
-    table: Any,
+def attach(
+    engine: Engine,
+    table: Table,
     schedule: Schedule,
     clock: Clock,
-    source_topic: str,
-    send_due: Callable[[list[DueTimer]], Awaitable[None]],
     tick_s: float,
     stored: Callable[[Iterable[tuple[str, str]], set[int]], Entries] = stored_timers,
     kind: str = "sla",
 ) -> None:
     """Keep ``schedule`` in step with this worker's partitions of ``table`` (whose values
-    ``stored`` reads), and send due notices (``send_due``) for timers as they fall due."""
+    ``stored`` reads), and send due notices for timers as they fall due."""
 
-    def owned() -> set[int]:
-        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source_topic}
-
-    @table.on_recover  # type: ignore[untyped-decorator]
-    async def rebuild() -> None:
-        started = asyncio.get_running_loop().time()
-        schedule.rebuild(stored(table.items(), owned()))
+    def rebuild(partitions: set[int]) -> None:
+        started = time.monotonic()
+        schedule.rebuild(stored(table.items(partitions), partitions))
         metrics.TIMERS_PENDING.labels(kind=kind).set(len(schedule))
-        took = asyncio.get_running_loop().time() - started
+        took = time.monotonic() - started
         log.info("%s timer schedule rebuilt: %d pending in %.2fs", kind, len(schedule), took)
 
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
-        schedule.keep_partitions(
-            owned() - {tp.partition for tp in revoked if tp.topic == source_topic}
-        )
+    def tick() -> list[Output]:
+        now = clock.now()
+        notices = due_notices(schedule.pop_due(now), now)
+        metrics.TIMERS_PENDING.labels(kind=kind).set(len(schedule))
+        return notices
 
-    @app.task  # type: ignore[untyped-decorator]
-    async def tick() -> None:
-        while not app.should_stop:
-            await asyncio.sleep(tick_s)
-            while due := schedule.pop_due(clock.now()):
-                try:
-                    await send_due(due)
-                except Exception:
-                    log.exception("%d due notices not sent; trying again", len(due))
-                    for timer in due:
-                        schedule.put(*astuple(timer))
-                    break
-            metrics.TIMERS_PENDING.labels(kind=kind).set(len(schedule))
+    engine.on_assigned(rebuild)
+    engine.every(tick_s, tick)

@@ -1,4 +1,4 @@
-"""Assembles the processor worker: the Faust app with every stage registered on it."""
+"""Assembles the processor worker: the runtime (streams.engine) with every stage on it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from processors.routing import load_rules
 from processors.scoring import load_model
 from processors.sla import load_policies
 from processors.workflow import load_library
-from streams.app import catalog_topic, create_app
 from streams.clock import clock_from_setting
+from streams.engine import Engine
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
 from streams.topics import (
@@ -27,10 +27,9 @@ from streams.topics import (
     TIMERS,
     TopicSpec,
 )
-from streams.transactions import App
 
 
-def build_app(settings: Settings) -> App:
+def build(settings: Settings) -> tuple[Engine, stages.Views]:
     # Invalid rule files stop the worker before it starts.
     rules = stages.Rules(
         scoring=load_model(settings.scoring_model) if settings.scoring_model else load_model(),
@@ -41,30 +40,33 @@ def build_app(settings: Settings) -> App:
         ),
         workflows=load_library(settings.workflows) if settings.workflows else load_library(),
     )
-    clock = clock_from_setting(settings.clock)
-    app = create_app(settings)
     registry = registry_client(settings.schema_registry_url)
 
-    def channel(spec: TopicSpec) -> stages.Channel:
-        serde = AvroSerde(
-            registry, spec.schema, spec.full_name(settings), discriminator=spec.discriminator
-        )
-        return stages.Channel(catalog_topic(app, settings, spec), serde)
+    def topic(spec: TopicSpec) -> tuple[str, AvroSerde]:
+        name = spec.full_name(settings)
+        return name, AvroSerde(registry, spec.schema, name, discriminator=spec.discriminator)
 
-    channels = stages.Channels(
-        events=channel(CONTACT_EVENTS),
-        claims=channel(IDENTITY_CLAIMS),
-        by_contact=channel(EVENTS_BY_CONTACT),
-        merges=channel(CONTACT_MERGES),
-        commands=channel(CRM_COMMANDS),
-        audit=channel(AUDIT),
-        dead_letters=channel(DEAD_LETTERS),
-        notifications=channel(NOTIFICATIONS),
-        roster=channel(REP_ROSTER),
-        routing=channel(ROUTING),
-        assignments=channel(ASSIGNMENTS),
-        timers=channel(TIMERS),
+    outputs = {
+        "claims": topic(IDENTITY_CLAIMS),
+        "by_contact": topic(EVENTS_BY_CONTACT),
+        "merges": topic(CONTACT_MERGES),
+        "commands": topic(CRM_COMMANDS),
+        "audit": topic(AUDIT),
+        "dead_letters": topic(DEAD_LETTERS),
+        "notifications": topic(NOTIFICATIONS),
+        "routing": topic(ROUTING),
+        "assignments": topic(ASSIGNMENTS),
+        "timers": topic(TIMERS),
+    }
+    engine = Engine(settings, outputs)
+    inputs = stages.Inputs(
+        events=topic(CONTACT_EVENTS),
+        claims=outputs["claims"],
+        by_contact=outputs["by_contact"],
+        merges=outputs["merges"],
+        assignments=outputs["assignments"],
+        timers=outputs["timers"],
     )
-    stages.register(app, settings, channels, rules, clock)
-    router.register(app, settings, channels, rules.routing)
-    return app
+    views = stages.register(engine, settings, inputs, rules, clock_from_setting(settings.clock))
+    router.register(engine, topic(REP_ROSTER), outputs["routing"], rules.routing)
+    return engine, views

@@ -10,27 +10,26 @@ fired in the contact stage's own step, ignored when it no longer matches the run
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, get_args
 
-import faust
-
 from processors import timers
-from processors.records import Output, workflow_outputs
+from processors.records import workflow_outputs
 from processors.state import ContactState
 from processors.workflow import Library
 from processors.workflow_engine import (
     TIMER_PREFIX,
     Audit,
-    Engine,
     Outcome,
     RunBook,
     SuppressedBecause,
     timer_key,
 )
+from processors.workflow_engine import Engine as WorkflowEngine
 from streams import metrics
 from streams.clock import Clock
+from streams.engine import Engine, Output
 from streams.settings import Settings
 
 
@@ -51,29 +50,21 @@ def stored_waits(items: Iterable[tuple[str, str]], owned: set[int]) -> timers.En
 class WorkflowRuns:
     def __init__(
         self,
-        app: faust.App,
+        runtime: Engine,
         settings: Settings,
-        engine: Engine,
+        engine: WorkflowEngine,
         clock: Clock,
-        send: Callable[[list[Output]], Awaitable[None]],
-        notices: timers.DueNotices,
-        source_topic: str,
     ) -> None:
         # Each contact's RunBook (JSON), co-partitioned with contacts.
-        self.table = app.Table(
-            "workflow-runs", partitions=settings.partitions, key_type=str, value_type=str
-        )
+        self.table = runtime.table("workflow-runs")
         self.schedule = timers.Schedule()
         self.engine = engine
         self.clock = clock
-        self.send = send
-        timers.register(
-            app,
+        timers.attach(
+            runtime,
             self.table,
             self.schedule,
             clock,
-            source_topic,
-            notices.send,
             settings.timer_tick_s,
             stored_waits,
             kind="workflow",
@@ -88,18 +79,18 @@ class WorkflowRuns:
         stored = self.table.get(contact_id)
         return RunBook() if stored is None else RunBook.model_validate_json(stored)
 
-    async def on_event(
+    def on_event(
         self, state: ContactState, event: dict[str, Any], partition: int
-    ) -> ContactState:
+    ) -> tuple[ContactState, list[Output]]:
         """Goals, waits for events and the workflows ``event`` triggers; the contact's
-        state after the runs' actions (tags, stages, memberships)."""
+        state after the runs' actions (tags, stages, memberships), and what they send."""
         book = self.load(state.contact_id)
         outcome = self.engine.on_event(book, state, event, self.clock.now())
-        return await self._apply(state, book, outcome, partition)
+        return self._apply(state, book, outcome, partition)
 
-    async def on_due(
+    def on_due(
         self, contact_id: str, notice: dict[str, Any], partition: int, state: ContactState
-    ) -> ContactState:
+    ) -> tuple[ContactState, list[Output]]:
         book = self.load(contact_id)
         name = notice["timer_id"].removeprefix(TIMER_PREFIX)
         now = self.clock.now()
@@ -111,7 +102,7 @@ class WorkflowRuns:
             metrics.TIMER_LATENESS.labels(policy=timer_key(name)).observe(
                 max((now - notice["due_at"]).total_seconds(), 0.0)
             )
-        return await self._apply(state, book, outcome, partition)
+        return self._apply(state, book, outcome, partition)
 
     def retire(self, contact_id: str, partition: int) -> str | None:
         """A contact merged into another: its runs leave with it (JSON, or None)."""
@@ -121,22 +112,22 @@ class WorkflowRuns:
             del self.table[contact_id]
         return book.model_dump_json() if book.runs or book.history else None
 
-    async def adopt(
+    def adopt(
         self, state: ContactState, retired: str, stored: str, partition: int
-    ) -> ContactState:
+    ) -> tuple[ContactState, list[Output]]:
         """The survivor of a merge takes over the retired contact's runs."""
         book = self.load(state.contact_id)
         theirs = RunBook.model_validate_json(stored)
         outcome = self.engine.adopt(book, state, theirs, retired, self.clock.now())
-        return await self._apply(state, book, outcome, partition)
+        return self._apply(state, book, outcome, partition)
 
-    async def _apply(
+    def _apply(
         self, state: ContactState, before: RunBook, outcome: Outcome, partition: int
-    ) -> ContactState:
-        """Store, schedule, count and send what the engine decided; the contact's state
-        after it (``state`` itself when nothing happened)."""
+    ) -> tuple[ContactState, list[Output]]:
+        """Store, schedule and count what the engine decided; the contact's state after it
+        (``state`` itself when nothing happened) and what it sends."""
         if not outcome.changed:
-            return state
+            return state, []
         contact_id = outcome.state.contact_id
         book = outcome.book
         book.partition = partition
@@ -146,8 +137,7 @@ class WorkflowRuns:
         elif contact_id in self.table:
             del self.table[contact_id]
         _count(outcome)
-        await self.send(workflow_outputs(outcome.state, outcome.effects, self.clock.now()))
-        return outcome.state
+        return outcome.state, workflow_outputs(outcome.state, outcome.effects, self.clock.now())
 
     def _reschedule(self, contact_id: str, before: RunBook, after: RunBook, partition: int) -> None:
         for name, run in after.runs.items():

@@ -106,25 +106,32 @@ def schemas_check() -> None:
 
 @main.command()
 def worker() -> None:
-    """Run a processor worker (Faust) until SIGINT/SIGTERM."""
-    from faust.worker import Worker
-
-    from processors.worker import build_app
-    from streams.app import internal_topics
+    """Run a processor worker until SIGINT/SIGTERM."""
+    from processors.worker import build
+    from streams.lag import GroupLag
     from streams.topics import ensure_internal_topics
+    from streams.web import serve
 
     settings = _settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per registry lookup
+    logging.captureWarnings(True)
     try:
-        app = build_app(settings)
+        engine, views = build(settings)
     except RuleFileError as exc:
         raise click.ClickException(
             f"invalid rule file, the worker does not start:\n{exc}"
         ) from None
-    ensure_internal_topics(settings, internal_topics(app, settings))
-    if app.discard_tables_unless_stopped_cleanly():
-        click.echo("the last worker did not stop cleanly: its tables are rebuilt", err=True)
-    logging.captureWarnings(True)
-    Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    ensure_internal_topics(settings, engine.internal_topics())
+    serve(
+        settings.web_bind,
+        settings.web_port,
+        {"identifiers": views.identifier, "contacts": views.contact},
+    )
+    GroupLag(settings, settings.app_id, list(engine.routes)).start()
+    engine.run()
 
 
 @main.command()

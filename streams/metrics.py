@@ -95,6 +95,34 @@ TABLE_KEYS = Gauge(
     "memory (memory://) or disk (rocksdb://, an estimate) keeps.",
     ["table"],
 )
+RECORDS_SENT = Counter(
+    "switchboard_records_sent_total",
+    "Records a worker wrote in its transactions (outputs, changelogs, dead letters), by topic.",
+    ["topic"],
+)
+CHECKPOINT_SECONDS = Histogram(
+    "switchboard_checkpoint_seconds",
+    "Time a worker's checkpoint takes: changelogs, input offsets and the transaction's commit.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+CHECKPOINT_RECORDS = Histogram(
+    "switchboard_checkpoint_records",
+    "Input records a worker's checkpoint commits at once.",
+    buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000),
+)
+TRANSACTIONS_ABORTED = Counter(
+    "switchboard_transactions_aborted_total",
+    "Worker transactions aborted (their input is processed again from the last checkpoint).",
+)
+REBALANCES = Counter(
+    "switchboard_rebalances_total",
+    "Partition assignments a worker received (at start and on each rebalance).",
+)
+RESTORED_RECORDS = Counter(
+    "switchboard_table_restored_records_total",
+    "Changelog records a worker read to restore its tables, by table.",
+    ["table"],
+)
 CONTACTS_CREATED = Counter(
     "switchboard_contacts_created_total",
     "Contacts seen for the first time (new leads), by the source system of their first event.",

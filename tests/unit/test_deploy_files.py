@@ -44,10 +44,7 @@ NATIVE_PROMETHEUS = ROOT / "infra" / "prometheus" / "prometheus.yml"
 OLDEST_KUBERNETES = "1.28"
 
 # Container variables that are not Switchboard settings, and why they are there.
-OTHER_VARIABLES = {
-    "POD_NAME": "the downward API's pod name, for WEB_HOST",
-    "WEB_HOST": "Faust's own setting: the host of the worker's canonical URL",
-}
+OTHER_VARIABLES: dict[str, str] = {}
 SECRET_NAME = re.compile(r"SWITCHBOARD_SECRET_[A-Z0-9_]+")
 # What each scrape job must find, by the pods' app.kubernetes.io/component label.
 JOB_OF_COMPONENT = {
@@ -434,7 +431,7 @@ def test_the_workers_are_a_stateful_set_with_their_tables_on_a_volume() -> None:
     spec = worker["spec"]
     assert worker["kind"] == "StatefulSet"
     assert spec["podManagementPolicy"] == "Parallel"
-    # table_standby_replicas=1 needs a second worker; past the partitions, workers idle.
+    # A second worker takes over at once; past the partitions, workers idle.
     assert 2 <= spec["replicas"] <= int(configmap()["SWITCHBOARD_PARTITIONS"])
     assert spec["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
     container = only_container(worker)
@@ -444,32 +441,6 @@ def test_the_workers_are_a_stateful_set_with_their_tables_on_a_volume() -> None:
     assert configmap()["SWITCHBOARD_STORE"] == "rocksdb://"
     service = named("Service", spec["serviceName"])
     assert service["spec"]["clusterIP"] == "None"
-    assert env_value(container, "WEB_HOST") == f"$(POD_NAME).{spec['serviceName']}"
-    # $(POD_NAME) expands only when POD_NAME comes earlier in the list.
-    names = [e["name"] for e in container["env"]]
-    assert names.index("POD_NAME") < names.index("WEB_HOST")
-
-
-FAUST_URL = """
-from streams.app import create_app
-from streams.settings import Settings
-print(create_app(Settings()).conf.canonical_url)
-"""
-
-
-def test_faust_announces_the_worker_by_web_host() -> None:
-    host = "switchboard-worker-0.switchboard-worker"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    shown = subprocess.run(
-        [sys.executable, "-c", FAUST_URL],
-        cwd=ROOT,
-        env={**env, "WEB_HOST": host},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.strip() == f"http://{host}:{default('web_port')}"
 
 
 # --- the image ------------------------------------------------------------------------------

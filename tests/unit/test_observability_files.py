@@ -12,8 +12,6 @@ from functools import cache
 
 import pytest
 import yaml
-from faust.sensors.prometheus import FaustMetrics
-from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,13 +31,11 @@ from tests.observability import (
     panels,
 )
 
-# What a worker's /metrics serves: Switchboard's metrics, Faust's sensors (as the app
-# factory sets them up) and the process collector.
+# What a worker's /metrics serves: Switchboard's metrics (the runtime's among them) and
+# the process collector.
 EXPOSITION = """
 from prometheus_client import REGISTRY, generate_latest
-from streams.app import create_app
-from streams.settings import Settings
-create_app(Settings())
+import processors.worker
 print(generate_latest(REGISTRY).decode())
 """
 # Labels that every series has from Prometheus (job, instance) or from its histogram (le).
@@ -78,11 +74,6 @@ def exported() -> dict[str, str]:
 
 def switchboard_metrics() -> list[MetricWrapperBase]:
     return [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
-
-
-def faust_metrics() -> list[MetricWrapperBase]:
-    """Faust's sensors as streams.app sets them up (prefix faust), on a registry of their own."""
-    return list(FaustMetrics.create(CollectorRegistry(), "faust"))
 
 
 def test_the_rules_pass_promtool_check() -> None:
@@ -130,7 +121,7 @@ def test_every_metric_a_dashboard_or_an_alert_reads_is_exported_by_the_code() ->
 
 def test_every_label_a_query_groups_by_is_one_its_metrics_have() -> None:
     labels: dict[str, set[str]] = {}
-    for metric in [*switchboard_metrics(), *faust_metrics()]:
+    for metric in switchboard_metrics():
         for suffix in ("", "_total", "_bucket", "_sum", "_count"):
             labels[metric._name + suffix] = set(metric._labelnames)
     wrong = []

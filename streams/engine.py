@@ -1,0 +1,538 @@
+"""The exactly-once runtime of the stateful stages, on confluent-kafka.
+
+One consumer and one transactional producer per worker process (KIP-447: input offsets go
+into the transaction with the consumer's group metadata, so a worker that lost its
+partitions is fenced by the group's generation). Input is read ``read_committed``, with
+range assignment: partition p of every input topic, and of every table, is on the same
+worker, which is what co-partitioned stages need.
+
+A stage is a function of one decoded record that reads and writes tables
+(streams.tables) and returns its outputs; the runtime does all I/O. Records are
+processed in batches; a checkpoint (every ``commit_interval_s`` or ``checkpoint_records``
+records) commits in one transaction the outputs of every record since the last one,
+each dirty table key once on its changelog, and the input offsets. A record that cannot
+be decoded, or whose stage raises, becomes a dead letter in the same transaction, and
+its table writes and outputs are dropped.
+
+After a commit each table's local store takes the changes, with the changelog offset
+they reached; on an assignment the worker restores only the changelog past that offset.
+An aborted transaction rewinds the consumer to the committed offsets and drops what the
+transaction held."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from streams import metrics
+from streams.dlq import dead_letter
+from streams.kafka import producer_config
+from streams.serde import AvroSerde, UndecodableMessage
+from streams.settings import Settings
+from streams.tables import Table
+
+log = logging.getLogger("switchboard.worker")
+
+# (output name, key, record): what a stage returns, for the runtime to send.
+Output = tuple[str, str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    key: bytes | None
+    record: dict[str, Any] | None  # None: a tombstone, on a route that takes them
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+Handler = Callable[[Decoded], Sequence[Output]]
+
+
+@dataclass(frozen=True)
+class Route:
+    stage: str
+    serde: AvroSerde
+    handle: Handler
+    tombstones: bool = False
+
+
+@dataclass(frozen=True)
+class Tick:
+    every_s: float
+    run: Callable[[], Sequence[Output]]
+
+
+class Rewound(Exception):
+    """The transaction was aborted and the input rewound: drop the rest of the batch."""
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    return f"{settings.app_id}-{table}-changelog"
+
+
+# Changelog keys and values are JSON strings, as Faust wrote them: a worker upgraded from
+# the Faust runtime restores the tables it left (same topics, same consumer group).
+def changelog_record(key: str, value: str | None) -> tuple[bytes, bytes | None]:
+    return json.dumps(key).encode(), None if value is None else json.dumps(value).encode()
+
+
+def from_changelog(key: bytes | None, value: bytes | None) -> tuple[str, str | None]:
+    return json.loads(key or b'""'), None if value is None else json.loads(value)
+
+
+class Engine:
+    def __init__(self, settings: Settings, outputs: dict[str, tuple[str, AvroSerde]]) -> None:
+        self.settings = settings
+        self.outputs = outputs
+        self.routes: dict[str, Route] = {}
+        self.tables: list[Table] = []
+        self.ticks: list[Tick] = []
+        self.assigned_callbacks: list[Callable[[set[int]], None]] = []
+        self.partitions: set[int] = set()
+        self.checkpoint_records = 5000
+        self._slot_lock: IO[str] | None = None
+        self.directory: Path | None = None
+        self._dead_letters = outputs["dead_letters"]
+        self._positions: dict[tuple[str, int], int] = {}
+        self._in_transaction = False
+        self._transaction_started = 0.0
+        self._records = 0
+        self._written: dict[tuple[str, int], int] = {}
+        self._stopping = False
+        self._ready = False
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+        self.every(5.0, self._measure_tables)
+
+    # -- composition -----------------------------------------------------------------------
+
+    def table(self, name: str) -> Table:
+        directory = self._state_directory() / name if self._on_disk() else None
+        table = Table(name, changelog_topic(self.settings, name), directory)
+        self.tables.append(table)
+        return table
+
+    def route(
+        self,
+        source: tuple[str, AvroSerde],
+        stage: str,
+        handle: Handler,
+        tombstones: bool = False,
+    ) -> None:
+        """Hand each record of ``source`` (a topic and its serde) to ``handle``."""
+        topic, serde = source
+        self.routes[topic] = Route(stage, serde, handle, tombstones)
+        metrics.DEAD_LETTERS.labels(stage=stage, error_type=UndecodableMessage.__name__)
+
+    def every(self, seconds: float, run: Callable[[], Sequence[Output]]) -> None:
+        """Call ``run`` about every ``seconds``; what it returns is sent in the transaction."""
+        self.ticks.append(Tick(seconds, run))
+
+    def on_assigned(self, callback: Callable[[set[int]], None]) -> None:
+        """Call ``callback`` with this worker's partitions once its tables hold them."""
+        self.assigned_callbacks.append(callback)
+
+    def _measure_tables(self) -> list[Output]:
+        for table in self.tables:
+            metrics.TABLE_KEYS.labels(table=table.name).set(len(table))
+        return []
+
+    def internal_topics(self) -> dict[str, tuple[int, dict[str, str]]]:
+        isr = {"min.insync.replicas": str(self.settings.min_insync_replicas)}
+        return {
+            table.changelog: (self.settings.partitions, {"cleanup.policy": "compact", **isr})
+            for table in self.tables
+        }
+
+    # -- the worker's own directory and transactional id -------------------------------------
+
+    def _on_disk(self) -> bool:
+        return self.settings.store.startswith("rocksdb:")
+
+    def _state_directory(self) -> Path:
+        """A slot of data_dir that no other live worker on this host holds (a lock file;
+        the OS releases it when a worker dies). Its number is part of the transactional id,
+        so a worker restarted in the slot fences the transactions its predecessor left open."""
+        if self.directory is None:
+            base = Path(self.settings.data_dir) / self.settings.app_id
+            slot = 0
+            while True:
+                directory = base / f"slot-{slot}"
+                directory.mkdir(parents=True, exist_ok=True)
+                lock = (directory / "lock").open("w")
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    lock.close()
+                    slot += 1
+                    continue
+                self._slot_lock, self.directory = lock, directory
+                break
+        return self.directory
+
+    def transactional_id(self) -> str:
+        """Stable for a worker restarted on the same host and directory, unique among live
+        workers: the host, the data directory and the slot in it."""
+        directory = self._state_directory().resolve()
+        where = hashlib.sha256(str(directory.parent).encode()).hexdigest()[:8]
+        return f"{self.settings.app_id}-{socket.gethostname()}-{where}-{directory.name}"
+
+    # -- running -----------------------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        self._stopping = True
+
+    def run(self) -> None:
+        settings = self.settings
+        self.producer = Producer(
+            producer_config(
+                settings,
+                **{
+                    "transactional.id": self.transactional_id(),
+                    # A transaction left open by a worker that died and is not restarted
+                    # holds back read_committed readers until the broker aborts it.
+                    "transaction.timeout.ms": 30_000,
+                    "linger.ms": 5,
+                    "queue.buffering.max.messages": 500_000,
+                },
+            )
+        )
+        self.producer.init_transactions(30)
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": settings.app_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "partition.assignment.strategy": "range",
+                "session.timeout.ms": int(settings.session_timeout_s * 1000),
+                "heartbeat.interval.ms": int(settings.session_timeout_s * 250),
+                # Committed records become readable at the next fetch: do not wait long.
+                "fetch.wait.max.ms": 20,
+                "client.id": self.transactional_id(),
+                "log_level": 4,
+            }
+        )
+        self.consumer.subscribe(
+            list(self.routes),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        last_tick = [time.monotonic()] * len(self.ticks)
+        try:
+            while not self._stopping:
+                batch = self.consumer.consume(1000, 0.05)
+                try:
+                    for message in batch:
+                        self._process(message)
+                    now = time.monotonic()
+                    for n, tick in enumerate(self.ticks):
+                        if now - last_tick[n] >= tick.every_s and self.partitions:
+                            last_tick[n] = now
+                            self._send(tick.run())
+                    if self._in_transaction and (
+                        now - self._transaction_started >= settings.commit_interval_s
+                        or self._records >= self.checkpoint_records
+                    ):
+                        self.checkpoint()
+                except Rewound:
+                    continue
+            with contextlib.suppress(Rewound):
+                self.checkpoint()
+        finally:
+            self.consumer.close()
+            self.producer.flush(10)
+            for table in self.tables:
+                table.close()
+            log.info("worker stopped")
+
+    def _process(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise KafkaException(error)
+            log.warning("consumer: %s", error)
+            return
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        assert topic is not None and partition is not None and offset is not None
+        route = self.routes[topic]
+        self._begin()
+        for table in self.tables:
+            table.focus(partition)
+        value = message.value()
+        outputs: Sequence[Output] = ()
+        letter: dict[str, Any] | None = None
+        try:
+            record = None if value is None and route.tombstones else route.serde.decode(value)
+            _, timestamp = message.timestamp()
+            decoded = Decoded(message.key(), record, topic, partition, offset, timestamp)
+            outputs = route.handle(decoded)
+        except UndecodableMessage as exc:
+            letter = self._dead_letter(message, route.stage, exc)
+        except Exception as exc:
+            # A stage's own fault: its record goes aside whole, the rest goes on.
+            log.exception("%s failed on %s[%d]@%d", route.stage, topic, partition, offset)
+            letter = self._dead_letter(message, route.stage, exc)
+        if letter is None:
+            for table in self.tables:
+                table.keep()
+            self._send(outputs)
+        else:
+            for table in self.tables:
+                table.drop()
+            topic, serde = self._dead_letters
+            self._produce(topic, message.key(), serde.encode(letter))
+        self._positions[(topic, partition)] = offset + 1
+        self._records += 1
+
+    def _dead_letter(self, message: Message, stage: str, error: Exception) -> dict[str, Any]:
+        raw = message.headers() or []
+        pairs = raw.items() if isinstance(raw, dict) else raw
+        headers = {str(k): v for k, v in pairs if isinstance(v, bytes)}
+        return dead_letter(
+            stage=stage,
+            error=error,
+            value=message.value(),
+            key=message.key(),
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            headers=headers,
+        )
+
+    # -- the transaction ---------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        if not self._in_transaction:
+            assert self.producer is not None
+            self._transactional(self.producer.begin_transaction)
+            self._in_transaction = True
+            self._transaction_started = time.monotonic()
+            self._records = 0
+
+    def _send(self, outputs: Sequence[Output]) -> None:
+        for name, key, record in outputs:
+            self._begin()
+            topic, serde = self.outputs[name]
+            self._produce(topic, key.encode(), serde.encode(record))
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+    ) -> None:
+        assert self.producer is not None
+        extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+        if partition is not None:
+            extra["on_delivery"] = self._delivered
+        while True:
+            try:
+                self.producer.produce(topic, value, key, **extra)
+                break
+            except BufferError:
+                self.producer.poll(0.05)
+        metrics.RECORDS_SENT.labels(topic=topic).inc()
+
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            where = (message.topic() or "", message.partition() or 0)
+            self._written[where] = max(self._written.get(where, -1), message.offset() or 0)
+
+    def checkpoint(self) -> None:
+        """Commit what the transaction holds: outputs, each dirty key once on its
+        changelog, and the input offsets; then the local stores take the changes."""
+        if not self._in_transaction:
+            return
+        assert self.producer is not None and self.consumer is not None
+        started = time.monotonic()
+        for table in self.tables:
+            for partition, changes in table.dirty.items():
+                for key, value in changes.items():
+                    self._produce(table.changelog, *changelog_record(key, value), partition)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()]
+        if offsets:
+            metadata = self.consumer.consumer_group_metadata()
+            self._transactional(
+                lambda: self.producer.send_offsets_to_transaction(offsets, metadata, 30)  # type: ignore[union-attr]
+            )
+        self._transactional(lambda: self.producer.commit_transaction(60))  # type: ignore[union-attr]
+        self.producer.poll(0)  # delivery reports: where the changelog records landed
+        for table in self.tables:
+            for partition, changes in table.dirty.items():
+                store = table.stores.get(partition)
+                offset = self._written.get((table.changelog, partition))
+                if store is not None and offset is not None:
+                    store.apply(changes, offset)
+            table.dirty.clear()
+        metrics.CHECKPOINT_SECONDS.observe(time.monotonic() - started)
+        metrics.CHECKPOINT_RECORDS.observe(self._records)
+        self._positions.clear()
+        self._in_transaction = False
+
+    def _transactional(self, call: Callable[[], Any]) -> None:
+        """``call`` on the transactional producer: retried while Kafka says it may succeed,
+        and the transaction aborted and the input rewound when Kafka says it must be."""
+        for attempt in range(10):
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.retriable() and attempt < 9:
+                    log.warning("transaction: %s; retrying", error)
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                if error.txn_requires_abort():
+                    log.warning("transaction aborted: %s", error)
+                    self._abort()
+                    raise Rewound() from exc
+                raise
+
+    def _abort(self) -> None:
+        assert self.producer is not None and self.consumer is not None
+        self.producer.abort_transaction(60)
+        metrics.TRANSACTIONS_ABORTED.inc()
+        self._in_transaction = False
+        self._positions.clear()
+        for table in self.tables:
+            table.dirty.clear()
+            table.drop()
+        assigned = self.consumer.assignment()
+        if assigned:
+            for committed in self.consumer.committed(assigned, timeout=30):
+                offset = committed.offset if committed.offset >= 0 else OFFSET_BEGINNING
+                self.consumer.seek(TopicPartition(committed.topic, committed.partition, offset))
+        for callback in self.assigned_callbacks:
+            callback(self.partitions)
+
+    # -- rebalances --------------------------------------------------------------------------
+
+    def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
+        # What was processed on them commits now, while this worker still owns them.
+        with contextlib.suppress(Rewound):
+            self.checkpoint()
+        self.partitions = set()
+        for table in self.tables:
+            table.active = set()
+
+    def _on_lost(self, consumer: Consumer, lost: list[TopicPartition]) -> None:
+        # Another worker owns them already: what this transaction holds must not commit.
+        if self._in_transaction:
+            assert self.producer is not None
+            self.producer.abort_transaction(60)
+            self._in_transaction = False
+            self._positions.clear()
+            metrics.TRANSACTIONS_ABORTED.inc()
+        for table in self.tables:
+            table.dirty.clear()
+        self.partitions = set()
+        for table in self.tables:
+            table.active = set()
+
+    def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        started = time.monotonic()
+        partitions = {tp.partition for tp in assigned}
+        for table in self.tables:
+            for partition in set(table.stores) - partitions:
+                table.release(partition)
+        held = sum(len(table.store(p)) for table in self.tables for p in partitions)
+        restored = self._restore(partitions)
+        for table in self.tables:
+            table.active = set(partitions)
+        self.partitions = partitions
+        metrics.REBALANCES.inc()
+        for callback in self.assigned_callbacks:
+            callback(partitions)
+        log.info(
+            "assigned partitions %s: %d keys held, %d changelog records restored in %.2fs",
+            sorted(partitions),
+            held,
+            restored,
+            time.monotonic() - started,
+        )
+        if not self._ready:
+            self._ready = True
+            log.info("Worker ready")
+
+    def _restore(self, partitions: set[int]) -> int:
+        """Bring each table's stores of ``partitions`` up to their changelog's end."""
+        reader = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": f"restore-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "log_level": 3,
+            }
+        )
+        try:
+            ends: dict[tuple[str, int], int] = {}
+            starts: list[TopicPartition] = []
+            owners: dict[tuple[str, int], Table] = {}
+            for table in self.tables:
+                for partition in partitions:
+                    store = table.store(partition)
+                    tp = TopicPartition(table.changelog, partition)
+                    low, high = reader.get_watermark_offsets(tp, timeout=30, cached=False)
+                    if store.offset >= high:  # the changelog is younger than the store
+                        store.wipe()
+                    start = max(store.offset + 1, low)
+                    if start < high:
+                        ends[(table.changelog, partition)] = high
+                        owners[(table.changelog, partition)] = table
+                        starts.append(TopicPartition(table.changelog, partition, start))
+            if not starts:
+                return 0
+            reader.assign(starts)
+            restored = 0
+            pending: dict[tuple[str, int], tuple[dict[str, str | None], int]] = {}
+            while True:
+                for message in reader.consume(10_000, 0.2):
+                    if message.error():
+                        continue
+                    where = (message.topic() or "", message.partition() or 0)
+                    changes, _ = pending.get(where, ({}, -1))
+                    key, value = from_changelog(message.key(), message.value())
+                    changes[key] = value
+                    pending[where] = (changes, message.offset() or 0)
+                    restored += 1
+                for where, (changes, offset) in pending.items():
+                    owners[where].store(where[1]).apply(changes, offset)
+                    metrics.RESTORED_RECORDS.labels(table=owners[where].name).inc(len(changes))
+                pending.clear()
+                positions = reader.position(
+                    [TopicPartition(topic, partition) for topic, partition in ends]
+                )
+                if all(tp.offset >= ends[(tp.topic, tp.partition)] for tp in positions):
+                    return restored
+        finally:
+            reader.close()

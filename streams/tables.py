@@ -1,0 +1,192 @@
+"""The tables of the stateful stages: string keys and values, partitioned like the stage's
+inputs, each backed by a compacted changelog topic (the truth) and a local store per
+partition (memory, or RocksDB on disk) that caches it.
+
+A store is written only after the transaction that wrote its changelog committed, in one
+batch with the changelog offset it then reflects. So a store never holds an aborted write,
+and a worker that gets a partition (at start, after a crash, on a rebalance) restores only
+the changelog past that offset: nothing for a clean restart with RocksDB.
+
+Writes of the record being processed are staged (``pending``) and either kept for the
+next checkpoint (``keep``) or dropped (``drop``, when the record fails), so a record is
+applied whole or not at all."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from rocksdict import Options, Rdict, WriteBatch
+
+# Where a RocksDB store keeps the changelog offset it reflects; no table key starts with NUL.
+_OFFSET_KEY = b"\x00changelog-offset"
+
+
+class PartitionStore:
+    """One partition of one table: its values, and the last changelog offset applied."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._memory: dict[str, str] = {}
+        self._db: Rdict | None = None
+        self.offset = -1
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+            self._db = Rdict(str(path), Options(raw_mode=True))
+            stored = self._db.get(_OFFSET_KEY)
+            self.offset = int(stored) if stored is not None else -1
+
+    def get(self, key: str) -> str | None:
+        if self._db is None:
+            return self._memory.get(key)
+        found = self._db.get(key.encode())
+        return None if found is None else bytes(found).decode()
+
+    def apply(self, changes: dict[str, str | None], offset: int) -> None:
+        """Write ``changes`` (None deletes) as of changelog ``offset``, atomically."""
+        if self._db is None:
+            for key, value in changes.items():
+                if value is None:
+                    self._memory.pop(key, None)
+                else:
+                    self._memory[key] = value
+        else:
+            batch = WriteBatch(raw_mode=True)
+            for key, value in changes.items():
+                if value is None:
+                    batch.delete(key.encode())
+                else:
+                    batch.put(key.encode(), value.encode())
+            batch.put(_OFFSET_KEY, str(offset).encode())
+            self._db.write(batch)
+        self.offset = max(self.offset, offset)
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        if self._db is None:
+            yield from list(self._memory.items())
+            return
+        for key, value in self._db.items():
+            assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
+            if not key.startswith(b"\x00"):
+                yield key.decode(), value.decode()
+
+    def __len__(self) -> int:
+        if self._db is None:
+            return len(self._memory)
+        # RocksDB's own estimate: counting would read every key.
+        return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
+
+    def wipe(self) -> None:
+        """Forget everything (the changelog is restored from its start)."""
+        self._memory.clear()
+        self.offset = -1
+        if self._db is not None and self.path is not None:
+            self._db.close()
+            Rdict.destroy(str(self.path))
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._db = Rdict(str(self.path), Options(raw_mode=True))
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+class Table:
+    """A stage's table. The runtime focuses it on the partition of the record being
+    processed; ``get`` and ``set`` then act on that partition."""
+
+    def __init__(self, name: str, changelog: str, directory: Path | None) -> None:
+        self.name = name
+        self.changelog = changelog
+        self.directory = directory  # None: in memory
+        self.stores: dict[int, PartitionStore] = {}
+        self.active: set[int] = set()
+        self.dirty: dict[int, dict[str, str | None]] = {}
+        self.pending: dict[str, str | None] = {}
+        self.partition = -1
+
+    # -- what stages use -----------------------------------------------------------------
+
+    def get(self, key: str) -> str | None:
+        if key in self.pending:
+            return self.pending[key]
+        dirty = self.dirty.get(self.partition)
+        if dirty is not None and key in dirty:
+            return dirty[key]
+        return self.stores[self.partition].get(key)
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.pending[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self.pending[key] = None
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def items(self, partitions: set[int] | None = None) -> Iterator[tuple[str, str]]:
+        """Committed values and checkpoint-pending ones of ``partitions`` (default: the
+        active ones)."""
+        for partition in sorted(self.active if partitions is None else partitions):
+            store = self.stores.get(partition)
+            if store is None:
+                continue
+            dirty = self.dirty.get(partition, {})
+            for key, value in store.items():
+                if key not in dirty:
+                    yield key, value
+            for key, dirty_value in dirty.items():
+                if dirty_value is not None:
+                    yield key, dirty_value
+
+    def lookup(self, key: str) -> str | None:
+        """``key``'s value in any partition this worker holds, for views outside a record
+        (from another thread: committed values only)."""
+        for store in list(self.stores.values()):
+            value = store.get(key)
+            if value is not None:
+                return value
+        return None
+
+    # -- what the runtime does -----------------------------------------------------------
+
+    def focus(self, partition: int) -> None:
+        self.partition = partition
+
+    def keep(self) -> None:
+        """The record succeeded: its writes wait for the next checkpoint."""
+        if self.pending:
+            self.dirty.setdefault(self.partition, {}).update(self.pending)
+            self.pending = {}
+
+    def drop(self) -> None:
+        self.pending = {}
+
+    def store(self, partition: int) -> PartitionStore:
+        if partition not in self.stores:
+            path = None if self.directory is None else self.directory / str(partition)
+            self.stores[partition] = PartitionStore(path)
+        return self.stores[partition]
+
+    def release(self, partition: int) -> None:
+        store = self.stores.pop(partition, None)
+        if store is not None:
+            store.close()
+        self.dirty.pop(partition, None)
+        self.active.discard(partition)
+
+    def close(self) -> None:
+        for partition in list(self.stores):
+            self.release(partition)
+
+    def __len__(self) -> int:
+        return sum(len(self.stores[p]) for p in self.active if p in self.stores)
