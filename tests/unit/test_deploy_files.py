@@ -15,7 +15,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import tomllib
 from functools import cache
 from pathlib import Path
