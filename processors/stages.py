@@ -55,6 +55,9 @@ from streams.engine import Decoded, Engine, Output
 from streams.serde import AvroSerde
 from streams.settings import Settings
 
+# Identifiers remembered as claimed per key; an older one is claimed again if it recurs.
+CLAIMED_PER_KEY = 50
+
 
 @dataclass(frozen=True)
 class Inputs:
@@ -97,6 +100,7 @@ def register(
     engine: Engine, settings: Settings, inputs: Inputs, rules: Rules, clock: Clock
 ) -> Views:
     identity = engine.table("identity")
+    claimed = engine.table("claimed")  # identifier -> identifiers claimed with it (JSON)
     contacts = engine.table("contacts")
     aliases = engine.table("aliases")
     model, routing_rules = rules.scoring, rules.routing
@@ -113,6 +117,12 @@ def register(
         found = resolve(key, identity.get(key), ids)
         if found.minted:
             identity[key] = found.contact_id
+        # Each identifier is claimed once with the key it came with: a claim answered
+        # before (linked, or merged) gives the same answer again.
+        before = json.loads(claimed.get(key) or "[]")
+        new = [i for i in found.claims if i not in before]
+        if new:
+            claimed[key] = json.dumps([*before, *new][-CLAIMED_PER_KEY:])
         outputs: list[Output] = [
             (
                 "claims",
@@ -124,7 +134,7 @@ def register(
                     "claimed_at": event["event_time"],
                 },
             )
-            for identifier in found.claims
+            for identifier in new
         ]
         outputs.append(("by_contact", found.contact_id, {**event, "contact_id": found.contact_id}))
         metrics.EVENTS.labels(

@@ -39,7 +39,7 @@ from processors.ids import decision_id
 from processors.matching import scalars
 from processors.pipeline import PipelineRules, current_deal
 from processors.sla import EPOCH, to_ms, whole_ms
-from processors.state import CLOSED_STAGES, ContactState
+from processors.state import CLOSED_STAGES, ContactState, PlainModel
 from processors.workflow import (
     MERGED,
     PREEMPTED,
@@ -84,7 +84,7 @@ class History(BaseModel):
     exited_at: datetime | None = None
 
 
-class RunBook(BaseModel):
+class RunBook(PlainModel):
     """A contact's workflow state (the value of the workflow table), and the partition it
     lives on, so a worker rebuilds its schedule of waits without hashing keys."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -131,6 +132,8 @@ def worker() -> None:
         {"identifiers": views.identifier, "contacts": views.contact},
     )
     GroupLag(settings, settings.app_id, list(engine.routes)).start()
+    signal.signal(signal.SIGTERM, engine.stop)
+    signal.signal(signal.SIGINT, engine.stop)
     engine.run()
 
 

@@ -16,8 +16,9 @@ its table writes and outputs are dropped.
 
 After a commit each table's local store takes the changes, with the changelog offset
 they reached; on an assignment the worker restores only the changelog past that offset.
-An aborted transaction rewinds the consumer to the committed offsets and drops what the
-transaction held."""
+The other partitions' stores follow their changelogs as standby copies, so a worker
+that takes one over restores only the tail. An aborted transaction drops what it held
+and rewinds the consumer to where it began."""
 
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import signal
 import socket
 import time
 import uuid
@@ -89,6 +89,10 @@ class Rewound(Exception):
     """The transaction was aborted and the input rewound: drop the rest of the batch."""
 
 
+class TransactionFailed(Exception):
+    """Kafka refused a step of the transaction: it must be aborted."""
+
+
 def changelog_topic(settings: Settings, table: str) -> str:
     return f"{settings.app_id}-{table}-changelog"
 
@@ -113,10 +117,23 @@ class Engine:
         self.assigned_callbacks: list[Callable[[set[int]], None]] = []
         self.partitions: set[int] = set()
         self.checkpoint_records = 5000
+        self.exactly_once = settings.processing_guarantee == "exactly_once"
+        self.standby = True
+        self._standby: Consumer | None = None
         self._slot_lock: IO[str] | None = None
         self.directory: Path | None = None
         self._dead_letters = outputs["dead_letters"]
+        # Per input partition: the next offset to commit, and where the transaction began.
         self._positions: dict[tuple[str, int], int] = {}
+        self._starts: dict[tuple[str, int], int] = {}
+        self._committing = False
+        self._doomed = False  # its partitions were lost: it must not commit
+        # Records consumed while a checkpoint waited (see _keep_membership), to read again.
+        self._skipped: dict[tuple[str, int], int] = {}
+        self._paused = False
+        self._in_callback = False
+        # How long a checkpoint retries a coordinator that moves before it gives up.
+        self.transaction_retry_s = 30.0
         self._in_transaction = False
         self._transaction_started = 0.0
         self._records = 0
@@ -207,20 +224,21 @@ class Engine:
 
     def run(self) -> None:
         settings = self.settings
+        transactional = {
+            "transactional.id": self.transactional_id(),
+            # A transaction left open by a worker that died and is not restarted holds
+            # back read_committed readers until the broker aborts it.
+            "transaction.timeout.ms": 30_000,
+        }
         self.producer = Producer(
             producer_config(
                 settings,
-                **{
-                    "transactional.id": self.transactional_id(),
-                    # A transaction left open by a worker that died and is not restarted
-                    # holds back read_committed readers until the broker aborts it.
-                    "transaction.timeout.ms": 30_000,
-                    "linger.ms": 5,
-                    "queue.buffering.max.messages": 500_000,
-                },
+                **(transactional if self.exactly_once else {}),
+                **{"linger.ms": 5, "queue.buffering.max.messages": 500_000},
             )
         )
-        self.producer.init_transactions(30)
+        if self.exactly_once:
+            self.producer.init_transactions(30)
         self.consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
@@ -243,15 +261,19 @@ class Engine:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
         last_tick = [time.monotonic()] * len(self.ticks)
         try:
             while not self._stopping:
                 batch = self.consumer.consume(1000, 0.05)
+                # Where each partition of the batch starts, should its transaction abort.
+                self._unread(batch, self._starts)
                 try:
+                    if self._doomed:
+                        self._abort()
+                        continue
                     for message in batch:
                         self._process(message)
+                    self._poll_standby()
                     now = time.monotonic()
                     for n, tick in enumerate(self.ticks):
                         if now - last_tick[n] >= tick.every_s and self.partitions:
@@ -268,9 +290,13 @@ class Engine:
                 self.checkpoint()
         finally:
             self.consumer.close()
+            if self._standby is not None:
+                self._standby.close()
             self.producer.flush(10)
             for table in self.tables:
                 table.close()
+            if self._slot_lock is not None:
+                self._slot_lock.close()  # the slot is free for the next worker
             log.info("worker stopped")
 
     def _process(self, message: Message) -> None:
@@ -332,7 +358,8 @@ class Engine:
     def _begin(self) -> None:
         if not self._in_transaction:
             assert self.producer is not None
-            self._transactional(self.producer.begin_transaction)
+            if self.exactly_once:
+                self.producer.begin_transaction()
             self._in_transaction = True
             self._transaction_started = time.monotonic()
             self._records = 0
@@ -369,23 +396,38 @@ class Engine:
 
     def checkpoint(self) -> None:
         """Commit what the transaction holds: outputs, each dirty key once on its
-        changelog, and the input offsets; then the local stores take the changes."""
+        changelog, and the input offsets; then the local stores take the changes. Raises
+        Rewound when Kafka refused it: the transaction is aborted and the input rewound."""
         if not self._in_transaction:
             return
         assert self.producer is not None and self.consumer is not None
+        producer = self.producer
         started = time.monotonic()
         for table in self.tables:
             for partition, changes in table.dirty.items():
                 for key, value in changes.items():
                     self._produce(table.changelog, *changelog_record(key, value), partition)
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()]
-        if offsets:
-            metadata = self.consumer.consumer_group_metadata()
-            self._transactional(
-                lambda: self.producer.send_offsets_to_transaction(offsets, metadata, 30)  # type: ignore[union-attr]
-            )
-        self._transactional(lambda: self.producer.commit_transaction(60))  # type: ignore[union-attr]
-        self.producer.poll(0)  # delivery reports: where the changelog records landed
+        self._committing = True
+        try:
+            if not self.exactly_once:  # at least once: outputs first, then the offsets
+                producer.flush(60)
+                if offsets:
+                    self.consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                if offsets:
+                    metadata = self.consumer.consumer_group_metadata()
+                    self._retried(
+                        lambda t: producer.send_offsets_to_transaction(offsets, metadata, t)
+                    )
+                self._retried(producer.commit_transaction)
+        except TransactionFailed as exc:
+            log.warning("checkpoint failed, its transaction is aborted: %s", exc)
+            self._abort()
+            raise Rewound() from exc
+        finally:
+            self._committing = False
+        producer.poll(0)  # delivery reports: where the changelog records landed
         for table in self.tables:
             for partition, changes in table.dirty.items():
                 store = table.stores.get(partition)
@@ -396,41 +438,90 @@ class Engine:
         metrics.CHECKPOINT_SECONDS.observe(time.monotonic() - started)
         metrics.CHECKPOINT_RECORDS.observe(self._records)
         self._positions.clear()
+        self._starts.clear()
         self._in_transaction = False
+        if self._skipped or self._paused:
+            self._read_again(self._skipped)
 
-    def _transactional(self, call: Callable[[], Any]) -> None:
-        """``call`` on the transactional producer: retried while Kafka says it may succeed,
-        and the transaction aborted and the input rewound when Kafka says it must be."""
-        for attempt in range(10):
+    def _retried(self, call: Callable[[float], Any]) -> None:
+        """``call(timeout)`` on the transactional producer, again while Kafka says it may
+        succeed (a coordinator moving to another broker), for up to ``transaction_retry_s``;
+        TransactionFailed when it must be aborted instead."""
+        deadline = time.monotonic() + self.transaction_retry_s
+        while True:
             try:
-                call()
+                call(5.0)
                 return
             except KafkaException as exc:
                 error = exc.args[0]
-                if error.retriable() and attempt < 9:
-                    log.warning("transaction: %s; retrying", error)
-                    time.sleep(0.2 * (attempt + 1))
-                    continue
-                if error.txn_requires_abort():
-                    log.warning("transaction aborted: %s", error)
-                    self._abort()
-                    raise Rewound() from exc
-                raise
+                if error.fatal():
+                    raise
+                if error.txn_requires_abort() or not error.retriable():
+                    raise TransactionFailed(str(error)) from exc
+                if time.monotonic() > deadline:
+                    raise TransactionFailed(f"still failing after retries: {error}") from exc
+                log.warning("transaction: %s; retrying", error)
+                self._keep_membership()
+
+    def _keep_membership(self) -> None:
+        """Wait a moment while the consumer keeps its group membership: rebalance
+        callbacks run in consume(), whose messages are read again later (partitions are
+        paused, and a record read meanwhile is sought back to)."""
+        assert self.consumer is not None
+        if self._in_callback:  # consume() must not be called from a rebalance callback
+            time.sleep(0.2)
+            return
+        self.consumer.pause(self.consumer.assignment())
+        self._paused = True
+        self._unread(self.consumer.consume(100, 0.2), self._skipped)
+
+    @staticmethod
+    def _unread(messages: Sequence[Message], into: dict[tuple[str, int], int]) -> None:
+        """Note the first offset of each partition in ``messages``, to read them again."""
+        for message in messages:
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if message.error() is None and topic and partition is not None and offset is not None:
+                into.setdefault((topic, partition), offset)
+
+    def _read_again(self, *offsets: dict[tuple[str, int], int]) -> None:
+        """Seek back to ``offsets`` (the lowest of each partition still assigned), and go
+        on reading every partition."""
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        held = {(tp.topic, tp.partition) for tp in assigned}
+        lowest: dict[tuple[str, int], int] = {}
+        for found in offsets:
+            for where, offset in found.items():
+                lowest[where] = min(offset, lowest.get(where, offset))
+            found.clear()
+        for (topic, partition), offset in lowest.items():
+            if (topic, partition) in held:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+        if self._paused and not self._in_callback:
+            self.consumer.resume(assigned)
+            self._paused = False
 
     def _abort(self) -> None:
+        """Abort the open transaction and read its input again: what it held is dropped,
+        and the consumer seeks back to where the transaction started."""
         assert self.producer is not None and self.consumer is not None
-        self.producer.abort_transaction(60)
-        metrics.TRANSACTIONS_ABORTED.inc()
         self._in_transaction = False
+        self._doomed = False
         self._positions.clear()
         for table in self.tables:
             table.dirty.clear()
             table.drop()
-        assigned = self.consumer.assignment()
-        if assigned:
-            for committed in self.consumer.committed(assigned, timeout=30):
-                offset = committed.offset if committed.offset >= 0 else OFFSET_BEGINNING
-                self.consumer.seek(TopicPartition(committed.topic, committed.partition, offset))
+        while self.exactly_once:
+            try:
+                self.producer.abort_transaction(5.0)
+                break
+            except KafkaException as exc:
+                if exc.args[0].fatal():
+                    raise
+                log.warning("abort: %s; retrying", exc.args[0])
+                self._keep_membership()
+        metrics.TRANSACTIONS_ABORTED.inc()
+        self._read_again(self._starts, self._skipped)
         for callback in self.assigned_callbacks:
             callback(self.partitions)
 
@@ -438,22 +529,23 @@ class Engine:
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
         # What was processed on them commits now, while this worker still owns them.
-        with contextlib.suppress(Rewound):
-            self.checkpoint()
+        self._in_callback = True
+        try:
+            if self._doomed:
+                self._abort()
+            elif not self._committing:
+                with contextlib.suppress(Rewound):
+                    self.checkpoint()
+        finally:
+            self._in_callback = False
         self.partitions = set()
         for table in self.tables:
             table.active = set()
 
     def _on_lost(self, consumer: Consumer, lost: list[TopicPartition]) -> None:
-        # Another worker owns them already: what this transaction holds must not commit.
+        # Another worker may own them already: what the transaction holds must not commit.
         if self._in_transaction:
-            assert self.producer is not None
-            self.producer.abort_transaction(60)
-            self._in_transaction = False
-            self._positions.clear()
-            metrics.TRANSACTIONS_ABORTED.inc()
-        for table in self.tables:
-            table.dirty.clear()
+            self._doomed = True
         self.partitions = set()
         for table in self.tables:
             table.active = set()
@@ -461,14 +553,14 @@ class Engine:
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         started = time.monotonic()
         partitions = {tp.partition for tp in assigned}
-        for table in self.tables:
-            for partition in set(table.stores) - partitions:
-                table.release(partition)
+        if self._standby is not None:
+            self._standby.unassign()
         held = sum(len(table.store(p)) for table in self.tables for p in partitions)
         restored = self._restore(partitions)
         for table in self.tables:
             table.active = set(partitions)
         self.partitions = partitions
+        self._follow_standby(set(range(self.settings.partitions)) - partitions)
         metrics.REBALANCES.inc()
         for callback in self.assigned_callbacks:
             callback(partitions)
@@ -482,6 +574,59 @@ class Engine:
         if not self._ready:
             self._ready = True
             log.info("Worker ready")
+
+    def _apply_changelog(self, messages: Sequence[Message]) -> int:
+        """Write changelog ``messages`` to their tables' stores; how many there were."""
+        by_changelog = {table.changelog: table for table in self.tables}
+        pending: dict[tuple[str, int], tuple[dict[str, str | None], int]] = {}
+        applied = 0
+        for message in messages:
+            if message.error():
+                continue
+            where = (message.topic() or "", message.partition() or 0)
+            changes, _ = pending.get(where, ({}, -1))
+            key, value = from_changelog(message.key(), message.value())
+            changes[key] = value
+            pending[where] = (changes, message.offset() or 0)
+            applied += 1
+        for (changelog, partition), (changes, offset) in pending.items():
+            table = by_changelog[changelog]
+            table.store(partition).apply(changes, offset)
+            metrics.RESTORED_RECORDS.labels(table=table.name).inc(len(changes))
+        return applied
+
+    # -- standby copies ----------------------------------------------------------------------
+
+    def _follow_standby(self, partitions: set[int]) -> None:
+        """Keep the stores of ``partitions`` (those other workers own) following their
+        changelogs, so taking one over (a worker dies or leaves) restores only the tail,
+        and the views answer for every key."""
+        if not partitions or not self.standby:
+            return
+        if self._standby is None:
+            self._standby = Consumer(
+                {
+                    "bootstrap.servers": self.settings.kafka_bootstrap,
+                    "group.id": f"standby-{uuid.uuid4().hex}",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "isolation.level": "read_committed",
+                    "log_level": 3,
+                }
+            )
+        self._standby.assign(
+            [
+                TopicPartition(table.changelog, p, table.store(p).offset + 1)
+                if table.store(p).offset >= 0
+                else TopicPartition(table.changelog, p, OFFSET_BEGINNING)
+                for table in self.tables
+                for p in sorted(partitions)
+            ]
+        )
+
+    def _poll_standby(self) -> None:
+        if self._standby is not None and self._standby.assignment():
+            self._apply_changelog(self._standby.consume(2000, 0))
 
     def _restore(self, partitions: set[int]) -> int:
         """Bring each table's stores of ``partitions`` up to their changelog's end."""
@@ -514,21 +659,8 @@ class Engine:
                 return 0
             reader.assign(starts)
             restored = 0
-            pending: dict[tuple[str, int], tuple[dict[str, str | None], int]] = {}
             while True:
-                for message in reader.consume(10_000, 0.2):
-                    if message.error():
-                        continue
-                    where = (message.topic() or "", message.partition() or 0)
-                    changes, _ = pending.get(where, ({}, -1))
-                    key, value = from_changelog(message.key(), message.value())
-                    changes[key] = value
-                    pending[where] = (changes, message.offset() or 0)
-                    restored += 1
-                for where, (changes, offset) in pending.items():
-                    owners[where].store(where[1]).apply(changes, offset)
-                    metrics.RESTORED_RECORDS.labels(table=owners[where].name).inc(len(changes))
-                pending.clear()
+                restored += self._apply_changelog(reader.consume(10_000, 0.2))
                 positions = reader.position(
                     [TopicPartition(topic, partition) for topic, partition in ends]
                 )

@@ -44,13 +44,17 @@ class Settings(BaseSettings):
     partitions: int = Field(6, ge=1, description="Partitions of each catalog topic.")
     replication_factor: int = Field(1, ge=1)
     min_insync_replicas: int = Field(1, ge=1)
-    app_id: str = Field("switchboard", description="Faust app id: consumer group and state prefix.")
+    app_id: str = Field(
+        "switchboard",
+        description="Worker app id: consumer group, changelog and transactional id prefix.",
+    )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     commit_interval_s: float = Field(
-        0.5,
+        0.1,
         gt=0,
-        description="How often a worker commits its transaction: under exactly-once, what "
-        "a stage sends is visible downstream only then, so every hop waits for it.",
+        description="How often a worker commits its transaction (a checkpoint): under "
+        "exactly-once, what a stage sends is visible downstream only then, so every hop "
+        "waits for it.",
     )
     session_timeout_s: float = Field(
         10.0,
@@ -60,7 +64,7 @@ class Settings(BaseSettings):
     )
     store: str = Field(
         "memory://",
-        description="Faust table store: memory://, or rocksdb:// (RocksDB through rocksdict) "
+        description="Worker table store: memory://, or rocksdb:// (RocksDB through rocksdict) "
         "in production, which keeps tables on disk instead of rebuilding them from changelogs.",
     )
     data_dir: Path = Field(Path(".run/worker"), description="Worker state (tables) directory.")

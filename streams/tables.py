@@ -189,4 +189,5 @@ class Table:
             self.release(partition)
 
     def __len__(self) -> int:
-        return sum(len(self.stores[p]) for p in self.active if p in self.stores)
+        """Keys this worker holds, in its active and standby partitions."""
+        return sum(len(store) for store in self.stores.values())

@@ -1,0 +1,149 @@
+"""The worker runtime (streams.engine) on the real broker, in one process, with a stage
+of the test's own: what a checkpoint commits, what a failing record leaves, and what a
+restarted worker finds."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from prometheus_client import REGISTRY
+
+from streams.engine import Decoded, Engine, Output, from_changelog
+from streams.registry import register_catalog
+from streams.serde import AvroSerde
+from streams.settings import Settings
+from streams.topics import DEAD_LETTERS, IDENTITY_CLAIMS, ensure_internal_topics, ensure_topics
+from tests.kafka_helpers import producer, read_all, wait_for
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def claim(identifier: str, n: int) -> dict[str, object]:
+    return {
+        "identifier": identifier,
+        "contact_id": f"c-{n}",
+        "event_id": f"e-{n}",
+        "claimed_at": T0,
+    }
+
+
+@contextmanager
+def running(settings: Settings, registry: SchemaRegistryClient) -> Iterator[Engine]:
+    """An engine whose one stage counts claims per identifier in a table, echoes each
+    claim to a topic of its own, and raises on the identifier ``boom``."""
+    claims = AvroSerde(registry, "identity_claim", IDENTITY_CLAIMS.full_name(settings))
+    dead = AvroSerde(registry, "dead_letter", DEAD_LETTERS.full_name(settings))
+    echo_topic = IDENTITY_CLAIMS.full_name(settings) + ".echo"
+    engine = Engine(settings, {"dead_letters": (dead.topic, dead), "echo": (echo_topic, claims)})
+    counts = engine.table("counts")
+
+    def count(item: Decoded) -> Sequence[Output]:
+        assert item.record is not None
+        identifier = item.record["identifier"]
+        counts[identifier] = str(int(counts.get(identifier) or 0) + 1)
+        if identifier == "boom":
+            raise RuntimeError("the stage broke on boom")
+        return [("echo", identifier, item.record)]
+
+    engine.route((claims.topic, claims), "counting", count)
+    ensure_internal_topics(
+        settings, {echo_topic: (settings.partitions, {}), **engine.internal_topics()}
+    )
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+        thread.join(30)
+        assert not thread.is_alive()
+
+
+def changelog(settings: Settings) -> list[tuple[str, str | None]]:
+    topic = f"{settings.app_id}-counts-changelog"
+    return [from_changelog(m.key(), m.value()) for m in read_all(settings, topic)]
+
+
+def test_a_checkpoint_writes_each_key_once_and_a_failing_record_leaves_nothing_but_a_dead_letter(
+    settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
+) -> None:
+    settings = settings.model_copy(update={"partitions": 1, "commit_interval_s": 5.0})
+    ensure_topics(settings)
+    register_catalog(registry, settings)
+    claims = AvroSerde(registry, "identity_claim", IDENTITY_CLAIMS.full_name(settings))
+    out = producer(settings)
+    records = [claim("email:a@example.com", n) for n in range(200)]
+    records.insert(100, claim("boom", 999))
+    for record in records:
+        out.produce(
+            claims.topic, key=str(record["identifier"]).encode(), value=claims.encode(record)
+        )
+    out.flush(10)
+    echo_topic = claims.topic + ".echo"
+
+    with running(settings, registry):
+        wait_for(lambda: len(read_all(settings, echo_topic)) >= 200, "the echoes", timeout=60)
+
+    # One checkpoint for all 201 records: the key written 200 times is on its changelog
+    # once, with its last value; the failing record's write is not there at all.
+    assert changelog(settings) == [("email:a@example.com", "200")]
+    echoes = [claims.decode(m.value())["event_id"] for m in read_all(settings, echo_topic)]
+    assert echoes == [f"e-{n}" for n in range(200)]  # in order, none from boom
+    dead = AvroSerde(registry, "dead_letter", DEAD_LETTERS.full_name(settings))
+    (letter,) = [dead.decode(m.value()) for m in read_all(settings, dead.topic)]
+    assert letter["stage"] == "counting"
+    assert letter["error_type"] == "RuntimeError"
+    assert letter["reason"] == "the stage broke on boom"
+    assert claims.decode(letter["original_value"])["event_id"] == "e-999"
+    assert letter["original_key"] == b"boom"
+
+
+def test_a_restarted_worker_goes_on_from_its_stores_and_commits_nothing_twice(
+    settings: Settings, registry: SchemaRegistryClient
+) -> None:
+    settings = settings.model_copy(update={"partitions": 2, "store": "rocksdb://"})
+    ensure_topics(settings)
+    register_catalog(registry, settings)
+    claims = AvroSerde(registry, "identity_claim", IDENTITY_CLAIMS.full_name(settings))
+    echo_topic = claims.topic + ".echo"
+    out = producer(settings)
+
+    def send(first: int, last: int) -> None:
+        for n in range(first, last):
+            record = claim(f"phone:+4420{n % 7}", n)
+            out.produce(
+                claims.topic, key=str(record["identifier"]).encode(), value=claims.encode(record)
+            )
+        out.flush(10)
+
+    def restored() -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "switchboard_table_restored_records_total", {"table": "counts"}
+            )
+            or 0.0
+        )
+
+    send(0, 70)
+    with running(settings, registry):
+        wait_for(lambda: len(read_all(settings, echo_topic)) >= 70, "the first echoes")
+    send(70, 140)
+    before = restored()
+    with running(settings, registry) as second:
+        wait_for(lambda: len(read_all(settings, echo_topic)) >= 140, "the second echoes")
+        time.sleep(1)
+        counts = dict(second.tables[0].items({0, 1}))
+    # It stopped cleanly: its stores had every committed write, nothing to restore.
+    assert restored() == before
+    assert counts == {f"phone:+4420{k}": "20" for k in range(7)}
+    echoes = [claims.decode(m.value())["event_id"] for m in read_all(settings, echo_topic)]
+    assert sorted(echoes) == sorted(f"e-{n}" for n in range(140))  # none twice
