@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
+from sqlalchemy import event
 
-from connectors.sinks.crm.sql import open_store
+from connectors.sinks.crm.sql import TABLES, SqlCrmStore, open_store
+from connectors.sinks.delivery import Outcome, Rejected
 from streams.registry import register_catalog
 from streams.serde import AvroSerde
 from streams.settings import Settings
@@ -25,6 +27,9 @@ from streams.topics import CRM_COMMANDS, DEAD_LETTERS, NOTIFICATIONS, ensure_top
 from tests.fakes.hubspot import FakeHubSpot
 from tests.kafka_helpers import producer, read_all, running_sink, settings_env, wait_for
 from tests.records import crm_command
+
+# The SQL store's PostgreSQL databases (a fresh schema per test); see crm_url.
+from tests.sinks.conftest import pg_schema_url, postgres_url  # noqa: F401
 from tests.sinks.notify_servers import SlackWebhook, sample_notification, smtp_server
 
 pytestmark = pytest.mark.integration
@@ -393,3 +398,245 @@ def test_notifications_go_out_once_through_smtp_slack_and_the_outbox_even_when_r
         assert len(smtp.handler.mail) == 30
         assert len(slack.requests) == 10
         assert len(outboxed()) == 5
+
+
+# ---- the SQL store's batch write, on SQLite and PostgreSQL ------------------------------
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def crm_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each kind (as tests/sinks/conftest.py's sql_url)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'crm.sqlite3'}"
+    return str(request.getfixturevalue("pg_schema_url"))
+
+
+def mixed_batch(tag: str) -> list[dict[str, Any]]:
+    """A batch that exercises each order rule of the batch write: one contact's commands
+    several kinds in a row and a kind twice, a task made before its owner, rejections by
+    the checks, a redelivered command, a rejected command delivered again once its deal
+    exists, and a merge in the middle with a command for the retired contact after it."""
+    a, b = f"{tag}c-a", f"{tag}c-b"
+    n = 0
+
+    def cmd(kind: str, contact: str, payload: dict[str, Any], key: str = "") -> dict[str, Any]:
+        nonlocal n
+        n += 1
+        return crm_command(
+            kind,
+            contact,
+            payload,
+            command_id=f"{tag}{key or f'cmd-{n}'}",
+            issued_at=T0 + timedelta(minutes=n),
+        )
+
+    def deal(deal_id: str, stage: str) -> dict[str, Any]:
+        return {"deal_id": f"{tag}{deal_id}", "name": "Boiler", "stage": stage}
+
+    def stage(deal_id: str, stage: str, **paid: Any) -> dict[str, Any]:
+        return {"deal_id": f"{tag}{deal_id}", "stage": stage} | paid
+
+    def task(task_id: str, owner: str | None) -> dict[str, Any]:
+        return {"task_id": f"{tag}{task_id}", "title": "Call", "due_at": T0, "owner_id": owner}
+
+    def owner(rep: str) -> dict[str, Any]:
+        return {"owner_id": rep, "previous_owner_id": None, "reason": "round robin"}
+
+    contact = {"email": "ada@example.com", "first_name": "Ada", "properties": {"a": "1"}}
+    redelivered = cmd("ADD_NOTE", b, {"note_id": f"{tag}n-b1", "body": "first"}, "again")
+    late = cmd("UPDATE_DEAL_STAGE", a, stage("d-late", "won"), "late")
+    return [
+        cmd("CREATE_TASK", a, task("t-a1", None)),  # a bare contact, an unowned task
+        cmd("UPSERT_CONTACT", a, contact),  # written before the task above: a new run
+        cmd("SET_OWNER", a, owner("rep-1")),  # gets t-a1
+        cmd("CREATE_DEAL", a, deal("d-a", "new")),
+        cmd("UPDATE_DEAL_STAGE", a, stage("d-a", "qualified")),
+        cmd("UPDATE_DEAL_STAGE", a, stage("d-a", "qualified")),  # same stage: time kept
+        cmd("UPDATE_DEAL_STAGE", a, stage("d-a", "won", amount_minor=500, currency="EUR")),
+        cmd("SET_OWNER", a, owner("rep-2")),  # previous: rep-1, from earlier in the batch
+        cmd("UPSERT_CONTACT", b, {"phone": "+1555", "properties": {"b": "2"}}),
+        cmd("CREATE_DEAL", b, deal("d-a", "stolen")),  # a's deal: rejected
+        cmd("UPDATE_DEAL_STAGE", b, stage("d-404", "won")),  # no such deal: rejected
+        late,  # no such deal yet: rejected
+        redelivered,
+        # Its id again, another body: a redelivery is known by its key, so a no-op.
+        cmd("ADD_NOTE", f"{tag}c-c", {"note_id": f"{tag}n-c", "body": "same id"}, "again"),
+        cmd("CREATE_TASK", b, task("t-b1", None)),
+        cmd(
+            "LOG_ACTIVITY",
+            b,
+            {"activity_id": f"{tag}x-b", "activity_type": "call", "occurred_at": T0},
+        ),
+        redelivered,  # no-op
+        cmd("CREATE_DEAL", a, deal("d-late", "new")),
+        late,  # now the deal exists
+        cmd("MERGE_CONTACTS", a, {"retired_contact_id": b, "identifier": "email"}),
+        cmd("ADD_NOTE", b, {"note_id": f"{tag}n-b2", "body": "after the merge"}),  # lands on a
+        cmd("SET_OWNER", b, owner("rep-3")),
+        cmd("UPSERT_CONTACT", a, {"email": None, "company": "Acme", "properties": {"a": "3"}}),
+    ]
+
+
+def untagged(value: Any, tag: str) -> Any:
+    """``value`` with ``tag`` taken out of every string in it."""
+    if isinstance(value, str):
+        return value.replace(tag, "")
+    if isinstance(value, dict):
+        return {k: untagged(v, tag) for k, v in value.items()}
+    if isinstance(value, list):
+        return [untagged(v, tag) for v in value]
+    return value
+
+
+def tagged_rows(store: SqlCrmStore, tag: str) -> dict[str, list[dict[str, Any]]]:
+    found = {name: [r for r in store.rows(name) if tag in str(r)] for name in TABLES}
+    return untagged(found, tag)  # type: ignore[no-any-return]
+
+
+def outcome_texts(outcomes: Sequence[Outcome], tag: str) -> list[str | None]:
+    return [None if o is None else untagged(f"{type(o).__name__}: {o}", tag) for o in outcomes]
+
+
+def test_a_batch_writes_what_its_commands_write_one_by_one(crm_url: str) -> None:
+    store = open_store(crm_url, clock=lambda: T0)
+    try:
+        one_by_one = [store.deliver_sync([r])[0] for r in mixed_batch("one/")]
+        batch = store.deliver_sync(mixed_batch("all/"))
+        assert outcome_texts(batch, "all/") == outcome_texts(one_by_one, "one/")
+        assert sum(o is not None for o in batch) == 3
+        written = tagged_rows(store, "all/")
+        assert written == tagged_rows(store, "one/")
+        # A few of the effects, to be sure the comparison is of something.
+        assert [
+            (c["owner_id"], c["previous_owner_id"])
+            for c in sorted(written["owner_changes"], key=lambda c: c["changed_at"])
+        ] == [
+            ("rep-1", None),
+            ("rep-2", "rep-1"),
+            ("rep-3", "rep-2"),
+        ]
+        # t-a1 is rep-1's; b's unowned task follows b into a and goes to its next owner.
+        assert {r["owner_id"] for r in written["tasks"]} == {"rep-1", "rep-3"}
+        assert {r["contact_id"] for t in ("deals", "notes", "tasks") for r in written[t]} == {"c-a"}
+        # Redelivered: what was applied is skipped, what was rejected is tried again (after
+        # the merge b's "stolen" deal is a's own), the same way on both paths.
+        assert outcome_texts(store.deliver_sync(mixed_batch("all/")), "all/") == outcome_texts(
+            [store.deliver_sync([r])[0] for r in mixed_batch("one/")], "one/"
+        )
+        assert tagged_rows(store, "all/") == tagged_rows(store, "one/") != written
+    finally:
+        store.engine.dispose()
+
+
+def test_a_record_the_database_refuses_is_rejected_alone(
+    crm_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record that passes validation but fails its statement (here: an owner change whose
+    id the table already holds) fails the batch's statement; the batch is applied again
+    one record at a time, so only that record is rejected and the others land."""
+    store = open_store(crm_url, clock=lambda: T0)
+    try:
+        # Left over from outside the store: the id a new SET_OWNER brings is taken.
+        with store.engine.begin() as connection:
+            connection.execute(
+                TABLES["contacts"]
+                .insert()
+                .values(contact_id="c-0", properties={}, created_at=T0, updated_at=T0)
+            )
+            connection.execute(
+                TABLES["owner_changes"]
+                .insert()
+                .values(
+                    command_id="taken",
+                    contact_id="c-0",
+                    owner_id="rep-0",
+                    reason="x",
+                    changed_at=T0,
+                )
+            )
+        records = [r for n in range(3) for r in story(n)]
+        bad = crm_command(
+            "SET_OWNER",
+            "c-001",
+            {"owner_id": "rep-9", "previous_owner_id": None, "reason": "round robin"},
+            command_id="taken",
+        )
+        middle = len(records) // 2
+        records.insert(middle, bad)
+        with caplog.at_level("INFO", logger="switchboard.sql"):
+            outcomes = store.deliver_sync(records)
+        assert "one record at a time" in caplog.text  # the fallback was taken
+        refused = outcomes.pop(middle)
+        assert isinstance(refused, Rejected)
+        assert "SET_OWNER taken refused by the database" in str(refused)
+        assert outcomes == [None] * (len(records) - 1)
+        applied = {r["command_id"] for r in store.rows("applied_commands")}
+        assert applied == {r["command_id"] for r in records} - {"taken"}
+        assert {d["stage"] for d in store.rows("deals")} == {STAGES[-1]}
+        counts = store.counts()
+        assert (counts["contacts"], counts["notes"], counts["tasks"]) == (4, 3, 3)
+        assert store.contact("c-001")["owner_id"] is None  # type: ignore[index]
+        # The next batch goes the fast way again.
+        caplog.clear()
+        with caplog.at_level("INFO", logger="switchboard.sql"):
+            assert store.deliver_sync(story(7)) == [None] * 7
+        assert "one record at a time" not in caplog.text
+    finally:
+        store.engine.dispose()
+
+
+def test_a_text_postgresql_cannot_store_is_rejected_alone(request: pytest.FixtureRequest) -> None:
+    """PostgreSQL refuses a NUL in text (a data error), which validation lets through."""
+    store = open_store(str(request.getfixturevalue("pg_schema_url")))
+    try:
+        records = story(1)
+        records[-1]["payload"] = records[-1]["payload"] | {"body": "nul \x00 here"}
+        outcomes = store.deliver_sync([*story(0), *records])
+        assert outcomes[:-1] == [None] * 13
+        assert isinstance(outcomes[-1], Rejected)
+        assert "refused by the database" in str(outcomes[-1])
+        assert store.counts()["notes"] == 1
+    finally:
+        store.engine.dispose()
+
+
+def test_a_command_claimed_meanwhile_by_another_delivery_is_skipped(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two sinks delivering the same command at once (a rebalance): the other one claims
+    it between this batch's lookup and its insert. The batch's insert fails, the batch is
+    applied one by one, and the command is skipped rather than applied twice or rejected.
+    PostgreSQL only: SQLite has one writer, so nobody claims anything meanwhile."""
+    url = str(request.getfixturevalue("pg_schema_url"))
+    store, other = open_store(url), open_store(url)
+    # Claimed before anything else of its contact is written: the other sink is not kept
+    # waiting for this batch's rows, as it would be in life (another partition's contact).
+    taken = story(2)[-1]  # an ADD_NOTE
+    records = [taken, *story(0), *story(1)]
+
+    def claim_first(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        rows = params if isinstance(params, list) else [params]
+        ids = {row.get("command_id") for row in rows}
+        if statement.startswith("INSERT INTO applied_commands") and taken["command_id"] in ids:
+            if claimed:
+                return  # the one-by-one claim, after the batch failed
+            claimed.append(taken["command_id"])
+            assert other.deliver_sync([taken]) == [None]  # committed, in its own transaction
+
+    claimed: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", claim_first)
+    try:
+        with caplog.at_level("INFO", logger="switchboard.sql"):
+            assert store.deliver_sync(records) == [None] * len(records)
+        assert claimed == [taken["command_id"]]
+        assert "one record at a time" in caplog.text
+        applied = [r["command_id"] for r in store.rows("applied_commands")]
+        assert sorted(applied) == sorted(r["command_id"] for r in records)
+        assert store.counts()["notes"] == 3  # the other sink's note among them, once
+        assert {d["stage"] for d in store.rows("deals")} == {STAGES[-1]}
+    finally:
+        event.remove(store.engine, "before_cursor_execute", claim_first)
+        store.engine.dispose()
+        other.engine.dispose()

@@ -3,9 +3,18 @@ PostgreSQL (production and the tests), as a Destination of the delivery runtime.
 
 Each command is applied together with its ``applied_commands`` row (keyed by
 ``command_id``) in one transaction, so it is applied exactly once: a command found there
-already is a no-op, which makes a redelivery after a crash harmless (invariant 2). A
-deliver call is one transaction for throughput; each record runs in a SAVEPOINT, so a
-rejected record leaves its batch-mates applied.
+already is a no-op, which makes a redelivery after a crash harmless (invariant 2).
+
+A deliver call is one transaction, written with a few statements per table rather than a
+round trip per command: every command is validated first, then the batch is applied in
+runs (a merge is one on its own), each run claiming its commands in ``applied_commands``
+(one lookup, one insert), checking in Python, in batch order, which records belong to
+whom, and writing each kind of command with one executemany. A run holds at most one command
+of a kind per contact, in the order the run writes the kinds, so each contact's commands
+take effect in their order. A record the checks refuse is rejected alone; a record the
+database refuses (an integrity or data error) fails its statement, so then the batch is
+applied again one record at a time, each in a SAVEPOINT, and only that record is
+rejected while its batch-mates are applied.
 
 What each command does:
 
@@ -40,7 +49,9 @@ so nothing of it was applied). Anything else is a bug and is raised as it is."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -55,11 +66,15 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    any_,
+    bindparam,
     case,
+    delete,
     func,
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import (
     DataError,
@@ -83,6 +98,7 @@ from connectors.sinks.crm.migrations import (
 from connectors.sinks.delivery import Outcome, Rejected, Retryable
 
 DEFAULT_URL = "sqlite:///.run/crm.db"  # = Settings.crm_database_url
+log = logging.getLogger("switchboard.sql")
 
 # The current shape of the tables (connectors.sinks.crm.migrations creates them).
 meta = MetaData()
@@ -371,149 +387,152 @@ class SqlCrmStore:
         return await asyncio.to_thread(self.deliver_sync, records)
 
     def deliver_sync(self, records: Sequence[Mapping[str, Any]]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
+        parsed = [_parsed(record) for record in records]
         try:
-            with write_transaction(self.engine) as connection:
-                for record in records:
-                    outcomes.append(self._apply_one(connection, record))
+            try:
+                with write_transaction(self.engine) as connection:
+                    return self._apply_batch(connection, parsed)
+            except (IntegrityError, DataError) as exc:
+                # One record the database refuses fails a whole statement: apply the batch
+                # again record by record, so that only this one is rejected.
+                answer = error_answer(exc)
+                log.info("batch of %d refused (%s): one record at a time", len(parsed), answer)
+                with write_transaction(self.engine) as connection:
+                    return [self._apply_alone(connection, item) for item in parsed]
         except (OperationalError, InterfaceError, PoolTimeoutError) as exc:
             raise Retryable("database unavailable or busy", error_answer(exc)) from exc
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 raise Retryable("database connection lost", error_answer(exc)) from exc
             raise
-        return outcomes
 
-    def _apply_one(self, connection: Connection, record: Mapping[str, Any]) -> Outcome:
-        try:
-            command, payload = parse_command(record)
-        except Rejected as rejected:
-            return rejected
+    def _apply_alone(self, connection: Connection, item: _Parsed) -> Outcome:
+        if isinstance(item, Rejected):
+            return item
+        command = item[0]
         try:
             # A SAVEPOINT: a record that fails takes only its own writes back with it.
             with connection.begin_nested():
-                self._apply(connection, command, payload)
-        except Rejected as rejected:
-            return rejected
+                return self._apply_batch(connection, [item])[0]
         except (IntegrityError, DataError) as exc:
             return Rejected(
                 f"{command.command_type} {command.command_id} refused by the database",
                 error_answer(exc),
             )
-        return None
 
-    def _apply(self, connection: Connection, command: Command, payload: _Payload) -> None:
-        first = insert_or(connection, APPLIED_COMMANDS).values(
-            command_id=command.command_id,
-            command_type=command.command_type,
-            contact_id=command.contact_id,
-            causation_event_id=command.causation_event_id,
-            issued_at=command.issued_at,
-            applied_at=self._clock(),
-        )
-        claimed = connection.execute(
-            first.on_conflict_do_nothing(index_elements=["command_id"]).returning(
-                APPLIED_COMMANDS.c.command_id
+    def _apply_batch(self, connection: Connection, parsed: Sequence[_Parsed]) -> list[Outcome]:
+        """Apply the valid commands of ``parsed`` with a few statements per table; the
+        outcome of each, in order. A merge changes what contact ids resolve to, so the
+        commands between two merges are applied together and each merge on its own."""
+        outcomes: list[Outcome] = [p if isinstance(p, Rejected) else None for p in parsed]
+        between: list[tuple[int, Command, _Payload]] = []
+        for index, item in enumerate(parsed):
+            if isinstance(item, Rejected):
+                continue
+            command, payload = item
+            if isinstance(payload, MergeContacts):
+                self._apply_between(connection, between, outcomes)
+                between = []
+                if self._claim(connection, [command]):
+                    contact = _survivor(connection, command.contact_id)
+                    retired = _survivor(connection, payload.retired_contact_id)
+                    if retired != contact:
+                        _merge(connection, contact, retired, payload.identifier, command.issued_at)
+            else:
+                between.append((index, command, payload))
+        self._apply_between(connection, between, outcomes)
+        return outcomes
+
+    def _apply_between(
+        self,
+        connection: Connection,
+        commands: list[tuple[int, Command, _Payload]],
+        outcomes: list[Outcome],
+    ) -> None:
+        """Commands with no merge among them, cut into runs that write kind by kind (see
+        _RANK): a run ends where a contact's next command would be written before the
+        one it follows, or where a command_id comes again."""
+        survivors = _survivors(connection, {c.contact_id for _, c, _ in commands})
+        run: list[_Step] = []
+        ranks: dict[str, int] = {}
+        ids: set[str] = set()
+        for index, command, payload in commands:
+            step = _Step(
+                index, command, payload, survivors.get(command.contact_id, command.contact_id)
             )
-        ).first()
-        if claimed is None:
-            return  # applied before: a redelivery changes nothing
-        at = command.issued_at
-        contact = _survivor(connection, command.contact_id)
-        match payload:
-            case UpsertContact():
-                _upsert_contact(connection, contact, payload, at)
-            case SetOwner():
-                _ensure_contact(connection, contact, at)
-                previous = connection.execute(
-                    select(CONTACTS.c.owner_id)
-                    .where(CONTACTS.c.contact_id == contact)
-                    .with_for_update()
-                ).scalar_one()
-                connection.execute(
-                    update(CONTACTS)
-                    .where(CONTACTS.c.contact_id == contact)
-                    .values(owner_id=payload.owner_id, updated_at=at)
-                )
-                connection.execute(
-                    OWNER_CHANGES.insert().values(
-                        command_id=command.command_id,
-                        contact_id=contact,
-                        owner_id=payload.owner_id,
-                        previous_owner_id=previous,
-                        reason=payload.reason,
-                        changed_at=at,
-                    )
-                )
-                connection.execute(
-                    update(TASKS)
-                    .where(TASKS.c.contact_id == contact, TASKS.c.owner_id.is_(None))
-                    .values(owner_id=payload.owner_id, updated_at=at)
-                )
-            case UpdateDealStage():
-                current = _owned_by(connection, DEALS, payload.deal_id, contact)
-                if current is None:
-                    raise Rejected(
-                        f"UPDATE_DEAL_STAGE {command.command_id}: payload.deal_id: "
-                        f"deal {payload.deal_id!r} does not exist (no CREATE_DEAL applied)"
-                    )
-                paid = (
-                    {"amount_minor": payload.amount_minor, "currency": payload.currency}
-                    if payload.amount_minor is not None
-                    else {}
-                )
-                connection.execute(
-                    update(DEALS)
-                    .where(DEALS.c.deal_id == payload.deal_id)
-                    .values(
-                        stage=payload.stage,
-                        updated_at=at,
-                        stage_changed_at=case(
-                            (DEALS.c.stage != payload.stage, at), else_=DEALS.c.stage_changed_at
-                        ),
-                        **paid,
-                    )
-                )
-            case CreateDeal():
-                _ensure_contact(connection, contact, at)
-                _owned_by(connection, DEALS, payload.deal_id, contact)
-                values = payload.model_dump()
-                stmt = insert_or(connection, DEALS).values(
-                    contact_id=contact,
-                    **values,
-                    created_at=at,
-                    updated_at=at,
-                    stage_changed_at=at,
-                )
-                changed: dict[str, Any] = {
-                    k: stmt.excluded[k] for k in [*values, "updated_at"] if k != "deal_id"
-                }
-                changed["stage_changed_at"] = case(
-                    (DEALS.c.stage != stmt.excluded.stage, stmt.excluded.stage_changed_at),
-                    else_=DEALS.c.stage_changed_at,
-                )
-                connection.execute(
-                    stmt.on_conflict_do_update(index_elements=["deal_id"], set_=changed)
-                )
-            case CreateTask():
-                _ensure_contact(connection, contact, at)
-                _owned_by(connection, TASKS, payload.task_id, contact)
-                _upsert_row(connection, TASKS, "task_id", contact, payload.model_dump(), at)
-            case LogActivity():
-                _ensure_contact(connection, contact, at)
-                _owned_by(connection, ACTIVITIES, payload.activity_id, contact)
-                values = payload.model_dump()
-                _upsert_row(connection, ACTIVITIES, "activity_id", contact, values, at)
-            case AddNote():
-                _ensure_contact(connection, contact, at)
-                _owned_by(connection, NOTES, payload.note_id, contact)
-                _upsert_row(connection, NOTES, "note_id", contact, payload.model_dump(), at)
-            case MergeContacts():
-                retired = _survivor(connection, payload.retired_contact_id)
-                if retired != contact:
-                    _merge(connection, contact, retired, payload.identifier, at)
-            case _:  # pragma: no cover - PAYLOADS covers every command type
-                raise AssertionError(type(payload))
+            rank = _RANK[type(payload)]
+            if ranks.get(step.contact, -1) >= rank or command.command_id in ids:
+                self._apply_run(connection, run, outcomes)
+                run, ranks, ids = [], {}, set()
+            run.append(step)
+            ranks[step.contact] = rank
+            ids.add(command.command_id)
+        self._apply_run(connection, run, outcomes)
+
+    def _apply_run(self, connection: Connection, run: list[_Step], outcomes: list[Outcome]) -> None:
+        claimed = self._claim(connection, [s.command for s in run])
+        steps = [s for s in run if s.command.command_id in claimed]  # the rest: redeliveries
+        if not steps:
+            return
+        # The owner of every record a step names, then each step checked in batch order
+        # against it (a record created earlier in the run counts).
+        keys: dict[Table, set[str]] = {}
+        for step in steps:
+            if (owned := _record_of(step.payload)) is not None:
+                keys.setdefault(owned[0], set()).add(owned[1])
+        owners = {table: _owners(connection, table, found) for table, found in keys.items()}
+        accepted: list[_Step] = []
+        refused: list[str] = []
+        for step in steps:
+            if (owned := _record_of(step.payload)) is not None:
+                table, key = owned
+                try:
+                    _check_owner(step.command, table, key, owners[table].get(key), step.contact)
+                except Rejected as rejected:
+                    outcomes[step.index] = rejected
+                    refused.append(step.command.command_id)
+                    continue
+                owners[table][key] = step.contact
+            accepted.append(step)
+        if refused:  # not applied: the fixed-up replay from the dead-letter topic still works
+            connection.execute(
+                delete(APPLIED_COMMANDS).where(APPLIED_COMMANDS.c.command_id.in_(refused))
+            )
+        _write(connection, accepted)
+
+    def _claim(self, connection: Connection, commands: list[Command]) -> set[str]:
+        """Record ``commands`` as applied; the ids of those that were not already."""
+        rows = [
+            {
+                "command_id": c.command_id,
+                "command_type": c.command_type,
+                "contact_id": c.contact_id,
+                "causation_event_id": c.causation_event_id,
+                "issued_at": c.issued_at,
+                "applied_at": self._clock(),
+            }
+            for c in commands
+        ]
+        if len(rows) == 1:
+            # One (as one by one): a concurrent delivery of it is waited for, then skipped.
+            stmt = (
+                insert_or(connection, APPLIED_COMMANDS)
+                .on_conflict_do_nothing(index_elements=["command_id"])
+                .returning(APPLIED_COMMANDS.c.command_id)
+            )
+            return set(connection.execute(stmt, rows).scalars())
+        # Many: a lookup and a plain insert, far cheaper than an upsert RETURNING each row.
+        # A command that a concurrent delivery claims meanwhile fails the insert, and the
+        # batch is applied again one by one (deliver_sync), which then skips it.
+        ids = [c.command_id for c in commands]
+        query = select(APPLIED_COMMANDS.c.command_id).where(
+            _among(connection, APPLIED_COMMANDS.c.command_id, ids)
+        )
+        done = set(connection.execute(query).scalars())
+        fresh = [row for row, id_ in zip(rows, ids, strict=True) if id_ not in done]
+        if fresh:
+            connection.execute(APPLIED_COMMANDS.insert(), fresh)
+        return set(ids) - done
 
     # Read side, for the CLI and the tests (blocking).
 
@@ -550,12 +569,90 @@ def open_store(url: str = DEFAULT_URL, **options: Any) -> SqlCrmStore:
     return SqlCrmStore(url, migrate=True, **options)
 
 
+# A command, or why it is not one.
+_Parsed = tuple[Command, _Payload] | Rejected
+
+
+def _parsed(record: Mapping[str, Any]) -> _Parsed:
+    try:
+        return parse_command(record)
+    except Rejected as rejected:
+        return rejected
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A command of a run: the ``index``-th of its batch, for ``contact`` (its survivor)."""
+
+    index: int
+    command: Command
+    payload: _Payload
+    contact: str
+
+
+# The order in which a run writes each kind of command (_write). A run holds at most one
+# command of a kind per contact, in this order, so every contact's commands take effect in
+# their own order; different contacts' commands write different rows.
+_RANK: dict[type[_Payload], int] = {
+    UpsertContact: 0,
+    SetOwner: 1,
+    CreateDeal: 2,
+    UpdateDealStage: 3,
+    CreateTask: 4,
+    LogActivity: 5,
+    AddNote: 6,
+}
+
+
+def _write(connection: Connection, steps: list[_Step]) -> None:
+    """The writes of a run's accepted commands: a statement (executemany) per table and
+    kind, in _RANK order."""
+    by_kind: dict[type[_Payload], list[_Step]] = {}
+    made: dict[str, datetime] = {}  # contact -> when its first command would make it
+    for step in steps:
+        by_kind.setdefault(type(step.payload), []).append(step)
+        # A deal found means its contact exists; an UPSERT makes its own.
+        if not isinstance(step.payload, UpdateDealStage):
+            made.setdefault(step.contact, step.command.issued_at)
+    for step in by_kind.get(UpsertContact, []):
+        made.pop(step.contact, None)
+    _ensure_contacts(connection, made)
+    if upserts := by_kind.get(UpsertContact):
+        _upsert_contacts(connection, upserts)
+    if owners := by_kind.get(SetOwner):
+        _set_owners(connection, owners)
+    if deals := by_kind.get(CreateDeal):
+        _upsert_rows(connection, DEALS, deals)
+    if stages := by_kind.get(UpdateDealStage):
+        _update_stages(connection, stages)
+    for kind, table in ((CreateTask, TASKS), (LogActivity, ACTIVITIES), (AddNote, NOTES)):
+        if rows := by_kind.get(kind):
+            _upsert_rows(connection, table, rows)
+
+
+def _among(
+    connection: Connection, column: Column[str], values: Iterable[str]
+) -> ColumnElement[bool]:
+    """``column IN values``. On PostgreSQL as ``= ANY`` of one array parameter: hundreds
+    of parameters cost more to send and plan than the lookup itself."""
+    if connection.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(String)))
+    return column.in_(list(values))
+
+
+def _survivors(connection: Connection, contact_ids: set[str]) -> dict[str, str]:
+    """The contact each of ``contact_ids`` that was merged away is now (in one hop)."""
+    if not contact_ids:
+        return {}
+    query = select(CONTACT_ALIASES.c.contact_id, CONTACT_ALIASES.c.survivor_id).where(
+        _among(connection, CONTACT_ALIASES.c.contact_id, contact_ids)
+    )
+    return {alias: survivor for alias, survivor in connection.execute(query)}
+
+
 def _survivor(connection: Connection, contact_id: str) -> str:
     """The contact that ``contact_id`` is now: itself, or the one it was merged into."""
-    survivor = connection.execute(
-        select(CONTACT_ALIASES.c.survivor_id).where(CONTACT_ALIASES.c.contact_id == contact_id)
-    ).scalar_one_or_none()
-    return survivor or contact_id
+    return _survivors(connection, {contact_id}).get(contact_id, contact_id)
 
 
 # The tables whose rows belong to a contact and follow it into a merge.
@@ -567,7 +664,7 @@ _FILLED = ("email", "phone", "crm_id", "first_name", "last_name", "company", "ti
 def _merge(
     connection: Connection, survivor: str, retired: str, identifier: str | None, at: datetime
 ) -> None:
-    _ensure_contact(connection, survivor, at)
+    _ensure_contacts(connection, {survivor: at})
     gone = connection.execute(
         select(CONTACTS).where(CONTACTS.c.contact_id == retired).with_for_update()
     ).first()
@@ -604,26 +701,114 @@ def _merge(
     )
 
 
-def _ensure_contact(connection: Connection, contact_id: str, at: datetime) -> None:
-    stmt = insert_or(connection, CONTACTS).values(
-        contact_id=contact_id, properties={}, created_at=at, updated_at=at
-    )
-    connection.execute(stmt.on_conflict_do_nothing(index_elements=["contact_id"]))
+def _ensure_contacts(connection: Connection, made: Mapping[str, datetime]) -> None:
+    """A bare row for each contact of ``made`` that has none, made at the time given."""
+    if not made:
+        return
+    stmt = insert_or(connection, CONTACTS).on_conflict_do_nothing(index_elements=["contact_id"])
+    rows = [
+        {"contact_id": contact, "properties": {}, "created_at": at, "updated_at": at}
+        for contact, at in made.items()
+    ]
+    connection.execute(stmt, rows)
 
 
-def _upsert_contact(
-    connection: Connection, contact_id: str, payload: UpsertContact, at: datetime
-) -> None:
-    fields = payload.model_dump(exclude={"properties"})
-    stmt = insert_or(connection, CONTACTS).values(
-        contact_id=contact_id, **fields, properties=payload.properties, created_at=at, updated_at=at
-    )
+# UPSERT_CONTACT's fields but properties, which are merged rather than replaced.
+_CONTACT_FIELDS = [name for name in UpsertContact.model_fields if name != "properties"]
+
+
+def _upsert_contacts(connection: Connection, steps: list[_Step]) -> None:
+    stmt = insert_or(connection, CONTACTS)
     changed: dict[str, Any] = {
-        name: func.coalesce(stmt.excluded[name], CONTACTS.c[name]) for name in fields
+        name: func.coalesce(stmt.excluded[name], CONTACTS.c[name]) for name in _CONTACT_FIELDS
     }
     changed["properties"] = _merge_json(connection, CONTACTS.c.properties, stmt.excluded.properties)
     changed["updated_at"] = stmt.excluded.updated_at
-    connection.execute(stmt.on_conflict_do_update(index_elements=["contact_id"], set_=changed))
+    rows = [
+        {
+            "contact_id": s.contact,
+            **s.payload.model_dump(),
+            "created_at": s.command.issued_at,
+            "updated_at": s.command.issued_at,
+        }
+        for s in steps
+    ]
+    connection.execute(
+        stmt.on_conflict_do_update(index_elements=["contact_id"], set_=changed), rows
+    )
+
+
+def _set_owners(connection: Connection, steps: list[_Step]) -> None:
+    """SET_OWNER: the owner, the change with the owner the store had before, and the
+    contact's unowned tasks. One step per contact (a run), so "before" is the stored one."""
+    contacts = {s.contact for s in steps}
+    query = (
+        select(CONTACTS.c.contact_id, CONTACTS.c.owner_id)
+        .where(_among(connection, CONTACTS.c.contact_id, contacts))
+        .with_for_update()
+    )
+    previous = {contact_id: owner_id for contact_id, owner_id in connection.execute(query)}
+    rows, changes = [], []
+    for s in steps:
+        assert isinstance(s.payload, SetOwner)
+        at_ = s.command.issued_at
+        rows.append({"b_contact": s.contact, "b_owner": s.payload.owner_id, "b_at": at_})
+        changes.append(
+            {
+                "command_id": s.command.command_id,
+                "contact_id": s.contact,
+                "owner_id": s.payload.owner_id,
+                "previous_owner_id": previous.get(s.contact),
+                "reason": s.payload.reason,
+                "changed_at": at_,
+            }
+        )
+    contact, owner = bindparam("b_contact", type_=String), bindparam("b_owner", type_=String)
+    at = bindparam("b_at", type_=UtcDateTime)
+    connection.execute(
+        update(CONTACTS)
+        .where(CONTACTS.c.contact_id == contact)
+        .values(owner_id=owner, updated_at=at),
+        rows,
+    )
+    connection.execute(OWNER_CHANGES.insert(), changes)
+    connection.execute(
+        update(TASKS)
+        .where(TASKS.c.contact_id == contact, TASKS.c.owner_id.is_(None))
+        .values(owner_id=owner, updated_at=at),
+        rows,
+    )
+
+
+def _update_stages(connection: Connection, steps: list[_Step]) -> None:
+    """UPDATE_DEAL_STAGE on deals that exist (checked); an amount (a payment closing the
+    deal) sets the amount and currency too."""
+    deal, stage = bindparam("b_deal", type_=String), bindparam("b_stage", type_=String)
+    at = bindparam("b_at", type_=UtcDateTime)
+    changed: dict[str, Any] = {
+        "stage": stage,
+        "updated_at": at,
+        "stage_changed_at": case((DEALS.c.stage != stage, at), else_=DEALS.c.stage_changed_at),
+    }
+    unpaid, paid = [], []
+    for s in steps:
+        assert isinstance(s.payload, UpdateDealStage)
+        row = {"b_deal": s.payload.deal_id, "b_stage": s.payload.stage, "b_at": s.command.issued_at}
+        if s.payload.amount_minor is None:
+            unpaid.append(row)
+        else:
+            paid.append(
+                row | {"b_amount": s.payload.amount_minor, "b_currency": s.payload.currency}
+            )
+    stmt = update(DEALS).where(DEALS.c.deal_id == deal)
+    if unpaid:
+        connection.execute(stmt.values(changed), unpaid)
+    if paid:
+        amount = {
+            "amount_minor": bindparam("b_amount", type_=BigInteger),
+            "currency": bindparam("b_currency", type_=String),
+        }
+        connection.execute(stmt.values(changed | amount), paid)
 
 
 def _merge_json(
@@ -635,31 +820,72 @@ def _merge_json(
     return func.json_patch(stored, new, type_=JSON)
 
 
-def _owned_by(connection: Connection, table: Table, key: str, contact_id: str) -> str | None:
-    """The contact that ``key``'s row belongs to (None when there is no such row), or
-    Rejected when it is another contact's: a command never moves a record between them."""
-    pk = next(iter(table.primary_key.columns))
-    owner = connection.execute(
-        select(table.c.contact_id).where(pk == key).with_for_update()
-    ).scalar_one_or_none()
+# The record each kind of command names by its own id, and that id's field.
+_RECORDS: dict[type[_Payload], tuple[Table, str]] = {
+    CreateDeal: (DEALS, "deal_id"),
+    UpdateDealStage: (DEALS, "deal_id"),
+    CreateTask: (TASKS, "task_id"),
+    LogActivity: (ACTIVITIES, "activity_id"),
+    AddNote: (NOTES, "note_id"),
+}
+
+
+def _record_of(payload: _Payload) -> tuple[Table, str] | None:
+    """The table and id of the record ``payload`` writes, if it names one."""
+    found = _RECORDS.get(type(payload))
+    return None if found is None else (found[0], getattr(payload, found[1]))
+
+
+def _owners(connection: Connection, table: Table, keys: set[str]) -> dict[str, str]:
+    """The contact that each of ``keys``' rows belongs to (rows locked), where there is one."""
+    pk = _key_column(table)
+    query = select(pk, table.c.contact_id).where(_among(connection, pk, keys)).with_for_update()
+    return {key: owner for key, owner in connection.execute(query)}
+
+
+def _check_owner(
+    command: Command, table: Table, key: str, owner: str | None, contact_id: str
+) -> None:
+    """Rejected when ``key``'s row is another contact's (a command never moves a record
+    between them), or when the deal an UPDATE_DEAL_STAGE names does not exist."""
+    pk = _key_column(table)
+    if owner is None and command.command_type == "UPDATE_DEAL_STAGE":
+        raise Rejected(
+            f"UPDATE_DEAL_STAGE {command.command_id}: payload.deal_id: "
+            f"deal {key!r} does not exist (no CREATE_DEAL applied)"
+        )
     if owner is not None and owner != contact_id:
         raise Rejected(
             f"payload.{pk.name}: {pk.name.removesuffix('_id')} {key!r} belongs to "
             f"contact {owner!r}, not {contact_id!r}"
         )
-    return owner
 
 
-def _upsert_row(
-    connection: Connection,
-    table: Table,
-    key: str,
-    contact_id: str,
-    values: dict[str, Any],
-    at: datetime,
-) -> None:
-    stmt = insert_or(connection, table).values(
-        contact_id=contact_id, **values, created_at=at, updated_at=at
-    )
-    changed = {k: stmt.excluded[k] for k in [*values, "updated_at"] if k != key}
-    connection.execute(stmt.on_conflict_do_update(index_elements=[key], set_=changed))
+def _key_column(table: Table) -> Column[Any]:
+    return next(iter(table.primary_key.columns))
+
+
+def _upsert_rows(connection: Connection, table: Table, steps: list[_Step]) -> None:
+    """Insert or update, by its own id, the record each step's payload describes."""
+    rows = []
+    for s in steps:
+        at = s.command.issued_at
+        row = {
+            "contact_id": s.contact,
+            **s.payload.model_dump(),
+            "created_at": at,
+            "updated_at": at,
+        }
+        if table is DEALS:
+            row["stage_changed_at"] = at
+        rows.append(row)
+    stmt = insert_or(connection, table)
+    key = _key_column(table).name
+    kept = {key, "contact_id", "created_at"}  # never changed by an update
+    changed: dict[str, Any] = {k: stmt.excluded[k] for k in rows[0] if k not in kept}
+    if table is DEALS:  # the stage's time changes only with the stage
+        changed["stage_changed_at"] = case(
+            (DEALS.c.stage != stmt.excluded.stage, stmt.excluded.stage_changed_at),
+            else_=DEALS.c.stage_changed_at,
+        )
+    connection.execute(stmt.on_conflict_do_update(index_elements=[key], set_=changed), rows)
