@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -93,6 +94,10 @@ class TransactionFailed(Exception):
     """Kafka refused a step of the transaction: it must be aborted."""
 
 
+class ProducerStuck(Exception):
+    """A transactional call does not return: the producer must be replaced."""
+
+
 def changelog_topic(settings: Settings, table: str) -> str:
     return f"{settings.app_id}-{table}-changelog"
 
@@ -138,6 +143,8 @@ class Engine:
         self._transaction_started = 0.0
         self._records = 0
         self._written: dict[tuple[str, int], int] = {}
+        self._sent: dict[str, Any] = {}
+        self._abandoned: list[Producer] = []  # stuck in a call: kept, never closed
         self._stopping = False
         self._ready = False
         self.consumer: Consumer | None = None
@@ -224,21 +231,7 @@ class Engine:
 
     def run(self) -> None:
         settings = self.settings
-        transactional = {
-            "transactional.id": self.transactional_id(),
-            # A transaction left open by a worker that died and is not restarted holds
-            # back read_committed readers until the broker aborts it.
-            "transaction.timeout.ms": 30_000,
-        }
-        self.producer = Producer(
-            producer_config(
-                settings,
-                **(transactional if self.exactly_once else {}),
-                **{"linger.ms": 5, "queue.buffering.max.messages": 500_000},
-            )
-        )
-        if self.exactly_once:
-            self.producer.init_transactions(30)
+        self.producer = self._new_producer()
         self.consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
@@ -299,6 +292,33 @@ class Engine:
                 self._slot_lock.close()  # the slot is free for the next worker
             log.info("worker stopped")
 
+    def _new_producer(self) -> Producer:
+        transactional = {
+            "transactional.id": self.transactional_id(),
+            # A transaction left open by a worker that died and is not restarted holds
+            # back read_committed readers until the broker aborts it.
+            "transaction.timeout.ms": 30_000,
+        }
+        producer = Producer(
+            producer_config(
+                self.settings,
+                **(transactional if self.exactly_once else {}),
+                **{"linger.ms": 5, "queue.buffering.max.messages": 500_000},
+            )
+        )
+        while self.exactly_once:
+            try:
+                # It fences an earlier producer of this id, aborting what it left open.
+                producer.init_transactions(30)
+                break
+            except KafkaException as exc:
+                if not exc.args[0].retriable():
+                    raise
+                log.warning("init transactions: %s; retrying", exc.args[0])
+                if self.consumer is not None:
+                    self._keep_membership()
+        return producer
+
     def _process(self, message: Message) -> None:
         error = message.error()
         if error is not None:
@@ -333,8 +353,8 @@ class Engine:
         else:
             for table in self.tables:
                 table.drop()
-            topic, serde = self._dead_letters
-            self._produce(topic, message.key(), serde.encode(letter))
+            dead_letters, serde = self._dead_letters
+            self._produce(dead_letters, message.key(), serde.encode(letter))
         self._positions[(topic, partition)] = offset + 1
         self._records += 1
 
@@ -387,7 +407,10 @@ class Engine:
                 break
             except BufferError:
                 self.producer.poll(0.05)
-        metrics.RECORDS_SENT.labels(topic=topic).inc()
+        sent = self._sent.get(topic)
+        if sent is None:  # labels() is a lookup under a lock: once per topic
+            sent = self._sent[topic] = metrics.RECORDS_SENT.labels(topic=topic)
+        sent.inc()
 
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is None:
@@ -425,6 +448,12 @@ class Engine:
             log.warning("checkpoint failed, its transaction is aborted: %s", exc)
             self._abort()
             raise Rewound() from exc
+        except ProducerStuck as exc:
+            log.warning("%s: a new producer fences it and the input is read again", exc)
+            self._abandoned.append(producer)  # closing it would block as well
+            self.producer = self._new_producer()
+            self._abort(on_broker=False)
+            raise Rewound() from exc
         finally:
             self._committing = False
         producer.poll(0)  # delivery reports: where the changelog records landed
@@ -440,6 +469,7 @@ class Engine:
         self._positions.clear()
         self._starts.clear()
         self._in_transaction = False
+        self._doomed = False  # partitions lost while it committed: it committed first
         if self._skipped or self._paused:
             self._read_again(self._skipped)
 
@@ -450,7 +480,7 @@ class Engine:
         deadline = time.monotonic() + self.transaction_retry_s
         while True:
             try:
-                call(5.0)
+                self._bounded(call, deadline)
                 return
             except KafkaException as exc:
                 error = exc.args[0]
@@ -462,6 +492,30 @@ class Engine:
                     raise TransactionFailed(f"still failing after retries: {error}") from exc
                 log.warning("transaction: %s; retrying", error)
                 self._keep_membership()
+
+    def _bounded(self, call: Callable[[float], Any], deadline: float) -> None:
+        """``call(5 s)``, in a thread of its own while the consumer keeps its membership.
+        librdkafka 2.16's send_offsets_to_transaction can block far past its timeout when
+        the group coordinator's broker is gone (confluentinc/librdkafka#5456, #5511):
+        after ``deadline`` (and a margin) the call is given up with ProducerStuck."""
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                call(5.0)
+            except BaseException as exc:  # handed to the waiting thread
+                failure.append(exc)
+
+        thread = threading.Thread(target=run, name="transaction", daemon=True)
+        thread.start()
+        thread.join(0.5)  # most calls end here
+        while thread.is_alive():
+            if time.monotonic() > deadline + 10:
+                raise ProducerStuck("a transactional call blocks past its timeout")
+            self._keep_membership()
+            thread.join(0.05)
+        if failure:
+            raise failure[0]
 
     def _keep_membership(self) -> None:
         """Wait a moment while the consumer keeps its group membership: rebalance
@@ -501,9 +555,10 @@ class Engine:
             self.consumer.resume(assigned)
             self._paused = False
 
-    def _abort(self) -> None:
+    def _abort(self, on_broker: bool = True) -> None:
         """Abort the open transaction and read its input again: what it held is dropped,
-        and the consumer seeks back to where the transaction started."""
+        and the consumer seeks back to where the transaction started. ``on_broker``
+        False: a new producer has fenced it already."""
         assert self.producer is not None and self.consumer is not None
         self._in_transaction = False
         self._doomed = False
@@ -511,14 +566,17 @@ class Engine:
         for table in self.tables:
             table.dirty.clear()
             table.drop()
-        while self.exactly_once:
+        while self.exactly_once and on_broker:
             try:
                 self.producer.abort_transaction(5.0)
                 break
             except KafkaException as exc:
-                if exc.args[0].fatal():
+                error = exc.args[0]
+                if error.fatal():
                     raise
-                log.warning("abort: %s; retrying", exc.args[0])
+                if error.code() == KafkaError._STATE:
+                    break  # no transaction left to abort
+                log.warning("abort: %s; retrying", error)
                 self._keep_membership()
         metrics.TRANSACTIONS_ABORTED.inc()
         self._read_again(self._starts, self._skipped)
@@ -544,7 +602,7 @@ class Engine:
 
     def _on_lost(self, consumer: Consumer, lost: list[TopicPartition]) -> None:
         # Another worker may own them already: what the transaction holds must not commit.
-        if self._in_transaction:
+        if self._in_transaction and not self._committing:  # a commit decides for itself
             self._doomed = True
         self.partitions = set()
         for table in self.tables:

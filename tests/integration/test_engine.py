@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from prometheus_client import REGISTRY
 
@@ -68,6 +69,17 @@ def running(settings: Settings, registry: SchemaRegistryClient) -> Iterator[Engi
         assert not thread.is_alive()
 
 
+def committed(settings: Settings, topic: str) -> int:
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.app_id}
+    )
+    try:
+        (found,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+        return int(found.offset)
+    finally:
+        consumer.close()
+
+
 def changelog(settings: Settings) -> list[tuple[str, str | None]]:
     topic = f"{settings.app_id}-counts-changelog"
     return [from_changelog(m.key(), m.value()) for m in read_all(settings, topic)]
@@ -83,6 +95,7 @@ def test_a_checkpoint_writes_each_key_once_and_a_failing_record_leaves_nothing_b
     out = producer(settings)
     records = [claim("email:a@example.com", n) for n in range(200)]
     records.insert(100, claim("boom", 999))
+    records.append(claim("boom", 1000))  # the last record: its offset must commit too
     for record in records:
         out.produce(
             claims.topic, key=str(record["identifier"]).encode(), value=claims.encode(record)
@@ -92,6 +105,7 @@ def test_a_checkpoint_writes_each_key_once_and_a_failing_record_leaves_nothing_b
 
     with running(settings, registry):
         wait_for(lambda: len(read_all(settings, echo_topic)) >= 200, "the echoes", timeout=60)
+        wait_for(lambda: len(read_all(settings, DEAD_LETTERS.full_name(settings))) >= 2, "both")
 
     # One checkpoint for all 201 records: the key written 200 times is on its changelog
     # once, with its last value; the failing record's write is not there at all.
@@ -99,7 +113,9 @@ def test_a_checkpoint_writes_each_key_once_and_a_failing_record_leaves_nothing_b
     echoes = [claims.decode(m.value())["event_id"] for m in read_all(settings, echo_topic)]
     assert echoes == [f"e-{n}" for n in range(200)]  # in order, none from boom
     dead = AvroSerde(registry, "dead_letter", DEAD_LETTERS.full_name(settings))
-    (letter,) = [dead.decode(m.value()) for m in read_all(settings, dead.topic)]
+    letter, last = [dead.decode(m.value()) for m in read_all(settings, dead.topic)]
+    assert last["original_offset"] == 201
+    assert committed(settings, claims.topic) == 202
     assert letter["stage"] == "counting"
     assert letter["error_type"] == "RuntimeError"
     assert letter["reason"] == "the stage broke on boom"
