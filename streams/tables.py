@@ -17,10 +17,20 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import Options, Rdict, WriteBatch, WriteBufferManager
 
 # Where a RocksDB store keeps the changelog offset it reflects; no table key starts with NUL.
 _OFFSET_KEY = b"\x00changelog-offset"
+
+# A worker opens a store per table and partition (dozens); without one shared limit each
+# may hold 64 MB of write buffers, most of a worker's memory after a restore.
+_WRITE_BUFFERS = WriteBufferManager(256 * 1024 * 1024, False)
+
+
+def _options() -> Options:
+    options = Options(raw_mode=True)
+    options.set_write_buffer_manager(_WRITE_BUFFERS)
+    return options
 
 
 class PartitionStore:
@@ -33,7 +43,7 @@ class PartitionStore:
         self.offset = -1
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
-            self._db = Rdict(str(path), Options(raw_mode=True))
+            self._db = Rdict(str(path), _options())
             stored = self._db.get(_OFFSET_KEY)
             self.offset = int(stored) if stored is not None else -1
 
@@ -86,7 +96,7 @@ class PartitionStore:
             Rdict.destroy(str(self.path))
             shutil.rmtree(self.path, ignore_errors=True)
             self.path.mkdir(parents=True, exist_ok=True)
-            self._db = Rdict(str(self.path), Options(raw_mode=True))
+            self._db = Rdict(str(self.path), _options())
 
     def close(self) -> None:
         if self._db is not None:

@@ -1,13 +1,13 @@
-"""Benchmark of the stateful core on this machine: one worker (identity, contact and
-router stages, exactly-once) over the load generator's multi-system feed.
+"""Benchmark of the stateful core on this machine: workers (identity, contact and
+router stages, exactly-once) over the load generator's multi-system feed (with merges).
 
-* sustained: a backlog of events drained as fast as the worker goes (events/s), and the
+* sustained: a backlog of events drained as fast as 1 and 2 workers go (events/s), and the
   same backlog through the floor (tests/bench/floor.py: a bare transactional
   read-decode-encode-write loop on the same broker, in the same run), with the ratio;
 * latency: a steady feed, each decision's time in Kafka minus its event's time in
   Kafka (p50/p95/p99), for contact creations, score changes and assignments.
 
-    .venv/bin/python -m tests.bench.bench_core [--backlog 6000] [--rate 100]
+    .venv/bin/python -m tests.bench.bench_core [--backlog 100000] [--workers 1 2] [--rate 500]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import asyncio
 import statistics
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +50,21 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def wait_drained(settings: Settings, total: int, timeout: float) -> float:
-    """Seconds until the contact stage has taken in ``total`` distinct events."""
+def contact_events(workers: list[Settings]) -> float:
+    return sum(worker_metric(w, "switchboard_events_total{", stage="contact") for w in workers)
+
+
+def wait_drained(workers: list[Settings], total: int, timeout: float) -> tuple[float, float]:
+    """(seconds, events) from now until the workers' contact stage has taken in ``total``
+    distinct events: the events counted are those still to take in now."""
     start = time.perf_counter()
+    already = contact_events(workers)
     deadline = start + timeout
-    while worker_metric(settings, "switchboard_events_total{", stage="contact") < total:
+    while contact_events(workers) < total:
         if time.perf_counter() > deadline:
-            raise TimeoutError("the worker did not drain the backlog")
+            raise TimeoutError("the workers did not drain the backlog")
         time.sleep(0.2)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, total - already
 
 
 def fresh(run: str, partitions: int) -> Settings:
@@ -80,22 +87,32 @@ def fresh(run: str, partitions: int) -> Settings:
     return settings
 
 
-def sustained(backlog: int, partitions: int) -> dict[str, Any]:
+def sustained(backlog: int, partitions: int, workers: int) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     settings = fresh(run, partitions)
     asyncio.run(run_load(settings, rate=0, count=backlog, seed=3, target="kafka"))
     events = len(read_all(settings, CONTACT_EVENTS.full_name(settings)))
-    with running_worker(settings, Path(".run/bench") / run / "worker.log"):
-        seconds = wait_drained(settings, events, timeout=600)
+    each = [
+        settings.model_copy(
+            update={"web_port": free_port(), "data_dir": Path(".run/bench") / run / f"w{n}"}
+        )
+        for n in range(workers)
+    ]
+    with ExitStack() as stack:
+        for n, worker in enumerate(each):
+            stack.enter_context(running_worker(worker, Path(".run/bench") / run / f"w{n}.log"))
+        # Timed once every worker is ready: what is left of the backlog.
+        seconds, timed = wait_drained(each, events, timeout=900)
     floor_seconds = floor.drain(settings, CONTACT_EVENTS.full_name(settings), events)
     return {
         "events": events,
+        "timed_events": timed,
         "seconds": seconds,
-        "events_per_s": events / seconds,
+        "events_per_s": timed / seconds,
         "floor_events_per_s": events / floor_seconds,
-        "core_to_floor": floor_seconds / seconds,
+        "core_to_floor": (timed / seconds) / (events / floor_seconds),
         "partitions": partitions,
-        "workers": 1,
+        "workers": workers,
     }
 
 
@@ -111,7 +128,7 @@ def latency(rate: float, seconds: float, partitions: int) -> dict[str, Any]:
         time.sleep(2)
         asyncio.run(run_load(settings, rate=rate, duration=seconds, seed=4, target="kafka"))
         sent = read_all(settings, events.topic)
-        wait_drained(settings, len(sent), timeout=120)
+        wait_drained([settings], len(sent), timeout=120)
         time.sleep(2)
         entered = {events.decode(m.value())["event_id"]: m.timestamp()[1] for m in sent}
         decided: dict[str, list[float]] = {}
@@ -138,21 +155,25 @@ def latency(rate: float, seconds: float, partitions: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backlog", type=int, default=6000)
-    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--partitions", type=int, nargs="+", default=[3, 6])
+    parser.add_argument("--partitions", type=int, nargs="+", default=[6])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     results: dict[str, Any] = {"sustained": [], "latency": []}
     print("stateful core benchmark: identity + contact + router, 1 worker, exactly-once")
     for partitions in args.partitions:
-        row = sustained(args.backlog, partitions)
-        results["sustained"].append(row)
-        print(
-            f"  sustained   {partitions} partitions: {row['events_per_s']:7,.0f} events/s "
-            f"({row['events']} events in {row['seconds']:.1f}s); floor "
-            f"{row['floor_events_per_s']:,.0f} events/s; core/floor {row['core_to_floor']:.3f}"
-        )
+        for workers in args.workers:
+            row = sustained(args.backlog, partitions, workers)
+            results["sustained"].append(row)
+            print(
+                f"  sustained   {partitions} partitions, {workers} worker(s): "
+                f"{row['events_per_s']:7,.0f} events/s ({row['timed_events']:.0f} of "
+                f"{row['events']} events in {row['seconds']:.1f}s); floor "
+                f"{row['floor_events_per_s']:,.0f} events/s; core/floor "
+                f"{row['core_to_floor']:.3f}"
+            )
     for partitions in args.partitions:
         row = latency(args.rate, args.seconds, partitions)
         results["latency"].append(row)

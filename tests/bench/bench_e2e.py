@@ -1,6 +1,6 @@
 """End-to-end benchmark on this machine: events into Kafka → workers (identity, contact,
 routing, SLA clocks, workflows; exactly-once) → the CRM sink → rows in the SQL CRM store
-(SQLite), at 1, 2 and 4 workers over several partition counts.
+(SQLite, and PostgreSQL from `make infra-up`), at 1 and 2 workers.
 
 * throughput: a backlog published as fast as Kafka takes it, until the CRM store's last
   write for it (events/s, end to end);
@@ -12,7 +12,7 @@ routing, SLA clocks, workflows; exactly-once) → the CRM sink → rows in the S
   consequences of the call, a workflow's steps, are not the record);
 * peak memory (VmHWM) of each worker and of the sink.
 
-    .venv/bin/python -m tests.bench.bench_e2e [--workers 1 2 4] [--partitions 6 12]
+    .venv/bin/python -m tests.bench.bench_e2e [--workers 1 2] [--stores sqlite postgresql]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from connectors.sinks.crm.migrations import create_sql_engine
 from connectors.sinks.crm.sql import APPLIED_COMMANDS
@@ -109,6 +109,16 @@ def settled(settings: Settings, timeout: float) -> None:
     raise TimeoutError("the pipeline did not settle")
 
 
+def fresh_postgres(run: str) -> str:
+    """A database of its own on the PostgreSQL `make infra-up` runs (infra/postgres)."""
+    server = "postgresql+psycopg://switchboard@127.0.0.1:54329"
+    admin = create_sql_engine(f"{server}/switchboard")
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text(f'CREATE DATABASE "bench_{run}"'))
+    admin.dispose()
+    return f"{server}/bench_{run}"
+
+
 def peak_rss_mb(process: Popen[bytes]) -> float:
     for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -116,13 +126,13 @@ def peak_rss_mb(process: Popen[bytes]) -> float:
     return float("nan")
 
 
-def one(workers: int, partitions: int, backlog: int, rate: float, seconds: float) -> dict[str, Any]:
+def one(
+    workers: int, partitions: int, backlog: int, rate: float, seconds: float, postgres: bool
+) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
+    database = fresh_postgres(run) if postgres else f"sqlite:///{BENCH / run / 'crm.db'}"
     settings = fresh(run, partitions).model_copy(
-        update={
-            "crm_database_url": f"sqlite:///{BENCH / run / 'crm.db'}",
-            "metrics_port": free_port(),
-        }
+        update={"crm_database_url": database, "metrics_port": free_port()}
     )
     serde = AvroSerde(
         registry_client(settings.schema_registry_url),
@@ -169,6 +179,7 @@ def one(workers: int, partitions: int, backlog: int, rate: float, seconds: float
             "sink_mb": round(peak_rss_mb(sink), 1),
         }
     return {
+        "store": "PostgreSQL" if postgres else "SQLite",
         "workers": workers,
         "partitions": partitions,
         "backlog": backlog,
@@ -190,36 +201,43 @@ QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--partitions", type=int, nargs="+", default=[6, 12])
-    parser.add_argument("--backlog", type=int, default=3000)
-    parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--partitions", type=int, nargs="+", default=[6])
+    parser.add_argument("--backlog", type=int, default=20_000)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument(
+        "--stores", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"]
+    )
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
     print(
-        "end to end: Kafka in -> workers -> CRM sink -> SQLite CRM store "
+        "end to end: Kafka in -> workers -> CRM sink -> SQL CRM store "
         f"({args.backlog} backlog; latency at {args.rate:g} events/s)"
     )
     print(
-        "  workers partitions   events/s   event->CRM p50/p95/p99 s   arrival->CRM p50/p95/p99 s"
-        "   <2s   peak MB worker/sink   call->whole record p50/p95/p99 s"
+        "  store      workers partitions   events/s   event->CRM p50/p95/p99 s"
+        "   arrival->CRM p50/p95/p99 s   <2s   peak MB worker/sink"
+        "   call->whole record p50/p95/p99 s"
     )
     rows = []
-    for partitions in args.partitions:
-        for workers in args.workers:
-            row = one(workers, partitions, args.backlog, args.rate, args.seconds)
-            rows.append(row)
-            e, a, m = row["from_event_time_s"], row["from_arrival_s"], row["peak_memory"]
-            c = row["call_to_whole_record_s"]
-            print(
-                f"  {workers:7} {partitions:10} {row['throughput_events_per_s']:10,.0f}"
-                f"   {e['p50']:6.2f} {e['p95']:6.2f} {e['p99']:6.2f}"
-                f"        {a['p50']:6.2f} {a['p95']:6.2f} {a['p99']:6.2f}"
-                f"        {row['under_2s_share']:4.0%}"
-                f"   {max(m['workers_mb']):.0f}/{m['sink_mb']:.0f}"
-                f"        {c['p50']:6.2f} {c['p95']:6.2f} {c['p99']:6.2f}",
-                flush=True,
-            )
+    for store, partitions, workers in (
+        (s, p, w) for s in args.stores for p in args.partitions for w in args.workers
+    ):
+        postgres = store == "postgresql"
+        row = one(workers, partitions, args.backlog, args.rate, args.seconds, postgres)
+        rows.append(row)
+        e, a, m = row["from_event_time_s"], row["from_arrival_s"], row["peak_memory"]
+        c = row["call_to_whole_record_s"]
+        print(
+            f"  {row['store']:10} {workers:7} {partitions:10}"
+            f" {row['throughput_events_per_s']:10,.0f}"
+            f"   {e['p50']:6.2f} {e['p95']:6.2f} {e['p99']:6.2f}"
+            f"        {a['p50']:6.2f} {a['p95']:6.2f} {a['p99']:6.2f}"
+            f"        {row['under_2s_share']:4.0%}"
+            f"   {max(m['workers_mb']):.0f}/{m['sink_mb']:.0f}"
+            f"        {c['p50']:6.2f} {c['p95']:6.2f} {c['p99']:6.2f}",
+            flush=True,
+        )
     print(f"  written to {write_results('e2e', {'runs': rows})}")
 
 
