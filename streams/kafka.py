@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import time
 from typing import Any
 
@@ -13,9 +14,9 @@ from streams.settings import Settings
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """An idempotent producer that waits for every in-sync replica.
 
-    ``murmur2_random`` is the Java client's partitioner, which Faust's producer (aiokafka)
-    also uses: a key written by a source connector lands on the partition a Faust stage
-    expects for that key, so tables and repartition topics stay co-partitioned.
+    ``murmur2_random`` is the Java client's partitioner (``murmur2`` below): a key lands
+    on the partition Kafka Streams, Kafka Connect or any Java producer would pick, so
+    tables and repartition topics stay co-partitioned with topics others write.
     librdkafka's own default (CRC32) would put the same key elsewhere."""
     return {
         "bootstrap.servers": settings.kafka_bootstrap,
@@ -25,6 +26,28 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         # Uncompressed: events are small, and any consumer can read them.
         "log_level": 4,
     } | overrides
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2, unsigned (the Java client's partitioner; librdkafka's
+    ``murmur2_random`` for keyed records)."""
+    m, h = 0x5BD1E995, 0x9747B28C ^ len(data)
+    whole = len(data) // 4
+    for k in struct.unpack_from(f"<{whole}I", data):
+        k = (k * m) & 0xFFFFFFFF
+        k = ((k ^ (k >> 24)) * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    tail = data[whole * 4 :]
+    if tail:
+        h ^= int.from_bytes(tail, "little")
+        h = (h * m) & 0xFFFFFFFF
+    h = ((h ^ (h >> 13)) * m) & 0xFFFFFFFF
+    return h ^ (h >> 15)
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition every Switchboard producer (and the Java client) writes ``key`` to."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[Message]:

@@ -22,7 +22,6 @@ import argparse
 import random
 import re
 import shutil
-import struct
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -35,7 +34,7 @@ from processors.identity import minted_contact_id
 from processors.state import ContactState, Deal
 from processors.worker import build
 from streams.engine import changelog_record, changelog_topic
-from streams.kafka import producer_config
+from streams.kafka import partition_of, producer_config
 from streams.settings import Settings
 from streams.topics import ensure_internal_topics
 from tests.bench import run_then_clean, write_results
@@ -47,28 +46,6 @@ ASSIGNED = re.compile(
     rb"assigned partitions \[[^]]*\]: (\d+) keys held, (\d+) changelog records restored "
     rb"in ([\d.]+)s"
 )
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (the Java client's partitioner, librdkafka's murmur2_random)."""
-    m, h = 0x5BD1E995, 0x9747B28C ^ len(data)
-    whole = len(data) // 4
-    for k in struct.unpack_from(f"<{whole}I", data):
-        k = (k * m) & 0xFFFFFFFF
-        k = ((k ^ (k >> 24)) * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
-    tail = data[whole * 4 :]
-    if tail:
-        h ^= int.from_bytes(tail, "little")
-        h = (h * m) & 0xFFFFFFFF
-    h = ((h ^ (h >> 13)) * m) & 0xFFFFFFFF
-    return h ^ (h >> 15)
-
-
-def partition_of(key: str, partitions: int) -> int:
-    """The input partition of ``key``, hence its changelog partition. The changelog's own
-    key is JSON (quoted): producing it unpartitioned would hash other bytes."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def contact(n: int, rng: random.Random) -> ContactState:
@@ -133,7 +110,7 @@ def fill(settings: Settings, count: int) -> dict[str, Any]:
 
     def send(topic: str, key: str, value: str) -> None:
         record_key, record_value = changelog_record(key, value)
-        partition = partition_of(key, settings.partitions)
+        partition = partition_of(key.encode(), settings.partitions)
         while True:
             try:
                 out.produce(topic, record_value, record_key, partition=partition)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError, Message
 
+from streams.kafka import murmur2, partition_of
 from streams.settings import Settings
 from streams.topics import CONTACT_EVENTS, ensure_topics
 from tests.kafka_helpers import producer
@@ -15,27 +16,8 @@ pytestmark = pytest.mark.integration
 
 
 def java_murmur2(data: bytes) -> int:
-    """org.apache.kafka.common.utils.Utils.murmur2, as a signed 32-bit int."""
-    m, r, mask = 0x5BD1E995, 24, 0xFFFFFFFF
-    h = (0x9747B28C ^ len(data)) & mask
-    whole = len(data) // 4 * 4
-    for i in range(0, whole, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
-        k = (k * m) & mask
-        k ^= k >> r
-        k = (k * m) & mask
-        h = ((h * m) & mask) ^ k
-    tail = data[whole:]
-    if len(tail) >= 3:
-        h ^= tail[2] << 16
-    if len(tail) >= 2:
-        h ^= tail[1] << 8
-    if tail:
-        h ^= tail[0]
-        h = (h * m) & mask
-    h ^= h >> 13
-    h = (h * m) & mask
-    h ^= h >> 15
+    """As org.apache.kafka.common.utils.Utils.murmur2 returns it: a signed 32-bit int."""
+    h = murmur2(data)
     return h - (1 << 32) if h & 0x80000000 else h
 
 
@@ -64,6 +46,6 @@ def test_switchboard_and_java_partitioners_agree(settings: Settings) -> None:
         out.produce(topic, key=key, value=b"x", on_delivery=record)
     assert out.flush(30) == 0
 
-    java = {key: (java_murmur2(key) & 0x7FFFFFFF) % settings.partitions for key in keys}
+    java = {key: partition_of(key, settings.partitions) for key in keys}
     assert landed == java
     assert len(set(landed.values())) == settings.partitions  # the keys spread over all
