@@ -95,7 +95,8 @@ class TransactionFailed(Exception):
 
 
 class ProducerStuck(Exception):
-    """A transactional call does not return: the producer must be replaced."""
+    """A transactional call does not return, or failed for good (a fatal error): the
+    producer must be replaced."""
 
 
 def changelog_topic(settings: Settings, table: str) -> str:
@@ -297,7 +298,8 @@ class Engine:
             self.consumer.close()
             if self._standby is not None:
                 self._standby.close()
-            self.producer.flush(10)
+            with contextlib.suppress(KafkaException):  # nothing is left to commit
+                self.producer.flush(10)
             for table in self.tables:
                 table.close()
             if self._slot_lock is not None:
@@ -461,9 +463,7 @@ class Engine:
             self._abort()
             raise Rewound() from exc
         except ProducerStuck as exc:
-            log.warning("%s: a new producer fences it and the input is read again", exc)
-            self._abandoned.append(producer)  # closing it would block as well
-            self.producer = self._new_producer()
+            self._replace_producer(str(exc))
             self._abort(on_broker=False)
             raise Rewound() from exc
         finally:
@@ -497,13 +497,21 @@ class Engine:
             except KafkaException as exc:
                 error = exc.args[0]
                 if error.fatal():
-                    raise
+                    raise ProducerStuck(f"fatal: {error}") from exc
                 if error.txn_requires_abort() or not error.retriable():
                     raise TransactionFailed(str(error)) from exc
                 if time.monotonic() > deadline:
                     raise TransactionFailed(f"still failing after retries: {error}") from exc
                 log.warning("transaction: %s; retrying", error)
                 self._keep_membership()
+
+    def _replace_producer(self, why: str) -> None:
+        """A new producer of the same transactional id: it fences the current one (stuck,
+        or failed for good), and the broker aborts what that one left open."""
+        log.warning("%s: a new producer fences the current one", why)
+        assert self.producer is not None
+        self._abandoned.append(self.producer)  # closing a stuck one would block as well
+        self.producer = self._new_producer()
 
     def _bounded(self, call: Callable[[float], Any], deadline: float) -> None:
         """``call(5 s)``, in a thread of its own while the consumer keeps its membership.
@@ -575,18 +583,24 @@ class Engine:
         for table in self.tables:
             table.dirty.clear()
             table.drop()
+        deadline = time.monotonic() + self.transaction_retry_s
         while self.exactly_once and on_broker:
             try:
-                self.producer.abort_transaction(5.0)
+                self._bounded(self.producer.abort_transaction, deadline)
                 break
             except KafkaException as exc:
                 error = exc.args[0]
-                if error.fatal():
-                    raise
                 if error.code() == KafkaError._STATE:
                     break  # no transaction left to abort
-                log.warning("abort: %s; retrying", error)
-                self._keep_membership()
+                if not error.fatal() and time.monotonic() < deadline:
+                    log.warning("abort: %s; retrying", error)
+                    self._keep_membership()
+                    continue
+                self._replace_producer(f"abort failed: {error}")
+                break
+            except ProducerStuck as exc:
+                self._replace_producer(str(exc))
+                break
         metrics.TRANSACTIONS_ABORTED.inc()
         self._read_again(self._starts, self._skipped)
         for callback in self.assigned_callbacks:
