@@ -60,7 +60,7 @@ class Award(BaseModel):
     decays: bool
 
 
-class ScoringState(BaseModel):
+class ScoringState(PlainModel):
     """The behavioural history scoring needs: awards, and recent matches per frequency rule."""
 
     awards: list[Award] = Field(default_factory=list)
