@@ -7,6 +7,8 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
+from confluent_kafka import Message
+
 from streams import metrics
 
 
@@ -53,3 +55,25 @@ def dead_letter(
         "original_headers": dict(headers or {}),
         "attempts": attempts,
     }
+
+
+def message_dead_letter(
+    message: Message, *, stage: str, error: BaseException, **more: Any
+) -> dict[str, Any]:
+    """The dead letter of a consumed Kafka ``message``: its bytes, place and headers."""
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    headers = {
+        str(k): v if isinstance(v, bytes) else str(v).encode() for k, v in pairs if v is not None
+    }
+    return dead_letter(
+        stage=stage,
+        error=error,
+        value=message.value(),
+        key=message.key(),
+        topic=message.topic(),
+        partition=message.partition(),
+        offset=message.offset(),
+        headers=headers,
+        **more,
+    )

@@ -47,7 +47,7 @@ from confluent_kafka import (
 )
 
 from streams import metrics
-from streams.dlq import dead_letter
+from streams.dlq import message_dead_letter
 from streams.kafka import producer_config
 from streams.serde import AvroSerde, UndecodableMessage
 from streams.settings import Settings
@@ -355,11 +355,11 @@ class Engine:
             decoded = Decoded(message.key(), record, topic, partition, offset, timestamp)
             outputs = route.handle(decoded)
         except UndecodableMessage as exc:
-            letter = self._dead_letter(message, route.stage, exc)
+            letter = message_dead_letter(message, stage=route.stage, error=exc)
         except Exception as exc:
             # A stage's own fault: its record goes aside whole, the rest goes on.
             log.exception("%s failed on %s[%d]@%d", route.stage, topic, partition, offset)
-            letter = self._dead_letter(message, route.stage, exc)
+            letter = message_dead_letter(message, stage=route.stage, error=exc)
         if letter is None:
             for table in self.tables:
                 table.keep()
@@ -371,21 +371,6 @@ class Engine:
             self._produce(dead_letters, message.key(), serde.encode(letter))
         self._positions[(topic, partition)] = offset + 1
         self._records += 1
-
-    def _dead_letter(self, message: Message, stage: str, error: Exception) -> dict[str, Any]:
-        raw = message.headers() or []
-        pairs = raw.items() if isinstance(raw, dict) else raw
-        headers = {str(k): v for k, v in pairs if isinstance(v, bytes)}
-        return dead_letter(
-            stage=stage,
-            error=error,
-            value=message.value(),
-            key=message.key(),
-            topic=message.topic(),
-            partition=message.partition(),
-            offset=message.offset(),
-            headers=headers,
-        )
 
     # -- the transaction ---------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from connectors.sinks.delivery import DeliveryError, Destination, Outcome, Rejected, Retryable
 from connectors.sinks.policy import Backoff, BreakerState, CircuitBreaker, Gate, RateLimiter
 from streams import metrics
-from streams.dlq import dead_letter
+from streams.dlq import message_dead_letter
 from streams.kafka import producer_config
 from streams.lag import GroupLag
 from streams.serde import AvroSerde, UndecodableMessage
@@ -324,15 +324,10 @@ class Sink:
         attempts: int,
         destination: str | None = None,
     ) -> None:
-        letter = dead_letter(
+        letter = message_dead_letter(
+            message,
             stage=f"sink-{destination or self.name}",
             error=error,
-            value=message.value(),
-            key=message.key(),
-            topic=message.topic(),
-            partition=message.partition(),
-            offset=message.offset(),
-            headers=_headers(message),
             error_type=error_type,
             attempts=attempts,
         )
@@ -388,14 +383,6 @@ def _waves(items: Sequence[Item]) -> Iterator[list[Item]]:
     depth = max((len(q) for q in queues.values()), default=0)
     for n in range(depth):
         yield [q[n] for q in queues.values() if len(q) > n]
-
-
-def _headers(message: Message) -> dict[str, bytes]:
-    raw = message.headers() or []
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    return {
-        str(k): v if isinstance(v, bytes) else str(v).encode() for k, v in pairs if v is not None
-    }
 
 
 def _is_error(message: Message) -> bool:
