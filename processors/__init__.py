@@ -1,1 +1,2 @@
-"""Stream processors: pure functions of (state, event, time) run on Faust tables."""
+"""Stream processors: pure functions of (state, event, time), run on the workers' tables
+(streams.engine)."""

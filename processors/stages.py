@@ -1,4 +1,4 @@
-"""The stateful stages on Faust tables, wired to their topics.
+"""The stateful stages on the workers' tables (streams.tables), wired to their topics.
 
 identity (keyed by identifier)     contact-events + identity-claims  -> table identity
     resolves each event to a contact id, claims the event's other identifiers, starts

@@ -1,2 +1,2 @@
 """The streaming spine: settings, topic catalog, Avro serde, dead letters, metrics, the
-Faust app factory and the ``switchboard`` CLI."""
+workers' runtime (engine, tables, web) and the ``switchboard`` CLI."""

@@ -347,13 +347,14 @@ class Engine:
         for table in self.tables:
             table.focus(partition)
         value = message.value()
-        outputs: Sequence[Output] = ()
+        encoded: list[tuple[str, bytes, bytes]] = []
         letter: dict[str, Any] | None = None
         try:
             record = None if value is None and route.tombstones else route.serde.decode(value)
             _, timestamp = message.timestamp()
             decoded = Decoded(message.key(), record, topic, partition, offset, timestamp)
-            outputs = route.handle(decoded)
+            # Encoded before anything is sent: an output the contract refuses fails its record.
+            encoded = self._encoded(route.handle(decoded))
         except UndecodableMessage as exc:
             letter = message_dead_letter(message, stage=route.stage, error=exc)
         except Exception as exc:
@@ -363,7 +364,8 @@ class Engine:
         if letter is None:
             for table in self.tables:
                 table.keep()
-            self._send(outputs)
+            for output in encoded:
+                self._produce(*output)
         else:
             for table in self.tables:
                 table.drop()
@@ -383,11 +385,17 @@ class Engine:
             self._transaction_started = time.monotonic()
             self._records = 0
 
-    def _send(self, outputs: Sequence[Output]) -> None:
+    def _encoded(self, outputs: Sequence[Output]) -> list[tuple[str, bytes, bytes]]:
+        found = []
         for name, key, record in outputs:
-            self._begin()
             topic, serde = self.outputs[name]
-            self._produce(topic, key.encode(), serde.encode(record))
+            found.append((topic, key.encode(), serde.encode(record)))
+        return found
+
+    def _send(self, outputs: Sequence[Output]) -> None:
+        for output in self._encoded(outputs):
+            self._begin()
+            self._produce(*output)
 
     def _produce(
         self,

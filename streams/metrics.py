@@ -2,8 +2,8 @@
 (``switchboard_`` prefix, base units, ``_total`` counters) and labels are bounded sets
 only: never a contact id, e-mail or phone.
 
-Each process exposes one ``/metrics``: Faust workers on their web port (next to
-Faust's own sensor metrics), the gateway on its own port, sinks through :func:`serve`.
+Each process exposes one ``/metrics``: workers on their web port (streams.web), the
+gateway on its own port, sinks through :func:`serve`.
 Several processes of one kind each have their own port; Prometheus tells them apart by
 ``instance``, and the dashboards sum over it.
 

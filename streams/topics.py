@@ -215,11 +215,9 @@ def ensure_topics(
 def ensure_internal_topics(
     settings: Settings, topics: Mapping[str, tuple[int, dict[str, str]]], timeout: float = 60.0
 ) -> None:
-    """Create Faust's own topics (``topics``: name to partitions and configs) before a
-    worker joins its group, and wait until the brokers' metadata shows each partition
-    with a leader. Faust declares them itself at start, but a worker that joins before
-    the metadata shows a new changelog gets none of its partitions, and that table's
-    agent then crashes for good (PartitionsMismatch): seen on a busy machine."""
+    """Create a worker's own topics (``topics``: name to partitions and configs, its
+    tables' changelogs) before it joins its group, and wait until the brokers' metadata
+    shows each partition with a leader, so its first restore finds them."""
     admin = admin_client(settings)
     existing = admin.list_topics(timeout=timeout).topics
     missing = [

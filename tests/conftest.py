@@ -81,8 +81,8 @@ def infra() -> Iterator[Infra]:
 
 @pytest.fixture(scope="session")
 def session_prefix(infra: Infra) -> Iterator[str]:
-    """Every topic of this session starts with it (Faust's too: app ids do), and goes
-    at its end."""
+    """Every topic of this session starts with it (the workers' changelogs too: app ids
+    do), and goes at its end."""
     prefix = f"test-{uuid.uuid4().hex[:8]}."
     yield prefix
     delete_topics(infra.bootstrap, prefix)

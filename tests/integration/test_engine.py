@@ -40,7 +40,8 @@ def claim(identifier: str, n: int) -> dict[str, object]:
 @contextmanager
 def running(settings: Settings, registry: SchemaRegistryClient) -> Iterator[Engine]:
     """An engine whose one stage counts claims per identifier in a table, echoes each
-    claim to a topic of its own, and raises on the identifier ``boom``."""
+    claim to a topic of its own, raises on the identifier ``boom`` and returns a record
+    the contract refuses for ``badout``."""
     claims = AvroSerde(registry, "identity_claim", IDENTITY_CLAIMS.full_name(settings))
     dead = AvroSerde(registry, "dead_letter", DEAD_LETTERS.full_name(settings))
     echo_topic = IDENTITY_CLAIMS.full_name(settings) + ".echo"
@@ -53,6 +54,8 @@ def running(settings: Settings, registry: SchemaRegistryClient) -> Iterator[Engi
         counts[identifier] = str(int(counts.get(identifier) or 0) + 1)
         if identifier == "boom":
             raise RuntimeError("the stage broke on boom")
+        if identifier == "badout":  # an output the contract refuses
+            return [("echo", identifier, {**item.record, "claimed_at": "yesterday"})]
         return [("echo", identifier, item.record)]
 
     engine.route((claims.topic, claims), "counting", count)
@@ -95,6 +98,7 @@ def test_a_checkpoint_writes_each_key_once_and_a_failing_record_leaves_nothing_b
     out = producer(settings)
     records = [claim("email:a@example.com", n) for n in range(200)]
     records.insert(100, claim("boom", 999))
+    records.insert(50, claim("badout", 998))
     records.append(claim("boom", 1000))  # the last record: its offset must commit too
     for record in records:
         out.produce(
@@ -105,17 +109,19 @@ def test_a_checkpoint_writes_each_key_once_and_a_failing_record_leaves_nothing_b
 
     with running(settings, registry):
         wait_for(lambda: len(read_all(settings, echo_topic)) >= 200, "the echoes", timeout=60)
-        wait_for(lambda: len(read_all(settings, DEAD_LETTERS.full_name(settings))) >= 2, "both")
+        wait_for(lambda: len(read_all(settings, DEAD_LETTERS.full_name(settings))) >= 3, "all")
 
-    # One checkpoint for all 201 records: the key written 200 times is on its changelog
-    # once, with its last value; the failing record's write is not there at all.
+    # One checkpoint for all 203 records: the key written 200 times is on its changelog
+    # once, with its last value; the failing records' writes are not there at all.
     assert changelog(settings) == [("email:a@example.com", "200")]
     echoes = [claims.decode(m.value())["event_id"] for m in read_all(settings, echo_topic)]
     assert echoes == [f"e-{n}" for n in range(200)]  # in order, none from boom
     dead = AvroSerde(registry, "dead_letter", DEAD_LETTERS.full_name(settings))
-    letter, last = [dead.decode(m.value()) for m in read_all(settings, dead.topic)]
-    assert last["original_offset"] == 201
-    assert committed(settings, claims.topic) == 202
+    refused, letter, last = [dead.decode(m.value()) for m in read_all(settings, dead.topic)]
+    assert (refused["stage"], refused["error_type"]) == ("counting", "SchemaViolation")
+    assert "claimed_at" in refused["reason"]
+    assert last["original_offset"] == 202
+    assert committed(settings, claims.topic) == 203
     assert letter["stage"] == "counting"
     assert letter["error_type"] == "RuntimeError"
     assert letter["reason"] == "the stage broke on boom"

@@ -224,7 +224,7 @@ def test_every_dashboard_and_alert_query_returns_series_from_a_live_pipeline(
             "workflow enrolments": "sum(switchboard_workflow_enrolments_total)",
             "timers fired": "sum(switchboard_timers_fired_total)",
             "deliveries": 'sum(switchboard_sink_deliveries_total{outcome="delivered"})',
-            "Faust's records sent": "sum(faust_topic_messages_sent_total)",
+            "records sent": "sum(switchboard_records_sent_total)",
             "measured lag": "count(switchboard_consumer_lag_records)",
         }
         idle = [what for what, expr in flowing.items() if prometheus.value(expr) <= 0]
