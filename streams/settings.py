@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     sink_backoff_cap_s: float = Field(
         30.0, gt=0, description="No retry waits longer (unless told)."
     )
+    sink_retry_after_cap_s: float = Field(
+        600.0, gt=0, description="No retry waits longer, whatever a Retry-After says."
+    )
     sink_rate_per_s: float = Field(50.0, gt=0, description="Calls per second to one destination.")
     sink_burst: int = Field(10, ge=1, description="Calls one destination may get at once.")
     sink_concurrency: int = Field(4, ge=1, description="Calls in flight to one destination.")

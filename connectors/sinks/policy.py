@@ -20,17 +20,20 @@ Sleep = Callable[[float], Awaitable[None]]
 class Backoff:
     """Exponential backoff with full jitter (a random wait up to base * 2^attempt, capped),
     so many sinks retrying one destination spread out instead of stampeding. A
-    destination's Retry-After is a floor: it knows when it will take calls again."""
+    destination's Retry-After is a floor: it knows when it will take calls again; but a
+    floor of its own (``retry_after_cap_s``), so a day or a year in it cannot put a sink
+    to sleep that long."""
 
     base_s: float = 0.5
     cap_s: float = 30.0
+    retry_after_cap_s: float = 600.0
 
     def delay(
         self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None
     ) -> float:
         ceiling = min(self.cap_s, self.base_s * 2 ** max(attempt - 1, 0))
         jittered = (rng or random).uniform(0, ceiling)
-        return max(jittered, retry_after or 0.0)
+        return max(jittered, min(retry_after or 0.0, self.retry_after_cap_s))
 
 
 class RateLimiter:

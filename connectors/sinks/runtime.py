@@ -66,7 +66,11 @@ class Limits:
         return cls(
             batch_size=settings.sink_batch_size,
             max_attempts=settings.sink_max_attempts,
-            backoff=Backoff(settings.sink_backoff_base_s, settings.sink_backoff_cap_s),
+            backoff=Backoff(
+                settings.sink_backoff_base_s,
+                settings.sink_backoff_cap_s,
+                settings.sink_retry_after_cap_s,
+            ),
             rate_per_s=settings.sink_rate_per_s,
             burst=settings.sink_burst,
             concurrency=settings.sink_concurrency,

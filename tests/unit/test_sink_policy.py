@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from connectors.sinks.http import retry_after_seconds
 from connectors.sinks.policy import Backoff, BreakerState, CircuitBreaker, Gate, RateLimiter
 
 
@@ -127,3 +130,27 @@ def test_gate_tells_the_breaker_and_frees_a_cancelled_probe() -> None:
         assert state(breaker) is BreakerState.CLOSED
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("120", 120.0),
+        ("0", 0.0),
+        ("-5", 0.0),
+        ("inf", None),
+        ("Infinity", None),
+        ("nan", None),
+        ("soon", None),
+        ("", None),
+    ],
+)
+def test_a_retry_after_that_is_no_wait_counts_as_absent(header: str, seconds: float | None) -> None:
+    assert retry_after_seconds(header) == seconds
+
+
+@pytest.mark.parametrize("header", ["86400", "1e9", "1e300", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_a_retry_after_of_a_day_or_more_waits_no_longer_than_the_cap(header: str) -> None:
+    retry_after = retry_after_seconds(header, now=datetime(2026, 12, 6, tzinfo=UTC))
+    backoff = Backoff(base_s=0.5, cap_s=30.0, retry_after_cap_s=600.0)
+    assert backoff.delay(3, retry_after, random.Random(1)) == 600.0
