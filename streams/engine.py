@@ -257,12 +257,7 @@ class Engine:
                 "log_level": 4,
             }
         )
-        self.consumer.subscribe(
-            list(self.routes),
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
+        self._subscribe()
         last_tick = [time.monotonic()] * len(self.ticks)
         try:
             while not self._stopping:
@@ -305,6 +300,15 @@ class Engine:
             if self._slot_lock is not None:
                 self._slot_lock.close()  # the slot is free for the next worker
             log.info("worker stopped")
+
+    def _subscribe(self) -> None:
+        assert self.consumer is not None
+        self.consumer.subscribe(
+            list(self.routes),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
 
     def _new_producer(self) -> Producer:
         transactional = {
@@ -465,9 +469,12 @@ class Engine:
         for table in self.tables:
             for partition, changes in table.dirty.items():
                 store = table.stores.get(partition)
-                offset = self._written.get((table.changelog, partition))
-                if store is not None and offset is not None:
-                    store.apply(changes, offset)
+                if store is None:
+                    continue
+                # Unknown where they landed (no delivery report yet): the store keeps its
+                # offset, so a restore reads them again rather than missing them.
+                offset = self._written.get((table.changelog, partition), store.offset)
+                store.apply(changes, offset)
             table.dirty.clear()
         metrics.CHECKPOINT_SECONDS.observe(time.monotonic() - started)
         metrics.CHECKPOINT_RECORDS.observe(self._records)
@@ -561,9 +568,19 @@ class Engine:
             for where, offset in found.items():
                 lowest[where] = min(offset, lowest.get(where, offset))
             found.clear()
+        unsought = []
         for (topic, partition), offset in lowest.items():
             if (topic, partition) in held:
-                self.consumer.seek(TopicPartition(topic, partition, offset))
+                try:
+                    self.consumer.seek(TopicPartition(topic, partition, offset))
+                except KafkaException as exc:  # a partition librdkafka is not fetching yet
+                    unsought.append(f"{topic}[{partition}]@{offset}: {exc.args[0]}")
+        if unsought and not self._in_callback:
+            # Nothing past the committed offsets is committed: reading from them again is
+            # what a new assignment does, so leave the group and join it again.
+            log.warning("cannot seek %s; joining the group again", ", ".join(unsought))
+            self.consumer.unsubscribe()
+            self._subscribe()
 
     def _abort(self, on_broker: bool = True) -> None:
         """Abort the open transaction and read its input again: what it held is dropped,
