@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -132,7 +131,6 @@ class Engine:
         self.partitions: set[int] = set()
         self.checkpoint_records = 5000
         self.exactly_once = settings.processing_guarantee == "exactly_once"
-        self.standby = True
         self._standby: Consumer | None = None
         self._slot_lock: IO[str] | None = None
         self.directory: Path | None = None
@@ -629,17 +627,19 @@ class Engine:
                     self.checkpoint()
         finally:
             self._in_callback = False
-        self.partitions = set()
-        for table in self.tables:
-            table.active = set()
+        self._hold(set())
 
     def _on_lost(self, consumer: Consumer, lost: list[TopicPartition]) -> None:
         # Another worker may own them already: what the transaction holds must not commit.
         if self._in_transaction and not self._committing:  # a commit decides for itself
             self._doomed = True
-        self.partitions = set()
+        self._hold(set())
+
+    def _hold(self, partitions: set[int]) -> None:
+        """The partitions this worker owns now, for itself and its tables."""
+        self.partitions = partitions
         for table in self.tables:
-            table.active = set()
+            table.active = set(partitions)
 
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         started = time.monotonic()
@@ -649,9 +649,7 @@ class Engine:
             self._standby.unassign()
         held = sum(len(table.store(p)) for table in self.tables for p in partitions)
         restored = self._restore(partitions)
-        for table in self.tables:
-            table.active = set(partitions)
-        self.partitions = partitions
+        self._hold(partitions)
         self._follow_standby(set(range(self.settings.partitions)) - partitions)
         metrics.REBALANCES.inc()
         for callback in self.assigned_callbacks:
@@ -669,6 +667,8 @@ class Engine:
 
     def _apply_changelog(self, messages: Sequence[Message]) -> int:
         """Write changelog ``messages`` to their tables' stores; how many there were."""
+        if not messages:  # the standby reader, polled on every turn of the loop
+            return 0
         by_changelog = {table.changelog: table for table in self.tables}
         pending: dict[tuple[str, int], tuple[dict[str, str | None], int]] = {}
         applied = 0
@@ -693,24 +693,15 @@ class Engine:
         """Keep the stores of ``partitions`` (those other workers own) following their
         changelogs, so taking one over (a worker dies or leaves) restores only the tail,
         and the views answer for every key."""
-        if not partitions or not self.standby:
+        if not partitions:
             return
         if self._standby is None:
-            self._standby = Consumer(
-                {
-                    "bootstrap.servers": self.settings.kafka_bootstrap,
-                    "group.id": f"standby-{uuid.uuid4().hex}",
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "isolation.level": "read_committed",
-                    "log_level": 3,
-                }
-            )
+            self._standby = self._changelog_reader("standby")
+        # A store that has nothing asks for offset 0: below a compacted changelog's start,
+        # the reader's reset (earliest) takes it to the first record there is.
         self._standby.assign(
             [
                 TopicPartition(table.changelog, p, table.store(p).offset + 1)
-                if table.store(p).offset >= 0
-                else TopicPartition(table.changelog, p, OFFSET_BEGINNING)
                 for table in self.tables
                 for p in sorted(partitions)
             ]
@@ -720,21 +711,25 @@ class Engine:
         if self._standby is not None and self._standby.assignment():
             self._apply_changelog(self._standby.consume(2000, 0))
 
-    def _restore(self, partitions: set[int]) -> int:
-        """Bring each table's stores of ``partitions`` up to their changelog's end."""
-        reader = Consumer(
+    def _changelog_reader(self, purpose: str) -> Consumer:
+        """A consumer of changelogs by assignment (its group id is never used to commit)."""
+        return Consumer(
             {
                 "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": f"restore-{uuid.uuid4().hex}",
+                "group.id": f"{purpose}-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
                 "log_level": 3,
             }
         )
+
+    def _restore(self, partitions: set[int]) -> int:
+        """Bring each table's stores of ``partitions`` up to their changelog's end."""
+        reader = self._changelog_reader("restore")
         try:
             ends: dict[tuple[str, int], int] = {}
             starts: list[TopicPartition] = []
-            owners: dict[tuple[str, int], Table] = {}
             for table in self.tables:
                 for partition in partitions:
                     store = table.store(partition)
@@ -745,7 +740,6 @@ class Engine:
                     start = max(store.offset + 1, low)
                     if start < high:
                         ends[(table.changelog, partition)] = high
-                        owners[(table.changelog, partition)] = table
                         starts.append(TopicPartition(table.changelog, partition, start))
             if not starts:
                 return 0

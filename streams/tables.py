@@ -128,12 +128,6 @@ class Table:
             return dirty[key]
         return self.stores[self.partition].get(key)
 
-    def __getitem__(self, key: str) -> str:
-        value = self.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
     def __setitem__(self, key: str, value: str) -> None:
         self.pending[key] = value
 
