@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from processors.ids import decision_id
-from processors.records import ROUTER_KEY
+from processors.records import ROUTER_KEY, audit_entry, crm_command, notification
 from processors.routing import Assignment, Rep, RoutingRules, rep_from_record, route
 from processors.state import ContactState
 from streams import metrics
@@ -117,52 +117,42 @@ def handle(
     metrics.ROUTING_DECISIONS.labels(rule=decision.rule or "none", outcome=outcome).inc()
     if decision.rep_id:
         metrics.ASSIGNMENTS.labels(rep=decision.rep_id).inc()
-    audit = {
-        "audit_id": decision_id(contact_id, "routing", outcome, cause),
-        "contact_id": contact_id,
-        "recorded_at": at,
-        "stage": "routing",
-        "decision": outcome,
-        "reason": decision.reason,
-        "inputs": {
-            "rule": decision.rule or "",
-            "rep_id": decision.rep_id or "",
-            "considered": ",".join(decision.considered),
-            "score": f"{contact.score:g}",
-            "band": contact.band or "",
-            "country": contact.profile.get("country", ""),
-            "industry": contact.profile.get("industry", ""),
-        },
-        "causation_event_ids": [cause] if cause else [],
+    inputs = {
+        "rule": decision.rule or "",
+        "rep_id": decision.rep_id or "",
+        "considered": ",".join(decision.considered),
+        "score": f"{contact.score:g}",
+        "band": contact.band or "",
+        "country": contact.profile.get("country", ""),
+        "industry": contact.profile.get("industry", ""),
     }
+    causes = [cause] if cause else []
+    audit = audit_entry(contact_id, "routing", outcome, decision.reason, inputs, causes, at)
+    audit["audit_id"] = decision_id(contact_id, "routing", outcome, cause)  # ids as they were
     outputs.append(("audit", contact_id, audit))
     if decision.rep_id is None:
         return state.model_copy(update={"rotation": rotation}), outputs
     rep = state.roster[decision.rep_id]
-    set_owner = {
-        "command_id": decision_id("set-owner", contact_id, decision.rep_id, cause),
-        "command_type": "SET_OWNER",
-        "contact_id": contact_id,
-        "issued_at": at,
-        "causation_event_id": cause or None,
-        "payload": {
-            "owner_id": decision.rep_id,
-            "previous_owner_id": contact.owner_id,
-            "reason": f"{decision.rule}: {decision.reason}",
-        },
+    payload = {
+        "owner_id": decision.rep_id,
+        "previous_owner_id": contact.owner_id,
+        "reason": f"{decision.rule}: {decision.reason}",
     }
-    new_lead = {
-        "notification_id": decision_id("new-lead", contact_id, decision.rep_id, cause),
-        "channel": "EMAIL",
-        "recipient": rep.email,
-        "template": "new_lead",
-        "subject": f"New lead for you: score {contact.score:g}",
-        "context": notification_context(contact, decision, rep),
-        "contact_id": contact_id,
-        "issued_at": at,
-        "causation_event_id": cause or None,
-    }
-    outputs += [("commands", contact_id, set_owner), ("notifications", contact_id, new_lead)]
+    command_id = decision_id("set-owner", contact_id, decision.rep_id, cause)
+    outputs.append(crm_command(contact_id, "SET_OWNER", command_id, payload, at, cause or None))
+    outputs.append(
+        notification(
+            contact_id,
+            decision_id("new-lead", contact_id, decision.rep_id, cause),
+            "EMAIL",
+            rep.email,
+            "new_lead",
+            f"New lead for you: score {contact.score:g}",
+            notification_context(contact, decision, rep),
+            at,
+            cause or None,
+        )
+    )
     assigned = dict(state.assigned)
     assigned[decision.rep_id] = assigned.get(decision.rep_id, 0) + 1
     return state.model_copy(update={"rotation": rotation, "assigned": assigned}), outputs
