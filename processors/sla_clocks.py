@@ -66,14 +66,14 @@ class SlaClocks:
                     self.schedule.put(
                         contact_id, timer.timer_id, timer.due_at, timer.level, partition
                     )
-                    metrics.TIMERS_SCHEDULED.labels(policy=timer.policy).inc()
+                    metrics.labelled(metrics.TIMERS_SCHEDULED, timer.policy).inc()
                     continue
                 self.schedule.discard(contact_id, timer.timer_id)
-                metrics.TIMERS_CANCELLED.labels(policy=timer.policy, reason=change.change).inc()
+                metrics.labelled(metrics.TIMERS_CANCELLED, timer.policy, change.change).inc()
                 policy = self.policies.policy(timer.policy)
                 if change.change == "stopped" and policy and policy.kind == "first_touch":
                     waited = (change.at - timer.started_at).total_seconds()
-                    metrics.TIME_TO_FIRST_TOUCH.labels(policy=timer.policy).observe(waited)
+                    metrics.labelled(metrics.TIME_TO_FIRST_TOUCH, timer.policy).observe(waited)
         if changed:
             self.store(contact_id, book, partition)
         return outputs

@@ -51,9 +51,10 @@ from processors.workflow_engine import Engine as WorkflowEngine
 from processors.workflow_runs import WorkflowRuns
 from streams import metrics
 from streams.clock import Clock
-from streams.engine import Decoded, Engine, Output
+from streams.engine import Decoded, Engine, Forwarded, Output
 from streams.serde import AvroSerde
 from streams.settings import Settings
+from streams.tables import Parsed
 
 # Identifiers remembered as claimed per key; an older one is claimed again if it recurs.
 CLAIMED_PER_KEY = 50
@@ -93,7 +94,7 @@ class Rules:
 
 def observe_age(stage: str, event: dict[str, Any]) -> None:
     age = datetime.now(UTC) - event["received_time"]
-    metrics.EVENT_AGE.labels(stage=stage).observe(max(age.total_seconds(), 0.0))
+    metrics.labelled(metrics.EVENT_AGE, stage).observe(max(age.total_seconds(), 0.0))
 
 
 def register(
@@ -101,7 +102,9 @@ def register(
 ) -> Views:
     identity = engine.table("identity")
     claimed = engine.table("claimed")  # identifier -> identifiers claimed with it (JSON)
-    contacts = engine.table("contacts")
+    contacts = Parsed(
+        engine.table("contacts"), ContactState.model_validate_json, ContactState.model_dump_json
+    )
     aliases = engine.table("aliases")
     model, routing_rules = rules.scoring, rules.routing
     metrics.declare(metrics.BAND_ENTRIES, ({"band": band.name} for band in model.bands))
@@ -110,7 +113,7 @@ def register(
         ({"rule": r.name, "stage": r.move_to} for r in rules.pipeline.rules if r.move_to),
     )
 
-    def resolve_event(item: Decoded) -> list[Output]:
+    def resolve_event(item: Decoded) -> list[Output | Forwarded]:
         event = record_of(item)
         ids = identifiers_of(event["identity"])
         key = (item.key or b"").decode() or ids[0]
@@ -123,7 +126,7 @@ def register(
         new = [i for i in found.claims if i not in before]
         if new:
             claimed[key] = json.dumps([*before, *new][-CLAIMED_PER_KEY:])
-        outputs: list[Output] = [
+        outputs: list[Output | Forwarded] = [
             (
                 "claims",
                 identifier,
@@ -136,9 +139,12 @@ def register(
             )
             for identifier in new
         ]
-        outputs.append(("by_contact", found.contact_id, {**event, "contact_id": found.contact_id}))
-        metrics.EVENTS.labels(
-            stage="identity", event_type=event["event_type"], source=event["source_system"]
+        # Forwarded as it came: the contact id is the key (Avro encoding is much of a
+        # worker's time, and the event does not change).
+        assert item.value is not None
+        outputs.append(("by_contact", found.contact_id, item.value))
+        metrics.labelled(
+            metrics.EVENTS, "identity", event["event_type"], event["source_system"]
         ).inc()
         observe_age("identity", event)
         return outputs
@@ -164,34 +170,31 @@ def register(
         }
         return [("merges", merge.loser, step)]
 
-    def load(contact_id: str) -> ContactState | None:
-        stored = contacts.get(contact_id)
-        return None if stored is None else ContactState.model_validate_json(stored)
-
     clocks = SlaClocks(engine, settings, rules.sla, clock)
     runs = WorkflowRuns(engine, settings, WorkflowEngine(rules.workflows, rules.pipeline), clock)
 
     def on_event(contact_id: str, event: dict[str, Any], partition: int) -> list[Output]:
+        event["contact_id"] = contact_id  # forwarded as it came: the key names it
         survivor = aliases.get(contact_id)
         if survivor is not None:  # retired by a merge: its survivor takes the event
             return [("by_contact", survivor, {**event, "contact_id": survivor})]
-        before = load(contact_id)
+        before = contacts.get(contact_id)
         outcome = advance(before or ContactState(contact_id=contact_id), event, model)
         decision = outcome.score
         if decision is None:
             return []  # seen before: nothing changes, nothing is sent again
         state = outcome.state
         out: list[Output] = []
-        metrics.EVENTS.labels(
-            stage="contact", event_type=event["event_type"], source=event["source_system"]
+        metrics.labelled(
+            metrics.EVENTS, "contact", event["event_type"], event["source_system"]
         ).inc()
         observe_age("contact", event)
         at = event["event_time"]
         causes = [event["event_id"]]
         if decision.crossed_band and decision.band is not None:
-            metrics.BAND_ENTRIES.labels(band=decision.band).inc()
+            metrics.labelled(metrics.BAND_ENTRIES, decision.band).inc()
         if before is None:
-            metrics.CONTACTS_CREATED.labels(source=event["source_system"]).inc()
+            metrics.labelled(metrics.CONTACTS_CREATED, event["source_system"]).inc()
             created = audit_entry(
                 contact_id,
                 "identity",
@@ -241,7 +244,7 @@ def register(
         if moved.moves or moved.tasks or moved.messages or moved.skipped:
             state = moved.state
             for move in moved.moves:
-                metrics.PIPELINE_MOVES.labels(rule=move.rule, stage=move.stage).inc()
+                metrics.labelled(metrics.PIPELINE_MOVES, move.rule, move.stage).inc()
             out += pipeline_outputs(state, moved, event)
         out += clocks.on_triggers(state, [event, *stage_change_triggers(moved, event)], partition)
         state, sent = runs.on_event(state, event, partition)
@@ -257,7 +260,7 @@ def register(
                 state = state.model_copy(update={"pending_tasks": held})
             else:
                 out += next_step_outputs(contact_id, task, state.owner_id)
-        contacts[contact_id] = state.model_dump_json()  # once, whatever changed it
+        contacts[contact_id] = state  # once, whatever changed it
         return out
 
     def routable(state: ContactState) -> bool:
@@ -270,7 +273,7 @@ def register(
         survivor = aliases.get(contact_id)
         if survivor is not None:
             return [("assignments", survivor, {**assignment, "contact_id": survivor})]
-        state = load(contact_id)
+        state = contacts.get(contact_id)
         if state is None:
             return []
         rep_id = assignment["rep_id"]
@@ -297,7 +300,7 @@ def register(
             out += clocks.on_triggers(assigned, [trigger], partition)
             assigned, sent = runs.on_event(assigned, trigger, partition)
             out += sent
-        contacts[contact_id] = assigned.model_dump_json()
+        contacts[contact_id] = assigned
         return out
 
     def on_merge_step(contact_id: str, step: dict[str, Any], partition: int) -> list[Output]:
@@ -320,7 +323,7 @@ def register(
             if alias is not None:  # retired meanwhile: merge what it has become instead
                 return [("merges", alias, {**step, "step": "REQUEST", "target": alias})]
             aliases[contact_id] = other
-            state = load(contact_id)
+            state = contacts.get(contact_id)
             if state is not None:
                 del contacts[contact_id]
             running = clocks.retire(contact_id, partition)  # they go on with the survivor
@@ -346,7 +349,7 @@ def register(
             return [("merges", other, transfer), ("audit", contact_id, merged_into)]
         # TRANSFER
         retired = ContactState.model_validate_json(step["state"]) if step["state"] else None
-        before = load(contact_id)
+        before = contacts.get(contact_id)
         current = before or ContactState(contact_id=contact_id)
         merged = merge_states(current, retired) if retired else current
         if merged.last_event_time is not None:
@@ -366,7 +369,7 @@ def register(
         if step.get("workflows"):
             merged, sent = runs.adopt(merged, other, step["workflows"], partition)
             out += sent
-        contacts[contact_id] = merged.model_dump_json()
+        contacts[contact_id] = merged
         # The merged profile's upsert also creates the survivor in the CRM when the merge
         # reached it before its first event (the two come by different topics).
         out += merge_outputs(before, merged, other, step["identifier"], at)
@@ -385,13 +388,13 @@ def register(
     def on_due(contact_id: str, notice: dict[str, Any], partition: int) -> list[Output]:
         """A timer is due: a workflow's wait, or an SLA clock's step (whose breach may
         start a workflow)."""
-        state = load(contact_id)
+        state = contacts.get(contact_id)
         if runs.is_wait(notice["timer_id"]):
             if state is None:
                 return []
             after, sent = runs.on_due(contact_id, notice, partition, state)
             if after is not state:
-                contacts[contact_id] = after.model_dump_json()
+                contacts[contact_id] = after
             return sent
         current = state or ContactState(contact_id=contact_id)
         firing, out = clocks.on_due(contact_id, notice, partition, current)
@@ -399,7 +402,7 @@ def register(
             after, sent = runs.on_event(state, breach_trigger(contact_id, firing), partition)
             out += sent
             if after is not state:
-                contacts[contact_id] = after.model_dump_json()
+                contacts[contact_id] = after
         return out
 
     def contact_input(
@@ -421,7 +424,7 @@ def register(
         return {"identifier": identifier, "contact_id": identity.lookup(identifier)}
 
     def contact_view(contact_id: str) -> dict[str, Any]:
-        stored = contacts.lookup(contact_id)
+        stored = contacts.table.lookup(contact_id)
         return {
             "contact_id": contact_id,
             "merged_into": aliases.lookup(contact_id),

@@ -157,13 +157,13 @@ def _count(outcome: Outcome) -> None:
             continue
         workflow = effect.workflow
         if effect.decision == "workflow_entered":
-            metrics.WORKFLOW_ENROLMENTS.labels(workflow=workflow).inc()
+            metrics.labelled(metrics.WORKFLOW_ENROLMENTS, workflow).inc()
         elif effect.decision == "workflow_exited":
-            metrics.WORKFLOW_EXITS.labels(workflow=workflow, exit=effect.inputs["exit"]).inc()
+            metrics.labelled(metrics.WORKFLOW_EXITS, workflow, effect.inputs["exit"]).inc()
         elif effect.suppressed is not None:
-            metrics.WORKFLOW_SUPPRESSIONS.labels(workflow=workflow, reason=effect.suppressed).inc()
+            metrics.labelled(metrics.WORKFLOW_SUPPRESSIONS, workflow, effect.suppressed).inc()
         elif effect.decision in ("workflow_sent", "workflow_step", "workflow_branch"):
-            metrics.WORKFLOW_STEPS.labels(workflow=workflow, decision=effect.decision).inc()
+            metrics.labelled(metrics.WORKFLOW_STEPS, workflow, effect.decision).inc()
 
 
 def declare_workflows(library: Library) -> None:

@@ -56,6 +56,8 @@ log = logging.getLogger("switchboard.worker")
 
 # (output name, key, record): what a stage returns, for the runtime to send.
 Output = tuple[str, str, dict[str, Any]]
+# (output name, key, value): a record forwarded as it came, already in the output's contract.
+Forwarded = tuple[str, str, bytes]
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,10 @@ class Decoded:
     partition: int
     offset: int
     timestamp_ms: int
+    value: bytes | None  # as it came, to forward unchanged
 
 
-Handler = Callable[[Decoded], Sequence[Output]]
+Handler = Callable[[Decoded], Sequence[Output | Forwarded]]
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,15 @@ def _unquoted(raw: bytes) -> str:
         return raw[1:-1].decode()
     found: str = json.loads(raw)
     return found
+
+
+# Records read at most per poll; a full batch means more was waiting.
+BATCH = 1000
+# Behind a backlog, a checkpoint every this many commit intervals (or checkpoint_records).
+BACKLOG_INTERVALS = 5
+# Caught up, a checkpoint as soon as the transaction is this old: not at every poll, so
+# a trickle of records does not cost a transaction each.
+CAUGHT_UP_S = 0.02
 
 
 class Engine:
@@ -263,7 +275,7 @@ class Engine:
                     # partition paused when it is assigned again: see _on_assign)
                     self.consumer.resume(self.consumer.assignment())
                     self._paused = False
-                batch = self.consumer.consume(1000, 0.05)
+                batch = self.consumer.consume(BATCH, 0.05)
                 # Where each partition of the batch starts, should its transaction abort.
                 self._unread(batch, self._starts)
                 try:
@@ -278,10 +290,7 @@ class Engine:
                         if now - last_tick[n] >= tick.every_s and self.partitions:
                             last_tick[n] = now
                             self._send(tick.run())
-                    if self._in_transaction and (
-                        now - self._transaction_started >= settings.commit_interval_s
-                        or self._records >= self.checkpoint_records
-                    ):
+                    if self._in_transaction and self._due(now, backlog=len(batch) == BATCH):
                         self.checkpoint()
                 except Rewound:
                     continue
@@ -354,7 +363,7 @@ class Engine:
         try:
             record = None if value is None and route.tombstones else route.serde.decode(value)
             _, timestamp = message.timestamp()
-            decoded = Decoded(message.key(), record, topic, partition, offset, timestamp)
+            decoded = Decoded(message.key(), record, topic, partition, offset, timestamp, value)
             # Encoded before anything is sent: an output the contract refuses fails its record.
             encoded = self._encoded(route.handle(decoded))
         except UndecodableMessage as exc:
@@ -378,6 +387,19 @@ class Engine:
 
     # -- the transaction ---------------------------------------------------------------------
 
+    def _due(self, now: float, backlog: bool) -> bool:
+        """Whether to checkpoint now. Each checkpoint costs the worker a round of waits on
+        the broker, and its outputs wait for it downstream. Caught up (the last read
+        found less than a full batch), nothing is gained by waiting: commit at once.
+        Behind a backlog, latency is the backlog's: commit less often, so that cost is
+        spread over more records."""
+        elapsed = now - self._transaction_started
+        if self._records >= self.checkpoint_records:
+            return True
+        if backlog:
+            return elapsed >= self.settings.commit_interval_s * BACKLOG_INTERVALS
+        return elapsed >= min(self.settings.commit_interval_s, CAUGHT_UP_S)
+
     def _begin(self) -> None:
         if not self._in_transaction:
             assert self.producer is not None
@@ -387,11 +409,12 @@ class Engine:
             self._transaction_started = time.monotonic()
             self._records = 0
 
-    def _encoded(self, outputs: Sequence[Output]) -> list[tuple[str, bytes, bytes]]:
+    def _encoded(self, outputs: Sequence[Output | Forwarded]) -> list[tuple[str, bytes, bytes]]:
         found = []
         for name, key, record in outputs:
             topic, serde = self.outputs[name]
-            found.append((topic, key.encode(), serde.encode(record)))
+            value = record if isinstance(record, bytes) else serde.encode(record)
+            found.append((topic, key.encode(), value))
         return found
 
     def _send(self, outputs: Sequence[Output]) -> None:

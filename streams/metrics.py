@@ -15,8 +15,11 @@ letter would raise no alert."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+_Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
 
 EVENTS = Counter(
     "switchboard_events_total",
@@ -243,6 +246,20 @@ WORKFLOW_SUPPRESSIONS = Counter(
     "group, reentry, consent, frequency_cap, backwards, ...).",
     ["workflow", "reason"],
 )
+
+
+_CHILDREN: dict[tuple[int, tuple[str, ...]], object] = {}
+
+
+def labelled(metric: _Metric, *values: str) -> _Metric:
+    """``metric.labels(*values)`` (values in the order of its label names), remembered:
+    labels() costs a lock and a tuple per call, and the stages count every event. Label
+    sets are bounded, so is this."""
+    key = (id(metric), values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*values)
+    return child  # type: ignore[return-value]
 
 
 def declare(metric: Counter | Gauge | Histogram, label_sets: Iterable[Mapping[str, str]]) -> None:

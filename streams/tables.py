@@ -14,8 +14,9 @@ applied whole or not at all."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from rocksdict import Options, Rdict, WriteBatch, WriteBufferManager
 
@@ -25,6 +26,9 @@ _OFFSET_KEY = b"\x00changelog-offset"
 # A worker opens a store per table and partition (dozens); without one shared limit each
 # may hold 64 MB of write buffers, most of a worker's memory after a restore.
 _WRITE_BUFFERS = WriteBufferManager(256 * 1024 * 1024, False)
+
+
+_Value = TypeVar("_Value")
 
 
 def _options() -> Options:
@@ -195,3 +199,50 @@ class Table:
     def __len__(self) -> int:
         """Keys this worker holds, in its active and standby partitions."""
         return sum(len(store) for store in self.stores.values())
+
+
+class Parsed(Generic[_Value]):
+    """A table's values as objects, parsed once: a contact's next event usually comes
+    while its state is still here, and parsing its JSON is a good part of a stage's work.
+    Each entry keeps the text it was parsed from and is used only while the table still
+    holds that text, so a dropped write or a restore is never hidden. Objects handed out
+    are shared: change them by copy (``model_copy``), never in place."""
+
+    def __init__(
+        self,
+        table: Table,
+        parse: Callable[[str], _Value],
+        dump: Callable[[_Value], str],
+        size: int = 4096,
+    ) -> None:
+        self.table = table
+        self._parse = parse
+        self._dump = dump
+        self._size = size
+        self._recent: dict[str, tuple[str, _Value]] = {}
+
+    def get(self, key: str) -> _Value | None:
+        text = self.table.get(key)
+        if text is None:
+            return None
+        hit = self._recent.get(key)
+        if hit is not None and hit[0] == text:
+            return hit[1]
+        value = self._parse(text)
+        self._remember(key, text, value)
+        return value
+
+    def __setitem__(self, key: str, value: _Value) -> None:
+        text = self._dump(value)
+        self.table[key] = text
+        self._remember(key, text, value)
+
+    def __delitem__(self, key: str) -> None:
+        del self.table[key]
+        self._recent.pop(key, None)
+
+    def _remember(self, key: str, text: str, value: _Value) -> None:
+        self._recent.pop(key, None)  # to the end: the oldest go first
+        self._recent[key] = (text, value)
+        if len(self._recent) > self._size:
+            del self._recent[next(iter(self._recent))]

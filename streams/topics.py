@@ -94,7 +94,8 @@ EVENTS_BY_CONTACT = TopicSpec(
     schema="contact_event",
     discriminator="event_type",
     key="contact id",
-    description="Repartition: contact events re-keyed by their resolved contact id.",
+    description="Repartition: contact events forwarded as they came (contact_id still "
+    "null), keyed by their resolved contact id.",
     retention_ms=7 * DAY_MS,
 )
 CONTACT_MERGES = TopicSpec(

@@ -1,13 +1,15 @@
 """Table stores: a RocksDB store reopens with what it held and the changelog offset it
-reached; staged writes of a record are kept or dropped whole."""
+reached; staged writes of a record are kept or dropped whole; parsed values are reused
+only while the table holds the text they came from."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from streams.tables import PartitionStore, Table
+from streams.tables import Parsed, PartitionStore, Table
 
 
 def test_a_rocksdb_store_reopens_with_its_values_and_offset(tmp_path: Path) -> None:
@@ -46,4 +48,37 @@ def test_a_records_writes_are_kept_or_dropped_whole(tmp_path: Path, on_disk: boo
     assert dict(table.items()) == {"kept": "new", "fresh": "x"}
     # Views from another thread see committed values only.
     assert table.lookup("kept") == "old" and table.lookup("fresh") is None
+    table.close()
+
+
+def test_parsed_values_are_reused_only_while_the_table_holds_their_text() -> None:
+    table = Table("t", "t-changelog", None)
+    table.store(0).apply({"a": '{"n": 1}'}, offset=0)
+    table.active = {0}
+    table.focus(0)
+    parses: list[str] = []
+
+    def parse(text: str) -> dict[str, int]:
+        parses.append(text)
+        return dict(json.loads(text))
+
+    values = Parsed(table, parse, json.dumps, size=2)
+    first = values.get("a")
+    assert first == {"n": 1} and values.get("a") is first and len(parses) == 1
+
+    values["a"] = {"n": 2}
+    table.drop()  # the record that wrote it failed: the old text, parsed again
+    assert values.get("a") == {"n": 1} and len(parses) == 2
+    values["a"] = {"n": 3}
+    table.keep()
+    assert values.get("a") == {"n": 3} and len(parses) == 2  # its own write, not parsed
+    table.store(0).apply({"a": '{"n": 4}'}, offset=1)  # a restore under it
+    table.dirty.clear()
+    assert values.get("a") == {"n": 4}
+
+    del values["a"]
+    assert values.get("a") is None
+    for key in ("b", "c", "d"):  # at most ``size`` kept
+        values[key] = {"n": 0}
+    assert len(values._recent) == 2
     table.close()
