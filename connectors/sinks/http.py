@@ -4,6 +4,8 @@ one request helper that turns every way a call can fail into Retryable or Reject
 from __future__ import annotations
 
 import asyncio
+import codecs
+import contextlib
 import email.utils
 import json
 import math
@@ -18,6 +20,10 @@ from multidict import CIMultiDict
 from connectors.sinks.delivery import Rejected, Retryable
 
 ANSWER_EXCERPT = 2000  # characters of a response body kept for the dead letter
+# The most of an answer a sink reads: far above any batch answer a CRM gives (HubSpot's
+# and Salesforce's for 200 records are tens of KiB), and a bound on what a broken or
+# hostile destination can make a sink hold.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,15 @@ async def request(
         async with session.request(
             method, url, timeout=aiohttp.ClientTimeout(total=timeout_s), **kwargs
         ) as response:
-            text = await response.text(errors="replace")
+            body = await response.content.read(MAX_ANSWER_BYTES + 1)
+            while len(body) <= MAX_ANSWER_BYTES and not response.content.at_eof():
+                body += await response.content.read(MAX_ANSWER_BYTES + 1 - len(body))
+            if len(body) > MAX_ANSWER_BYTES:
+                raise Retryable(
+                    f"{what}: HTTP {response.status} with an answer of more than "
+                    f"{MAX_ANSWER_BYTES} bytes, not read further"
+                )
+            text = body.decode(_charset(response.charset), errors="replace")
             return Answer(response.status, CIMultiDict(response.headers), text)
     except TimeoutError as exc:
         raise Retryable(f"{what}: no answer within {timeout_s:g} s") from exc
@@ -81,6 +95,14 @@ async def request(
         raise
     except aiohttp.ClientError as exc:
         raise Retryable(f"{what}: {type(exc).__name__}", str(exc)) from exc
+
+
+def _charset(declared: str | None) -> str:
+    """The answer's charset when it names a real one, else UTF-8."""
+    if declared:
+        with contextlib.suppress(LookupError):
+            return codecs.lookup(declared).name
+    return "utf-8"
 
 
 def raise_for_status(answer: Answer, what: str) -> None:

@@ -208,12 +208,17 @@ class Sink:
         if self.ledger is not None and items:
             ledger, keys = self.ledger, [i.key for i in items]
             done = await self._until_done("ledger lookup", lambda: ledger.seen(keys))
+            # A key twice in one batch (a replay of a record still in flight) goes once:
+            # the ledger learns of the first only after the batch is out.
+            first = {}
             for item in items:
-                if item.key in done:
+                if item.key in done or item.key in first:
                     metrics.SINK_DELIVERIES.labels(
                         destination=self.route(item.record), outcome="duplicate"
                     ).inc()
-            items = [i for i in items if i.key not in done]
+                else:
+                    first[item.key] = item
+            items = list(first.values())
         for wave in _waves(items):
             by_destination: dict[str, list[Item]] = {}
             for item in wave:
@@ -238,24 +243,32 @@ class Sink:
         gate = self.gates[destination.name]
         while items:
             async with gate.call() as attempt:
+                # The half-open probe carries one record, the one tried least, and counts
+                # as its attempt: a record that always fails leaves after its budget even
+                # while the breaker is open, and an outage spends the waiting records'
+                # budgets evenly, one probe at a time.
+                probe = min(items, key=lambda i: i.attempts) if attempt.probe else None
+                calling = items if probe is None else [probe]
                 started = time.monotonic()
                 try:
-                    outcomes: list[Outcome] = await destination.deliver([i.record for i in items])
-                    if len(outcomes) != len(items):
+                    records = [i.record for i in calling]
+                    outcomes: list[Outcome] = await destination.deliver(records)
+                    if len(outcomes) != len(calling):
                         raise Rejected(
                             f"{destination.name} answered {len(outcomes)} outcomes "
-                            f"for {len(items)} records"
+                            f"for {len(calling)} records"
                         )
                 except DeliveryError as exc:
-                    outcomes = [exc] * len(items)
+                    outcomes = [exc] * len(calling)
                 attempt.ok = not any(isinstance(o, Retryable) for o in outcomes)
             metrics.SINK_CALL_SECONDS.labels(destination=destination.name).observe(
                 time.monotonic() - started
             )
-            delivered, retry, wait = [], [], 0.0
-            for item, outcome in zip(items, outcomes, strict=True):
-                if not attempt.probe:  # a probe tests the destination, not the record
-                    item.attempts += 1
+            delivered: list[Item] = []
+            retry: list[Item] = []
+            wait = 0.0
+            for item, outcome in zip(calling, outcomes, strict=True):
+                item.attempts += 1
                 if outcome is None:
                     delivered.append(item)
                 elif isinstance(outcome, Retryable) and item.attempts < self.limits.max_attempts:
@@ -270,7 +283,8 @@ class Sink:
                 metrics.SINK_RETRIES.labels(destination=destination.name).inc(len(retry))
                 attempts = max(i.attempts for i in retry)
                 await asyncio.sleep(self.limits.backoff.delay(attempts, wait or None))
-            items = retry
+            untried = [] if probe is None else [i for i in items if i is not probe]
+            items = retry + untried  # one record per contact: their order does not matter
 
     async def _delivered(self, destination: str, items: list[Item]) -> None:
         if self.ledger is not None:

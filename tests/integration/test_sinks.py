@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from sqlalchemy import event
@@ -398,6 +399,97 @@ def test_notifications_go_out_once_through_smtp_slack_and_the_outbox_even_when_r
         assert len(smtp.handler.mail) == 30
         assert len(slack.requests) == 10
         assert len(outboxed()) == 5
+
+
+class SlackRefusingOne(SlackWebhook):
+    """Slack that answers 503 to every post about one contact, for ever: a record that
+    only ever gets a retryable answer."""
+
+    async def _post(self, request: web.Request) -> web.StreamResponse:
+        if "Poison Pill" in await request.text():
+            return web.Response(status=503, text="no_service", content_type="text/html")
+        return await super()._post(request)
+
+
+def test_a_record_that_is_always_retried_is_dead_lettered_after_its_budget_and_the_rest_go(
+    sink_settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
+) -> None:
+    """Issue 20, item 1: once its failures open the circuit breaker, the record's attempts
+    go on counting through the half-open probes, so it leaves for the dead letters after
+    sink_max_attempts instead of holding its batch (and everything behind it) for ever."""
+    poison = sample_notification(
+        notification_id="n-poison",
+        channel="SLACK",
+        recipient="#sales",
+        contact_id="c-poison",
+        context={**sample_notification()["context"], "who": "Poison Pill"},
+    )
+    fine = [
+        sample_notification(
+            notification_id=f"n-fine-{i}", channel="SLACK", recipient="#sales", contact_id=f"c-{i}"
+        )
+        for i in range(10)
+    ]
+    serde = AvroSerde(registry, NOTIFICATIONS.schema, NOTIFICATIONS.full_name(sink_settings))
+    out = producer(sink_settings)
+    for record in [poison, *fine]:
+        out.produce(serde.topic, key=record["contact_id"].encode(), value=serde.encode(record))
+    assert out.flush(30) == 0
+    settings = sink_settings.model_copy(
+        update={"sink_max_attempts": 5, "sink_breaker_cooldown_s": 0.5}
+    )
+
+    with SlackRefusingOne.running() as slack:
+        secrets = {"slack_webhook_url": slack.webhook_url}
+        with running_sink(settings, "notify", tmp_path / "sink.log", secrets):
+            wait_for(lambda: len(sink_dead_letters(settings, registry)) == 1, "the poison", 60)
+            wait_for(lambda: len(slack.requests) >= 10 + 5, "every fine one", 30)
+            wait_for(
+                lambda: committed_to_end(settings, f"{settings.app_id}-sink-notify", serde.topic),
+                "the sink to commit past the poison",
+                30,
+            )
+        refused = [r for r in slack.requests if "Poison Pill" in json.dumps(r.body)]
+        assert len(refused) == 5  # its budget, probes included, and not one call more
+        delivered = [json.dumps(r.body) for r in slack.requests if r not in refused]
+        assert len(delivered) == 10
+    [letter] = sink_dead_letters(settings, registry)
+    assert letter["attempts"] == 5 and "503" in letter["reason"]
+    assert b"circuit open" in (tmp_path / "sink.log").read_bytes()
+
+
+def test_a_notification_twice_in_one_batch_goes_out_once(
+    sink_settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
+) -> None:
+    """Issue 20, item 3: a replay that lands in the batch of the original (still in
+    flight, so not yet in the ledger) is skipped, not sent a second time."""
+    twice = sample_notification(
+        notification_id="n-twice",
+        channel="SLACK",
+        recipient="#sales",
+        context={**sample_notification()["context"], "who": "Twice Told"},
+    )
+    other = sample_notification(notification_id="n-other", channel="SLACK", recipient="#sales")
+    serde = AvroSerde(registry, NOTIFICATIONS.schema, NOTIFICATIONS.full_name(sink_settings))
+    out = producer(sink_settings)
+    for record in [twice, other, twice]:
+        out.produce(serde.topic, key=record["contact_id"].encode(), value=serde.encode(record))
+    assert out.flush(30) == 0
+    settings = sink_settings.model_copy(
+        update={"sink_ledger_url": f"sqlite:///{tmp_path / 'ledger.db'}"}
+    )
+
+    with SlackWebhook.running() as slack:
+        secrets = {"slack_webhook_url": slack.webhook_url}
+        with running_sink(settings, "notify", tmp_path / "sink.log", secrets):
+            wait_for(
+                lambda: committed_to_end(settings, f"{settings.app_id}-sink-notify", serde.topic),
+                "the sink to read all three",
+                60,
+            )
+        told = [r for r in slack.requests if "Twice Told" in json.dumps(r.body)]
+        assert len(told) == 1
+        assert len(slack.requests) == 2
 
 
 # ---- the SQL store's batch write, on SQLite and PostgreSQL ------------------------------
