@@ -24,7 +24,12 @@ import hashlib
 from dataclasses import dataclass
 
 from processors import profile as profiles
-from processors.state import PENDING_TASKS, RECENT_EVENT_IDS, ContactState
+from processors.state import (
+    PENDING_TASKS,
+    RECENT_EVENT_IDS,
+    ContactState,
+    bounded_identifiers,
+)
 
 
 def minted_contact_id(identifier: str) -> str:
@@ -71,7 +76,9 @@ def merge_states(survivor: ContactState, loser: ContactState) -> ContactState:
     """One contact from two: the survivor's values win where both have one; histories,
     identifiers, deals and touches are united; consent restrictions from either hold."""
     merged = survivor.model_copy(deep=True)
-    merged.identifiers = list(dict.fromkeys([*survivor.identifiers, *loser.identifiers]))
+    merged.identifiers = bounded_identifiers(
+        list(dict.fromkeys([*survivor.identifiers, *loser.identifiers]))
+    )
     merged.profile, merged.profile_origin = profiles.merged(
         (survivor.profile, survivor.profile_origin), (loser.profile, loser.profile_origin)
     )

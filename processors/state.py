@@ -12,6 +12,10 @@ from pydantic import BaseModel, Field
 from processors import profile as profiles
 
 RECENT_EVENT_IDS = 500  # enough to ignore any redelivery Kafka can produce
+# Identifiers a contact keeps. Sources name each call, form response or booking with an
+# external id of its own (Vapi call ids, Typeform tokens, Calendly URIs); kept without
+# bound they would grow the state, rewritten on every event, towards Kafka's record limit.
+IDENTIFIERS_KEPT = 50
 
 
 class PlainModel(BaseModel):
@@ -178,6 +182,17 @@ def identifiers_of(identity: dict[str, Any]) -> list[str]:
     return found
 
 
+def bounded_identifiers(identifiers: list[str]) -> list[str]:
+    """At most IDENTIFIERS_KEPT, in their order: the oldest external ids go first (they
+    name one interaction, not the person), then the newest of the rest (the first e-mail
+    and phone are the contact's own)."""
+    over = len(identifiers) - IDENTIFIERS_KEPT
+    if over <= 0:
+        return identifiers
+    dropped = set([i for i in identifiers if i.startswith("ext:")][:over])
+    return [i for i in identifiers if i not in dropped][:IDENTIFIERS_KEPT]
+
+
 def apply_event(state: ContactState, event: dict[str, Any]) -> ContactState:
     """The state after ``event``. An event already seen changes nothing (invariant 2)."""
     if state.has_seen(event["event_id"]):
@@ -191,6 +206,7 @@ def apply_event(state: ContactState, event: dict[str, Any]) -> ContactState:
     for identifier in identifiers_of(event["identity"]):
         if identifier not in new.identifiers:
             new.identifiers.append(identifier)
+    new.identifiers = bounded_identifiers(new.identifiers)
     email = event["identity"].get("email")
     if email and "email_domain" not in new.profile:
         new.profile["email_domain"] = email.rpartition("@")[2]

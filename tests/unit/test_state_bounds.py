@@ -1,0 +1,47 @@
+"""A contact's state stays bounded however many interactions name it (issue 20, item 7):
+a thousand calls, each with its own external id, keep the contact's own identifiers and
+at most IDENTIFIERS_KEPT in all, and so does a merge of two such contacts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from processors.identity import merge_states
+from processors.state import IDENTIFIERS_KEPT, ContactState, apply_event
+from tests.records import contact_event
+
+
+def called(state: ContactState, n: int, phone: str = "+351912345678") -> ContactState:
+    at = contact_event()["event_time"] + timedelta(minutes=n)
+    event = contact_event(
+        event_id=f"vapi:call-{n}",
+        event_time=at,
+        identity={
+            "email": None,
+            "phone": phone,
+            "crm_id": None,
+            "external_ids": {"vapi": f"call-{n}"},
+        },
+    )
+    return apply_event(state, event)
+
+
+def test_a_thousand_calls_keep_the_phone_and_the_newest_call_ids() -> None:
+    state = apply_event(ContactState(contact_id="c-1"), contact_event())
+    for n in range(1000):
+        state = called(state, n)
+    assert len(state.identifiers) == IDENTIFIERS_KEPT
+    assert state.identifiers[:2] == ["email:ana.silva@example.com", "phone:+351912345678"]
+    assert "ext:vapi:call-999" in state.identifiers
+    assert "ext:vapi:call-0" not in state.identifiers
+    assert len(state.model_dump_json()) < 64 * 1024  # far under Kafka's 1 MB record
+
+
+def test_a_merge_of_two_busy_contacts_is_bounded_too() -> None:
+    one, other = ContactState(contact_id="c-1"), ContactState(contact_id="c-2")
+    for n in range(200):
+        one = called(one, n)
+        other = called(other, 1000 + n, phone="+14155550132")
+    merged = merge_states(one, other)
+    assert len(merged.identifiers) == IDENTIFIERS_KEPT
+    assert {"phone:+351912345678", "phone:+14155550132"} <= set(merged.identifiers)
