@@ -8,9 +8,12 @@
   or ``id``, optional ``updated_at``; every other column is a property), each row a
   CONTACT_UPDATED event from ``--system`` (the CRM's name).
 
-Rows that fail go to a report file with the line number and the reason; the accepted
-ones are published with an idempotent, acks=all producer. Re-importing a file yields
-the same event ids, so the pipeline ignores what it has already seen."""
+Files are read as UTF-8 (a byte-order mark is skipped), whatever the machine's locale.
+Rows that fail (a CSV row with more or fewer cells than the header included) go to a
+report file with the line number and the reason; the accepted ones are published with an
+idempotent, acks=all producer, and a row counts as accepted only once Kafka acknowledged
+every event of it: the others are listed as not written. Re-importing a file yields the
+same event ids, so the pipeline ignores what it has already seen."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlencode
@@ -86,19 +90,29 @@ def contact_row_events(row: dict[str, str], system: str, received: datetime) -> 
     ]
 
 
+# A cell past the header's columns, or the value of one a short row lacks (csv.DictReader).
+_EXTRA = "\x00extra"
+_MISSING = "\x00missing"
+
+
 def _rows(handle: TextIO, source: str) -> Iterator[tuple[int, Any]]:
     if source == CONTACTS:
-        reader = csv.DictReader(handle)
-        for number, row in enumerate(reader, start=2):  # line 1 is the header
-            yield number, row
+        reader = csv.DictReader(handle, restkey=_EXTRA, restval=_MISSING)
+        for row in reader:
+            yield reader.line_num, row
         return
     for number, line in enumerate(handle, start=1):
         if line.strip():
             yield number, line.rstrip("\n")
 
 
+def _open(path: Path) -> TextIO:
+    return path.open(encoding="utf-8-sig", newline="")
+
+
 def map_row(source: str, raw: Any, system: str, received: datetime) -> list[Event]:
     if source == CONTACTS:
+        _whole(raw)
         return contact_row_events(raw, system, received)
     if source in FORM_SOURCES:
         try:
@@ -114,6 +128,21 @@ def map_row(source: str, raw: Any, system: str, received: datetime) -> list[Even
     return SOURCES[source].parse(request, received)
 
 
+def _whole(row: dict[str, Any]) -> None:
+    """A CSV row must have a cell per header column, no more, no fewer."""
+    columns = len(row) - (1 if _EXTRA in row else 0)
+    if _EXTRA in row:
+        cells = columns + len(row[_EXTRA])
+        raise Rejected(f"row has {cells} cells, the header {columns} columns")
+    missing = [name for name, value in row.items() if value is _MISSING]
+    if missing:
+        raise Rejected(
+            f"row has {columns - len(missing)} cells, the header {columns} columns "
+            f"(no {', '.join(missing)})",
+            field=missing[0],
+        )
+
+
 def run_import(
     settings: Settings,
     path: Path,
@@ -122,6 +151,7 @@ def run_import(
     system: str = "crm",
     report: Path | None = None,
     show_progress: bool = True,
+    flush_timeout_s: float = 60.0,
 ) -> ImportSummary:
     if source != CONTACTS and source not in SOURCES:
         raise ValueError(f"unknown source {source!r}: use contacts or one of {', '.join(SOURCES)}")
@@ -135,12 +165,17 @@ def run_import(
     producer = Producer(producer_config(settings, **{"linger.ms": 20}))
     report = report or path.with_name(path.name + ".rejected.jsonl")
     summary = ImportSummary(report=report)
-    total = sum(1 for _ in _rows(path.open(newline=""), source))
+    with _open(path) as counting:
+        total = sum(1 for _ in _rows(counting, source))
+    unacknowledged: dict[int, int] = {}  # line -> its events Kafka has not acknowledged yet
+    failed: dict[int, str] = {}  # line -> why Kafka did not take it
 
-    def delivered(error: KafkaError | None, message: Message) -> None:
+    def delivered(line: int, error: KafkaError | None, _message: Message) -> None:
         if error is not None:
-            key = (message.key() or b"").decode(errors="replace")
-            summary.undelivered.append(f"{key}: {error.str()}")
+            failed.setdefault(line, error.str())
+        unacknowledged[line] -= 1
+        if not unacknowledged[line]:
+            del unacknowledged[line]
 
     received = datetime.now(UTC)
     columns = (
@@ -150,8 +185,8 @@ def run_import(
         TimeElapsedColumn(),
     )
     with (
-        path.open(newline="") as handle,
-        report.open("w") as rejected,
+        _open(path) as handle,
+        report.open("w", encoding="utf-8") as rejected,
         Progress(*columns, disable=not show_progress) as progress,
     ):
         task = progress.add_task(path.name, total=total)
@@ -174,10 +209,14 @@ def run_import(
                     + "\n"
                 )
             else:
+                if encoded:
+                    unacknowledged[number] = len(encoded)
                 for key, value in encoded:
                     while True:
                         try:
-                            producer.produce(topic, key=key, value=value, on_delivery=delivered)
+                            producer.produce(
+                                topic, key=key, value=value, on_delivery=partial(delivered, number)
+                            )
                             break
                         except BufferError:
                             producer.poll(0.1)
@@ -185,7 +224,11 @@ def run_import(
                 summary.events += len(encoded)
             producer.poll(0)
             progress.advance(task)
-        producer.flush(60)
+        producer.flush(flush_timeout_s)
+    for line in unacknowledged:
+        failed.setdefault(line, f"not acknowledged by Kafka within {flush_timeout_s:g} s")
+    summary.accepted_rows -= len(failed)
+    summary.undelivered = [f"line {line}: {why}" for line, why in sorted(failed.items())]
     if summary.rejected == 0:
         report.unlink()
         summary.report = None

@@ -167,3 +167,66 @@ def test_a_worker_takes_in_every_event_the_gateway_published(
         assert worker_metric(settings, "switchboard_events_total{") == published
         assert worker.poll() is None
     assert b"Traceback" not in (tmp_path / "worker.log").read_bytes()
+
+
+def test_ragged_rows_are_reported_one_by_one_and_a_bom_or_accent_changes_nothing(
+    settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
+) -> None:
+    """Issue 20, item 16: a row with a cell too many or too few is rejected alone (it used
+    to abort the import), and the file is UTF-8 with or without a byte-order mark, in any
+    locale."""
+    ensure_topics(settings)
+    register_catalog(registry, settings)
+    export = tmp_path / "contacts.csv"
+    export.write_bytes(
+        "\ufeffid,email,first_name,company\n"
+        "4601,jose@example.com,José,Café Zoë\n"
+        "4602,extra@example.com,Extra,Acme,surplus\n"
+        "4603,short@example.com\n"
+        "4604,ines@example.com,Inês,Ação Lda\n".encode()
+    )
+    env = settings_env(settings) | {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "import", str(export), "--source", "contacts"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "4 rows: 2 accepted (2 events), 2 rejected" in done.stdout
+    report = [
+        json.loads(line)
+        for line in (tmp_path / "contacts.csv.rejected.jsonl").read_text("utf-8").splitlines()
+    ]
+    assert [(r["line"], r["field"]) for r in report] == [(3, None), (4, "first_name")]
+    assert report[0]["reason"] == "row has 5 cells, the header 4 columns"
+    assert report[1]["reason"] == "row has 2 cells, the header 4 columns (no first_name, company)"
+    events = events_in(settings, registry)
+    by_id = {e["identity"]["crm_id"]: e for e in events.values()}
+    assert set(by_id) == {"4601", "4604"}
+    assert by_id["4601"]["identity"]["email"] == "jose@example.com"  # not "\ufeffid"
+    assert by_id["4601"]["payload"]["properties"] == {"first_name": "José", "company": "Café Zoë"}
+    assert by_id["4604"]["payload"]["properties"]["company"] == "Ação Lda"
+
+
+def test_rows_kafka_never_took_are_not_counted_accepted_and_the_import_fails(
+    settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
+) -> None:
+    """Issue 20, item 16: flush()'s answer is no longer ignored. With no broker to take
+    them, no row is accepted, each is listed, and the command exits non-zero."""
+    ensure_topics(settings)
+    register_catalog(registry, settings)
+    export = tmp_path / "contacts.csv"
+    export.write_text("id,email\n4701,a@example.com\n4702,b@example.com\n", encoding="utf-8")
+    nowhere = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    from connectors.sources.importer import run_import as import_in_process
+
+    summary = import_in_process(
+        nowhere, export, "contacts", show_progress=False, flush_timeout_s=2.0
+    )
+    assert summary.rows == 2 and summary.accepted_rows == 0
+    assert summary.undelivered == [
+        "line 2: not acknowledged by Kafka within 2 s",
+        "line 3: not acknowledged by Kafka within 2 s",
+    ]
