@@ -56,6 +56,12 @@ done
 export SWITCHBOARD_SECRET_MAILGUN_INBOUND="$SWITCHBOARD_SECRET_MAILGUN"
 
 mkdir -p "$out"
+# The worker's contact views want a bearer token; `switchboard explain` from another
+# terminal reads it from the same variable (kept in a file only this user can read).
+if [ -z "${SWITCHBOARD_SECRET_VIEWS_TOKEN:-}" ]; then
+  export SWITCHBOARD_SECRET_VIEWS_TOKEN="demo-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+fi
+(umask 077 && printf '%s\n' "$SWITCHBOARD_SECRET_VIEWS_TOKEN" >"$out/views-token")
 "$sb" gateway >"$out/gateway.log" 2>&1 &
 children+=($!)
 port="${SWITCHBOARD_GATEWAY_PORT:-8787}"
@@ -88,7 +94,8 @@ echo "             load generator at ${SWITCHBOARD_DEMO_RATE:-20} webhooks/s ($o
 echo "             worker metrics http://127.0.0.1:${SWITCHBOARD_WEB_PORT:-6066}/metrics ($out/worker.log),"
 echo "             CRM sink into ${SWITCHBOARD_CRM_DATABASE_URL:-.run/crm.db (SQLite)} ($out/sink-crm.log),"
 echo "             notifications into ${SWITCHBOARD_NOTIFY_OUTBOX:-$out/outbox.jsonl} ($out/sink-notify.log)."
-echo "             In another terminal: switchboard explain CONTACT, make observe (Prometheus)."
+echo "             In another terminal: make observe (Prometheus), and"
+echo "               SWITCHBOARD_SECRET_VIEWS_TOKEN=\$(cat $out/views-token) .venv/bin/switchboard explain CONTACT"
 echo "             Ctrl-C stops everything."
 if [ -t 1 ]; then
   # The live view in the foreground: Ctrl-C ends it, and cleanup() the rest.

@@ -13,8 +13,9 @@ from typing import Any
 from processors.state import ContactState
 from streams.kafka import read_topic
 from streams.serde import AvroSerde, registry_client
-from streams.settings import Settings
+from streams.settings import Settings, secret, secret_env
 from streams.topics import AUDIT
+from streams.web import TOKEN_SECRET
 
 
 class NotFound(LookupError):
@@ -23,10 +24,21 @@ class NotFound(LookupError):
 
 def _get(base: str, path: str) -> dict[str, Any]:
     url = f"{base.rstrip('/')}/{path}"
+    token = secret(TOKEN_SECRET)
+    if token is None:
+        raise PermissionError(f"a worker's views need a token: set {secret_env(TOKEN_SECRET)}")
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             found: dict[str, Any] = json.loads(response.read())
             return found
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise PermissionError(
+                f"the worker at {base} refused the token in {secret_env(TOKEN_SECRET)} "
+                f"(HTTP {exc.code})"
+            ) from None
+        raise ConnectionError(f"the worker at {base} answered HTTP {exc.code}") from None
     except urllib.error.URLError as exc:
         raise ConnectionError(f"no worker answers at {base}: {exc.reason}") from None
 

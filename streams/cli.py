@@ -110,8 +110,9 @@ def worker() -> None:
     """Run a processor worker until SIGINT/SIGTERM."""
     from processors.worker import build
     from streams.lag import GroupLag
+    from streams.settings import secret
     from streams.topics import ensure_internal_topics
-    from streams.web import serve
+    from streams.web import TOKEN_SECRET, serve
 
     settings = _settings()
     logging.basicConfig(
@@ -130,6 +131,7 @@ def worker() -> None:
         settings.web_bind,
         settings.web_port,
         {"identifiers": views.identifier, "contacts": views.contact},
+        secret(TOKEN_SECRET),
     )
     GroupLag(settings, settings.app_id, list(engine.routes)).start()
     signal.signal(signal.SIGTERM, engine.stop)
@@ -213,9 +215,15 @@ def import_file(file: Path, source: str, system: str, report: Path | None) -> No
     if summary.report is not None:
         click.echo(f"rejected rows and their reasons: {summary.report}")
     if summary.undelivered:
-        for line in summary.undelivered[:10]:
+        for line in summary.undelivered[:20]:
             click.echo(f"  not written: {line}", err=True)
-        raise click.ClickException(f"{len(summary.undelivered)} events could not be written")
+        more = len(summary.undelivered) - 20
+        if more > 0:
+            click.echo(f"  ... and {more} more", err=True)
+        raise click.ClickException(
+            f"{len(summary.undelivered)} rows were not written to Kafka: import the "
+            "file again once it is reachable (rows already written are not duplicated)"
+        )
 
 
 @main.command()
@@ -338,7 +346,7 @@ def explain(who: str, worker_url: str | None) -> None:
 
     try:
         click.echo(explain_contact(_settings(), who, worker_url))
-    except (NotFound, ConnectionError) as exc:
+    except (NotFound, ConnectionError, PermissionError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

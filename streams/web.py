@@ -1,8 +1,13 @@
 """A worker's web endpoint: ``/metrics`` for Prometheus, and read-only JSON views
-(``/<view>/<key>``) of its tables, served from a thread of its own."""
+(``/<view>/<key>``) of its tables, served from a thread of its own.
+
+The views hold contacts' personal data: each request must carry ``Authorization: Bearer
+<token>`` (the token from SWITCHBOARD_SECRET_VIEWS_TOKEN); without a token configured
+the views are off. ``/metrics`` holds no personal data and stays open to the scraper."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 import urllib.parse
@@ -12,10 +17,19 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from streams.settings import secret_env
+
 View = Callable[[str], dict[str, Any]]
 
 
-def serve(bind: str, port: int, views: Mapping[str, View]) -> ThreadingHTTPServer:
+TOKEN_SECRET = "views_token"
+
+
+def serve(
+    bind: str, port: int, views: Mapping[str, View], token: str | None
+) -> ThreadingHTTPServer:
+    expected = f"Bearer {token}".encode() if token else None
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = urllib.parse.urlsplit(self.path).path
@@ -25,13 +39,27 @@ def serve(bind: str, port: int, views: Mapping[str, View]) -> ThreadingHTTPServe
             name, _, key = path.strip("/").partition("/")
             view = views.get(name)
             if view is None or not key:
-                self._answer(404, b'{"error": "not found"}', "application/json")
+                self._json(404, {"error": "not found"})
                 return
-            body = json.dumps(view(urllib.parse.unquote(key)), default=str).encode()
-            self._answer(200, body, "application/json")
+            if expected is None:
+                self._json(403, {"error": f"views are off: set {secret_env(TOKEN_SECRET)}"})
+                return
+            given = self.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                self._json(401, {"error": "a bearer token is required"}, bearer=True)
+                return
+            self._json(200, view(urllib.parse.unquote(key)))
 
-        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+        def _json(self, status: int, found: dict[str, Any], bearer: bool = False) -> None:
+            body = json.dumps(found, default=str).encode()
+            self._answer(status, body, "application/json", bearer)
+
+        def _answer(
+            self, status: int, body: bytes, content_type: str, bearer: bool = False
+        ) -> None:
             self.send_response(status)
+            if bearer:
+                self.send_header("WWW-Authenticate", 'Bearer realm="switchboard"')
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

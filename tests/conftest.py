@@ -19,8 +19,11 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from streams.serde import registry_client
-from streams.settings import Settings
-from tests.kafka_helpers import delete_topics
+from streams.settings import Settings, secret_env
+from streams.web import TOKEN_SECRET
+from tests.kafka_helpers import VIEWS_TOKEN, delete_topics
+
+os.environ[secret_env(TOKEN_SECRET)] = VIEWS_TOKEN  # for explain(), run in-process
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_IMAGE = "apicurio/apicurio-registry:3.3.3"

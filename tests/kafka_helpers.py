@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient
 
 from streams.kafka import producer_config, read_topic
 from streams.settings import Settings, secret_env
+from streams.web import TOKEN_SECRET
 
 
 def producer(settings: Settings) -> Producer:
@@ -50,12 +51,18 @@ def consume(settings: Settings, topic: str, count: int, timeout: float = 30.0) -
     return found
 
 
+# The bearer token of the workers' contact views in every test process and the processes
+# they start (`switchboard explain` in-process reads it from os.environ: tests/conftest.py).
+VIEWS_TOKEN = "test-views-token-5b9c"
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
     for name, value in settings.model_dump().items():
         if value is not None:
             text = json.dumps(value) if isinstance(value, dict | list) else str(value)
             env[f"SWITCHBOARD_{name.upper()}"] = text
+    env[secret_env(TOKEN_SECRET)] = VIEWS_TOKEN
     return env
 
 

@@ -30,6 +30,7 @@ from connectors.sources.publisher import Publisher
 from connectors.sources.registry import SOURCES
 from streams.cli import main
 from streams.settings import Settings, secret_env
+from streams.web import TOKEN_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DOCKERFILE = ROOT / "infra" / "docker" / "Dockerfile"
@@ -383,7 +384,10 @@ def test_the_secret_template_names_every_secret_and_holds_none() -> None:
         assert refs == {
             "gateway": ["switchboard-gateway-secrets"],
             "sink": ["switchboard-sink-secrets"],
+            "worker": ["switchboard-worker-secrets"],
         }.get(component(workload), []), workload["metadata"]["name"]
+    worker = named("Secret", "switchboard-worker-secrets")["stringData"]
+    assert worker == {secret_env(TOKEN_SECRET): ""}
 
 
 QUANTITY = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?")
