@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -19,6 +19,8 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV = "SWITCHBOARD_CONFIG"
+# Field-service systems a jobs webhook may name (besides "fieldservice", the default).
+DEFAULT_JOB_SYSTEMS = ("servicetitan", "jobber", "housecall_pro", "fieldedge")
 
 
 def secret_env(name: str) -> str:
@@ -111,12 +113,31 @@ class Settings(BaseSettings):
     gateway_delivery_timeout_ms: int = Field(
         10_000, ge=100, description="How long a webhook waits for Kafka before a 503."
     )
+    max_event_skew_s: float = Field(
+        300.0,
+        ge=0,
+        description="The gateway refuses (400) an event dated more than this after it "
+        "arrived: a future time would start timers no later event could stop.",
+    )
+    job_systems: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]] = Field(
+        default_factory=lambda: list(DEFAULT_JOB_SYSTEMS),
+        description="Field-service systems a jobs webhook may name in `system` (a metric "
+        "label and event-id namespace), besides the default 'fieldservice'; never another "
+        "source's name.",
+    )
 
     sink_batch_size: int = Field(
         500, ge=1, description="Records a sink consumes, delivers and commits at a time."
     )
     sink_max_attempts: int = Field(
         8, ge=1, description="Attempts per record before it is dead-lettered (pauses excluded)."
+    )
+    sink_max_retry_s: float = Field(
+        900.0,
+        gt=0,
+        description="The longest a record is retried, from its first retryable failure, "
+        "before it is dead-lettered, whatever the circuit breaker does (an outage longer "
+        "than this dead-letters what waits; `switchboard dlq replay` sends it again).",
     )
     sink_backoff_base_s: float = Field(0.5, gt=0, description="First retry waits up to this.")
     sink_backoff_cap_s: float = Field(

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from connectors.sources import canonical, identity, signatures
-from connectors.sources.base import Event, Source, WebhookRequest, validated
+from connectors.sources.base import Event, Source, Time, WebhookRequest, validated
 
 SYSTEM = "calendly"
 TOLERANCE_S = 180
@@ -24,8 +24,8 @@ class Membership(BaseModel):
 class ScheduledEvent(BaseModel):
     uri: str
     name: str | None = None
-    start_time: datetime
-    end_time: datetime | None = None
+    start_time: Time
+    end_time: Time | None = None
     location: dict[str, Any] | None = None
     event_memberships: list[Membership] = Field(default_factory=list)
 
@@ -49,7 +49,7 @@ class Invitee(BaseModel):
 
 class Webhook(BaseModel):
     event: str
-    created_at: datetime
+    created_at: Time
     payload: Invitee
 
 
@@ -124,4 +124,5 @@ SOURCE = Source(
     description="Calendly invitee.created / invitee.canceled",
     verify=verify,
     parse=parse,
+    time_field="created_at",
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from connectors.sources.base import Event
+from connectors.sources.base import Event, Rejected
 
 
 def event(
@@ -47,9 +47,38 @@ def profile_of(origin: str, *, name: str | None = None, **fields: str | None) ->
     return {k: {"value": v, "origin": origin} for k, v in values.items()}
 
 
-def from_unix(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
+def from_unix(seconds: float, *, field: str) -> datetime:
+    """``seconds`` since the epoch as a UTC time; Rejected naming ``field`` when it is no
+    time a datetime can hold (NaN, infinite, or beyond year 9999)."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, ValueError, OSError):
+        raise Rejected(f"field {field}: {seconds!r} is not a Unix time", field=field) from None
 
 
-def from_unix_ms(millis: int) -> datetime:
-    return datetime.fromtimestamp(millis / 1000, UTC)
+def from_unix_ms(millis: int, *, field: str) -> datetime:
+    try:
+        return datetime.fromtimestamp(millis / 1000, UTC)
+    except (OverflowError, ValueError, OSError):
+        raise Rejected(f"field {field}: {millis!r} is not a Unix time in ms", field=field) from None
+
+
+# No event of any source predates this: an earlier time is a default or a unit mistake.
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def check_event_time(when: datetime, received: datetime, *, field: str, max_skew_s: float) -> None:
+    """Rejected naming ``field`` unless ``when`` has a time zone and lies between
+    EARLIEST_EVENT_TIME and ``max_skew_s`` after ``received``: a time far in the future
+    would start clocks (SLA timers, decay) that no later event could stop."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise Rejected(f"field {field}: {when.isoformat()} has no time zone", field=field)
+    if when < EARLIEST_EVENT_TIME:
+        raise Rejected(f"field {field}: {when.isoformat()} is before the year 2000", field=field)
+    ahead = (when - received).total_seconds()
+    if ahead > max_skew_s:
+        raise Rejected(
+            f"field {field}: {when.isoformat()} is {ahead:.0f}s ahead of the gateway's clock "
+            f"(max_event_skew_s is {max_skew_s:g})",
+            field=field,
+        )

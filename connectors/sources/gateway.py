@@ -2,10 +2,16 @@
 
 For each request, in order: the body is read up to the size limit (413 past it), the
 provider's signature is checked (401, and nothing is written), the payload is mapped
-to canonical events (400 naming the field), and the events are written to Kafka with
-acks=all before the answer (503 with Retry-After when Kafka cannot take them, so the
-provider retries). Every 400 and 413 also goes to the dead-letter topic with the raw
-request, its source and the reason."""
+to canonical events and every one of them checked (400 naming the field), and only then
+are the events written to Kafka with acks=all before the answer (503 with Retry-After
+when Kafka cannot take them, so the provider retries). Every 400 after the signature
+held also goes to the dead-letter topic with the raw request (and only the headers of
+STORED_HEADERS: never a credential), its source and the reason. Nothing unauthenticated
+is stored: a body over the limit cannot be verified, so a 413 is only counted.
+
+No input answers 500: providers retry a 5xx until they disable the endpoint, so a
+mapping that fails unexpectedly is a 400 dead letter naming the error, and a signature
+check that does is a 401."""
 
 from __future__ import annotations
 
@@ -19,10 +25,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from connectors.sources.base import Rejected, SignatureRejected, WebhookRequest
+from connectors.sources.base import Event, Rejected, SignatureRejected, Source, WebhookRequest
+from connectors.sources.canonical import check_event_time
 from connectors.sources.identity import strongest_key
 from connectors.sources.publisher import Publisher, PublishFailed
-from connectors.sources.registry import SOURCES
+from connectors.sources.registry import SOURCES, configured
 from streams import metrics
 from streams.dlq import dead_letter
 from streams.serde import SchemaViolation
@@ -40,8 +47,11 @@ REJECTION_REASONS = (
     "kafka_unavailable",
 )
 RETRY_AFTER_S = 30
-# What of an oversized body is kept in the dead letter: enough to see what it was.
-OVERSIZED_KEPT_BYTES = 64 * 1024
+# The request headers a dead letter keeps (an allow-list: a provider's shared secret,
+# cookies or signatures that could be replayed are never stored).
+STORED_HEADERS = frozenset({"content-type", "content-length", "user-agent", "x-request-id"})
+# An error message that quotes the input is cut to this many characters.
+MAX_REASON_CHARS = 1000
 
 PUBLISHER = web.AppKey("publisher", Publisher)
 
@@ -64,6 +74,7 @@ def create_gateway(
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     limit = settings.gateway_max_body_bytes
+    sources = configured(settings)
     declare_sources(sorted(secrets), clock())
 
     async def webhook(request: web.Request) -> web.Response:
@@ -76,7 +87,7 @@ def create_gateway(
         return response
 
     async def _handle(request: web.Request, name: str) -> web.Response:
-        source = SOURCES.get(name)
+        source = sources.get(name)
         if source is None:
             return _error(404, f"no source named {name!r}; have: {', '.join(sorted(SOURCES))}")
         secret = secrets.get(name)
@@ -85,11 +96,14 @@ def create_gateway(
         received = datetime.now(UTC)
 
         body, complete = await _read_limited(request, limit)
-        if not complete:
+        if not complete:  # unverifiable, so not stored: counted, and answered
             declared = request.content_length
             size = f"{declared} bytes" if declared is not None else f"more than {limit} bytes"
-            reason = f"body of {size} exceeds the {limit}-byte limit"
-            return await _reject(name, 413, "too_large", reason, body, request)
+            metrics.SOURCE_REJECTED.labels(source=name, reason="too_large").inc()
+            return web.json_response(
+                {"error": f"body of {size} exceeds the {limit}-byte limit", "limit_bytes": limit},
+                status=413,
+            )
 
         webhook_request = WebhookRequest(
             body=body,
@@ -102,18 +116,31 @@ def create_gateway(
         except SignatureRejected as exc:
             metrics.SOURCE_REJECTED.labels(source=name, reason=exc.reason).inc()
             return _error(401, str(exc))
+        except Exception as exc:  # unverifiable is unauthenticated: 401, never stored
+            if not isinstance(exc, Rejected):  # a bug to fix, not only bad input
+                log.warning("%s: signature check failed on the input", name, exc_info=True)
+            metrics.SOURCE_REJECTED.labels(source=name, reason="bad_signature").inc()
+            why = str(exc) if isinstance(exc, Rejected) else type(exc).__name__
+            return _error(401, _scrubbed(f"signature could not be checked: {why}", secret))
 
+        # Everything is mapped and checked before anything is published: a request is
+        # all accepted or all refused, so a provider's retry never half-duplicates.
         try:
-            events = source.parse(webhook_request, received)
-            keyed = [(strongest_key(event["identity"]), event) for event in events]
+            keyed = _mapped(source, webhook_request, received, settings.max_event_skew_s)
         except Rejected as exc:
-            return await _reject(name, exc.status, exc.reason, str(exc), body, request, exc.field)
+            message = _scrubbed(str(exc), secret)
+            return await _reject(name, exc.status, exc.reason, message, body, request, exc.field)
+        except Exception as exc:
+            log.warning("%s: mapping failed on the input", name, exc_info=True)
+            message = _scrubbed(f"payload could not be mapped: {type(exc).__name__}: {exc}", secret)
+            return await _reject(name, 400, "invalid_payload", message, body, request)
 
         try:
             with metrics.SOURCE_PUBLISH_SECONDS.labels(source=name).time():
                 await request.app[PUBLISHER].publish_events(keyed)
         except SchemaViolation as exc:
-            return await _reject(name, 400, "invalid_payload", str(exc), body, request)
+            message = _scrubbed(str(exc), secret)
+            return await _reject(name, 400, "invalid_payload", message, body, request)
         except PublishFailed as exc:
             log.warning("%s: Kafka unavailable, answering 503: %s", name, exc)
             metrics.SOURCE_REJECTED.labels(source=name, reason="kafka_unavailable").inc()
@@ -139,8 +166,11 @@ def create_gateway(
     ) -> web.Response:
         """Answer ``status`` after the raw request is safely in the dead-letter topic."""
         metrics.SOURCE_REJECTED.labels(source=name, reason=reason).inc()
+        # aiohttp keeps a header's undecodable bytes as surrogates: store the bytes sent.
         headers = {
-            k: v.encode() for k, v in request.headers.items() if k.lower() != "authorization"
+            k: v.encode("utf-8", "surrogateescape")
+            for k, v in request.headers.items()
+            if k.lower() in STORED_HEADERS
         }
         letter = dead_letter(
             stage=STAGE, error=message, error_type=reason, value=body, source=name, headers=headers
@@ -154,8 +184,6 @@ def create_gateway(
         body_json: dict[str, Any] = {"error": message}
         if field is not None:
             body_json["field"] = field
-        if status == 413:
-            body_json["limit_bytes"] = limit
         return web.json_response(body_json, status=status)
 
     async def metrics_page(_request: web.Request) -> web.Response:
@@ -173,6 +201,35 @@ def create_gateway(
     return app
 
 
+def _mapped(
+    source: Source, request: WebhookRequest, received: datetime, max_skew_s: float
+) -> list[tuple[bytes, Event]]:
+    """Every event of the request with its key, or Rejected for the first bad one."""
+    events = source.parse(request, received)
+    for event in events:
+        try:
+            check_event_time(
+                event["event_time"], received, field=source.time_field, max_skew_s=max_skew_s
+            )
+        except Rejected as exc:
+            if len(events) == 1:
+                raise
+            raise Rejected(f"event {event['event_id']}: {exc}", field=exc.field) from None
+    return [(strongest_key(event["identity"]), event) for event in events]
+
+
+def _scrubbed(message: str, secret: bytes) -> str:
+    """``message`` fit for a response and a dead letter: never the source's secret (Vapi
+    sends it as a header), no lone surrogate (it could not be encoded), not too long."""
+    text = secret.decode(errors="replace")
+    if text:
+        message = message.replace(text, "[secret]")
+    message = message.encode("utf-8", "backslashreplace").decode()
+    if len(message) > MAX_REASON_CHARS:
+        message = message[: MAX_REASON_CHARS - 3] + "..."
+    return message
+
+
 def declare_sources(served: list[str], now: float) -> None:
     """The served sources' series, at zero, and their silence counted from ``now``."""
     metrics.declare(
@@ -186,15 +243,15 @@ def declare_sources(served: list[str], now: float) -> None:
 
 
 async def _read_limited(request: web.Request, limit: int) -> tuple[bytes, bool]:
-    """(body, True), or (its first bytes, False) when it is over ``limit``."""
+    """(body, True), or (b"", False) as soon as it is known to be over ``limit``."""
     if request.content_length is not None and request.content_length > limit:
-        return await request.content.read(OVERSIZED_KEPT_BYTES), False
+        return b"", False
     chunks, size = [], 0
     async for chunk in request.content.iter_chunked(64 * 1024):
         chunks.append(chunk)
         size += len(chunk)
         if size > limit:
-            return b"".join(chunks)[:OVERSIZED_KEPT_BYTES], False
+            return b"", False
     return b"".join(chunks), True
 
 

@@ -5,14 +5,18 @@ Both are signed like Stripe: ``X-Switchboard-Signature: t=<unix>,v1=<hex HMAC-SH
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from pydantic import BaseModel, Field
 
 from connectors.sources import canonical, identity, signatures
-from connectors.sources.base import Event, Source, WebhookRequest, validated
+from connectors.sources.base import Event, Rejected, Source, Time, WebhookRequest, validated
+from streams.settings import DEFAULT_JOB_SYSTEMS
 
 HEADER = "X-Switchboard-Signature"
+# A job's ``system`` when the payload names none.
+JOBS_SYSTEM = "fieldservice"
 
 
 def verify(request: WebhookRequest, secret: bytes, now: float) -> None:
@@ -26,7 +30,7 @@ class FormSubmission(BaseModel):
 
     submission_id: str
     form_id: str
-    submitted_at: datetime
+    submitted_at: Time
     form_name: str | None = None
     page_url: str | None = None
     email: str | None = None
@@ -63,8 +67,8 @@ class Job(BaseModel):
     status: str
     previous_status: str | None = None
     technician: str | None = None
-    scheduled_for: datetime | None = None
-    completed_at: datetime | None = None
+    scheduled_for: Time | None = None
+    completed_at: Time | None = None
 
 
 class JobCustomer(BaseModel):
@@ -81,14 +85,18 @@ class JobEvent(BaseModel):
     """POST /webhooks/jobs: a job was created, changed status or was completed."""
 
     event_id: str
-    occurred_at: datetime
+    occurred_at: Time
     job: Job
     customer: JobCustomer
-    system: str = "fieldservice"
+    system: str = JOBS_SYSTEM
 
 
-def parse_job(request: WebhookRequest, received: datetime) -> list[Event]:
+def parse_job(
+    request: WebhookRequest, received: datetime, systems: frozenset[str] = frozenset()
+) -> list[Event]:
+    """``systems``: the job systems a payload may name besides JOBS_SYSTEM."""
     hook = validated(JobEvent, request.json())
+    _check_system(hook.system, systems)
     job, customer = hook.job, hook.customer
     return [
         canonical.event(
@@ -120,17 +128,45 @@ def parse_job(request: WebhookRequest, received: datetime) -> list[Event]:
     ]
 
 
+def _check_system(system: str, systems: frozenset[str]) -> None:
+    # ``system`` is a metric label, an external-id key and the event id's namespace:
+    # only configured names (never another source's, see jobs_source) may be used.
+    if system != JOBS_SYSTEM and system not in systems:
+        shown = system if len(system) <= 40 else system[:40] + "..."
+        allowed = ", ".join(sorted({JOBS_SYSTEM, *systems}))
+        raise Rejected(
+            f"field system: {shown!r} is not a configured job system (job_systems: {allowed})",
+            field="system",
+        )
+
+
+def jobs_source(systems: Iterable[str], reserved: Iterable[str] = ()) -> Source:
+    """The jobs source accepting ``systems``; ValueError if one is ``reserved`` (another
+    source's name or system: a job named "stripe" would dedupe against Stripe's events)."""
+    allowed = frozenset(systems)
+    clashing = sorted(allowed & set(reserved))
+    if clashing:
+        raise ValueError(f"job_systems may not name another source: {', '.join(clashing)}")
+
+    def parse(request: WebhookRequest, received: datetime) -> list[Event]:
+        return parse_job(request, received, allowed)
+
+    return Source(
+        name="jobs",
+        system=JOBS_SYSTEM,
+        description="field-service job created / status changed / completed (Switchboard format)",
+        verify=verify,
+        parse=parse,
+        time_field="occurred_at",
+    )
+
+
 FORMS = Source(
     name="forms",
     system="webform",
     description="generic web-form submission (Switchboard format)",
     verify=verify,
     parse=parse_form,
+    time_field="submitted_at",
 )
-JOBS = Source(
-    name="jobs",
-    system="fieldservice",
-    description="field-service job created / status changed / completed (Switchboard format)",
-    verify=verify,
-    parse=parse_job,
-)
+JOBS = jobs_source(DEFAULT_JOB_SYSTEMS)

@@ -64,7 +64,7 @@ PROFILE_PROPERTIES = {
 }
 
 
-def _contact(sub: Subscription, received: datetime) -> Event:
+def _contact(sub: Subscription, received: datetime, index: int) -> Event:
     name, value = sub.propertyName, sub.propertyValue
     properties = {name: value or ""} if name else {}
     field = PROFILE_PROPERTIES.get(name or "")
@@ -75,7 +75,7 @@ def _contact(sub: Subscription, received: datetime) -> Event:
         system=SYSTEM,
         provider_event_id=str(sub.eventId),
         event_type="CONTACT_UPDATED",
-        event_time=canonical.from_unix_ms(sub.occurredAt),
+        event_time=canonical.from_unix_ms(sub.occurredAt, field=f"{index}.occurredAt"),
         received=received,
         identity=identity.identity(
             crm_id=str(sub.objectId),
@@ -87,12 +87,12 @@ def _contact(sub: Subscription, received: datetime) -> Event:
     )
 
 
-def _deal_stage(sub: Subscription, received: datetime) -> Event:
+def _deal_stage(sub: Subscription, received: datetime, index: int) -> Event:
     return canonical.event(
         system=SYSTEM,
         provider_event_id=str(sub.eventId),
         event_type="DEAL_STAGE_CHANGED",
-        event_time=canonical.from_unix_ms(sub.occurredAt),
+        event_time=canonical.from_unix_ms(sub.occurredAt, field=f"{index}.occurredAt"),
         received=received,
         # A deal event names no contact; identity resolution links it by association.
         identity=identity.identity(external_ids={"hubspot_deal": str(sub.objectId)}),
@@ -109,11 +109,11 @@ def _deal_stage(sub: Subscription, received: datetime) -> Event:
 
 def parse(request: WebhookRequest, received: datetime) -> list[Event]:
     events = []
-    for sub in validated(Batch, request.json()).root:
+    for index, sub in enumerate(validated(Batch, request.json()).root):
         if sub.subscriptionType in ("contact.creation", "contact.propertyChange"):
-            events.append(_contact(sub, received))
+            events.append(_contact(sub, received, index))
         elif sub.subscriptionType == "deal.propertyChange" and sub.propertyName == "dealstage":
-            events.append(_deal_stage(sub, received))
+            events.append(_deal_stage(sub, received, index))
     return events
 
 
@@ -123,4 +123,5 @@ SOURCE = Source(
     description="HubSpot contact/deal change webhooks (v3 signature)",
     verify=verify,
     parse=parse,
+    time_field="occurredAt",
 )

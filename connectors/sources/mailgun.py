@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, FiniteFloat
 
 from connectors.sources import canonical, identity, signatures
 from connectors.sources.base import (
@@ -36,7 +36,7 @@ class Message(BaseModel):
 class EventData(BaseModel):
     id: str
     event: str
-    timestamp: float
+    timestamp: FiniteFloat
     recipient: str
     severity: str | None = None
     reason: str | None = None
@@ -52,7 +52,7 @@ class EventWebhook(BaseModel):
 
 
 def verify_event(request: WebhookRequest, secret: bytes, now: float) -> None:
-    body = request.json()
+    body = request.json(strict=False)  # a bad field is parse's to name, once signed
     sig = body.get("signature") if isinstance(body, dict) else None
     if not isinstance(sig, dict):
         raise SignatureRejected("missing signature object", field="signature")
@@ -107,7 +107,7 @@ def parse_event(request: WebhookRequest, received: datetime) -> list[Event]:
             system=SYSTEM,
             provider_event_id=data.id,
             event_type=event_type,
-            event_time=canonical.from_unix(data.timestamp),
+            event_time=canonical.from_unix(data.timestamp, field="event-data.timestamp"),
             received=received,
             identity=identity.identity(email_address=data.recipient),
             payload=payload,
@@ -118,7 +118,7 @@ def parse_event(request: WebhookRequest, received: datetime) -> list[Event]:
 class InboundMail(BaseModel):
     sender: str
     recipient: str
-    timestamp: str
+    timestamp: FiniteFloat  # the signature check reads the form's own text
     token: str
     signature: str
     subject: str | None = None
@@ -128,7 +128,7 @@ class InboundMail(BaseModel):
 
 
 def verify_inbound(request: WebhookRequest, secret: bytes, now: float) -> None:
-    form = request.form_fields()
+    form = request.form_fields(strict=False)  # a bad field is parse's to name, once signed
     signatures.mailgun(
         form.get("timestamp", ""), form.get("token", ""), form.get("signature", ""), secret, now
     )
@@ -142,7 +142,7 @@ def parse_inbound(request: WebhookRequest, received: datetime) -> list[Event]:
             system=SYSTEM,
             provider_event_id=f"inbound:{mail.message_id}",
             event_type="EMAIL_REPLIED",
-            event_time=canonical.from_unix(float(mail.timestamp)),
+            event_time=canonical.from_unix(mail.timestamp, field="timestamp"),
             received=received,
             identity=identity.identity(email_address=mail.sender),
             payload={
@@ -161,6 +161,7 @@ EVENTS = Source(
     description="Mailgun delivered/opened/clicked/failed/unsubscribed/complained",
     verify=verify_event,
     parse=parse_event,
+    time_field="event-data.timestamp",
 )
 INBOUND = Source(
     name="mailgun-inbound",
@@ -168,4 +169,5 @@ INBOUND = Source(
     description="Mailgun route forwarding an inbound reply",
     verify=verify_inbound,
     parse=parse_inbound,
+    time_field="timestamp",
 )

@@ -22,14 +22,29 @@ def _fresh(timestamp: float, now: float, tolerance: float) -> None:
         )
 
 
+# Plausible Unix times in seconds or milliseconds have at most this many digits; a longer
+# one would overflow a float (and is no time anyway).
+MAX_TIMESTAMP_DIGITS = 16
+
+
+def _unix_time(value: str, what: str) -> int:
+    """``value`` as an integer Unix time, or SignatureRejected: only ASCII digits, and few
+    enough that the arithmetic on it cannot overflow."""
+    if not (value.isascii() and value.isdigit() and len(value) <= MAX_TIMESTAMP_DIGITS):
+        shown = value if len(value) <= 24 else value[:20] + "..."
+        raise SignatureRejected(f"{what} {shown!r} is not a number")
+    return int(value)
+
+
+def _bytes(value: bytes | str) -> bytes:
+    # Header values may carry undecodable bytes as lone surrogates (aiohttp decodes them
+    # with surrogateescape); surrogatepass keeps them, so they never match, nor raise.
+    return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+
+
 def _matches(expected: bytes | str, candidates: list[str] | list[bytes]) -> bool:
-    expected_bytes = expected.encode() if isinstance(expected, str) else expected
-    return any(
-        hmac.compare_digest(
-            expected_bytes, candidate.encode() if isinstance(candidate, str) else candidate
-        )
-        for candidate in candidates
-    )
+    expected_bytes = _bytes(expected)
+    return any(hmac.compare_digest(expected_bytes, _bytes(c)) for c in candidates)
 
 
 def timestamped_hmac(
@@ -44,10 +59,7 @@ def timestamped_hmac(
         parts.setdefault(name, []).append(value)
     if "t" not in parts or "v1" not in parts:
         raise SignatureRejected("signature header lacks t= or v1=")
-    try:
-        timestamp = int(parts["t"][0])
-    except ValueError:
-        raise SignatureRejected(f"signature timestamp {parts['t'][0]!r} is not a number") from None
+    timestamp = _unix_time(parts["t"][0], "signature timestamp")
     _fresh(timestamp, now, tolerance)
     expected = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
     if not _matches(expected, parts["v1"]):
@@ -69,7 +81,7 @@ def twilio(url: str, params: dict[str, str], header_value: str, auth_token: byte
 
 def sign_twilio(url: str, params: dict[str, str], auth_token: bytes) -> str:
     data = url + "".join(f"{k}{params[k]}" for k in sorted(params))
-    return base64.b64encode(hmac.new(auth_token, data.encode(), hashlib.sha1).digest()).decode()
+    return base64.b64encode(hmac.new(auth_token, _bytes(data), hashlib.sha1).digest()).decode()
 
 
 def hubspot_v3(
@@ -83,19 +95,14 @@ def hubspot_v3(
 ) -> None:
     """``X-HubSpot-Signature-v3``: base64 HMAC-SHA256 of method + URL + body + the
     ``X-HubSpot-Request-Timestamp`` (ms), which must be under five minutes old."""
-    try:
-        timestamp = int(timestamp_ms) / 1000
-    except ValueError:
-        raise SignatureRejected(
-            f"X-HubSpot-Request-Timestamp {timestamp_ms!r} is not a number"
-        ) from None
+    timestamp = _unix_time(timestamp_ms, "X-HubSpot-Request-Timestamp") / 1000
     _fresh(timestamp, now, DEFAULT_TOLERANCE_S)
     if not _matches(sign_hubspot_v3(method, url, body, timestamp_ms, secret), [header_value]):
         raise SignatureRejected("X-HubSpot-Signature-v3 does not match the request")
 
 
 def sign_hubspot_v3(method: str, url: str, body: bytes, timestamp_ms: str, secret: bytes) -> str:
-    data = method.encode() + url.encode() + body + timestamp_ms.encode()
+    data = _bytes(method) + _bytes(url) + body + _bytes(timestamp_ms)
     return base64.b64encode(hmac.new(secret, data, hashlib.sha256).digest()).decode()
 
 
@@ -111,19 +118,16 @@ def sign_typeform(body: bytes, secret: bytes) -> str:
 
 def mailgun(timestamp: str, token: str, signature: str, signing_key: bytes, now: float) -> None:
     """Mailgun's ``signature`` object (or form fields): hex HMAC-SHA256 of timestamp + token."""
-    try:
-        _fresh(int(timestamp), now, DEFAULT_TOLERANCE_S)
-    except ValueError:
-        raise SignatureRejected(f"signature timestamp {timestamp!r} is not a number") from None
+    _fresh(_unix_time(timestamp, "signature timestamp"), now, DEFAULT_TOLERANCE_S)
     if not _matches(sign_mailgun(timestamp, token, signing_key), [signature]):
         raise SignatureRejected("Mailgun signature does not match timestamp and token")
 
 
 def sign_mailgun(timestamp: str, token: str, signing_key: bytes) -> str:
-    return hmac.new(signing_key, (timestamp + token).encode(), hashlib.sha256).hexdigest()
+    return hmac.new(signing_key, _bytes(timestamp + token), hashlib.sha256).hexdigest()
 
 
 def shared_secret(header_value: str, secret: bytes) -> None:
     """A header that carries the secret itself (Vapi's ``X-Vapi-Secret``)."""
-    if not _matches(secret, [header_value.encode()]):
+    if not _matches(secret, [header_value]):
         raise SignatureRejected("shared-secret header does not match")

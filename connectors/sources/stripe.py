@@ -117,7 +117,7 @@ def parse(request: WebhookRequest, received: datetime) -> list[Event]:
     common: dict[str, Any] = {
         "system": SYSTEM,
         "provider_event_id": event.id,
-        "event_time": canonical.from_unix(event.created),
+        "event_time": canonical.from_unix(event.created, field="created"),
         "received": received,
     }
     if event.type == "invoice.paid":
@@ -189,4 +189,5 @@ SOURCE = Source(
     description="Stripe invoice.paid, payment_intent.succeeded, checkout.session.completed",
     verify=verify,
     parse=parse,
+    time_field="created",
 )

@@ -6,7 +6,7 @@ outbound ones (a rep calling out)."""
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from pydantic import BaseModel
@@ -34,7 +34,11 @@ class StatusCallback(BaseModel):
 
 def verify(request: WebhookRequest, secret: bytes, now: float) -> None:
     signatures.twilio(
-        request.url, request.form_fields(), request.header("X-Twilio-Signature"), secret
+        # Lenient: a field that is not text cannot match the signature, so it fails here.
+        request.url,
+        request.form_fields(strict=False),
+        request.header("X-Twilio-Signature"),
+        secret,
     )
 
 
@@ -46,8 +50,10 @@ def parse(request: WebhookRequest, received: datetime) -> list[Event]:
     contact_number = call.From if inbound else call.To
     event_time = received
     if call.Timestamp:
-        with contextlib.suppress(TypeError, ValueError):
+        with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
             event_time = parsedate_to_datetime(call.Timestamp)
+        if event_time.tzinfo is None:  # "-0000": RFC 5322's UTC with no local zone known
+            event_time = event_time.replace(tzinfo=UTC)
     return [
         canonical.event(
             system=SYSTEM,
@@ -81,4 +87,5 @@ SOURCE = Source(
     description="Twilio Voice status callbacks",
     verify=verify,
     parse=parse,
+    time_field="Timestamp",
 )

@@ -7,10 +7,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, FiniteFloat
 
 from connectors.sources import canonical, identity, signatures
-from connectors.sources.base import Event, Source, WebhookRequest, validated
+from connectors.sources.base import Event, Source, Time, WebhookRequest, validated
 
 SYSTEM = "typeform"
 
@@ -28,7 +28,7 @@ class Answer(BaseModel):
     email: str | None = None
     phone_number: str | None = None
     url: str | None = None
-    number: float | None = None
+    number: FiniteFloat | None = None
     boolean: bool | None = None
     date: str | None = None
     choice: dict[str, Any] | None = None
@@ -57,7 +57,7 @@ class Definition(BaseModel):
 class FormResponse(BaseModel):
     form_id: str
     token: str
-    submitted_at: datetime
+    submitted_at: Time
     definition: Definition = Field(default_factory=Definition)
     answers: list[Answer] = Field(default_factory=list)
     hidden: dict[str, str] = Field(default_factory=dict)
@@ -110,4 +110,5 @@ SOURCE = Source(
     description="Typeform form_response",
     verify=verify,
     parse=parse,
+    time_field="form_response.submitted_at",
 )

@@ -8,10 +8,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, FiniteFloat
 
 from connectors.sources import canonical, identity, signatures
-from connectors.sources.base import Event, Source, WebhookRequest, validated
+from connectors.sources.base import Event, Source, Time, WebhookRequest, validated
 
 SYSTEM = "vapi"
 # Vapi's endedReason values that mean nobody talked to the assistant.
@@ -47,9 +47,9 @@ class EndOfCallReport(BaseModel):
     type: str
     call: Call
     endedReason: str | None = None
-    startedAt: datetime | None = None
-    endedAt: datetime | None = None
-    durationSeconds: float | None = None
+    startedAt: Time | None = None
+    endedAt: Time | None = None
+    durationSeconds: FiniteFloat | None = None
     recordingUrl: str | None = None  # older reports; newer ones carry artifact.recordingUrl
     artifact: Artifact = Field(default_factory=Artifact)
     customer: Customer | None = None  # the report's copy of call.customer
@@ -149,4 +149,5 @@ SOURCE = Source(
     description="Vapi end-of-call-report",
     verify=verify,
     parse=parse,
+    time_field="message.endedAt",
 )

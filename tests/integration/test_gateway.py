@@ -412,7 +412,28 @@ def test_malformed_json_is_400_and_dead_lettered(gateway: Gateway) -> None:
     assert letter["source"] == "forms"
     assert letter["error_type"] == "malformed_body"
     assert letter["reason"] == answer.body["error"]
-    assert "x-switchboard-signature" in {k.lower() for k in letter["original_headers"]}
+    assert letter["original_headers"]["Content-Type"] == b"application/json"
+
+
+def test_a_dead_letter_keeps_no_secret_cookie_or_signature(gateway: Gateway) -> None:
+    """Issue 20, item 9: Vapi's shared secret arrives as a header of every request; a
+    dead letter keeps an allow-list of headers, not everything but Authorization."""
+    body = b'{"message": {"type": "end-of-call-report", "call": '
+    url = gateway.url("vapi")
+    signed_body, headers = signed("vapi", body, url, None)
+    cookie = "session=sb-8f2e0c; csrftoken=41ab"
+    answer = post(
+        url,
+        signed_body,
+        {**headers, "Cookie": cookie, "Authorization": "Bearer abc", "X-Request-Id": "req-7"},
+    )
+    assert answer.status == 400
+    letter = dead_letter_for(gateway, body)
+    stored = {k.lower(): v for k, v in letter["original_headers"].items()}
+    assert stored["x-request-id"] == b"req-7"
+    assert not {"x-vapi-secret", "cookie", "authorization"} & stored.keys()
+    everything = repr(letter).encode()
+    assert SECRETS["vapi"].encode() not in everything and b"sb-8f2e0c" not in everything
 
 
 def test_a_missing_field_is_400_naming_it_and_dead_lettered(gateway: Gateway) -> None:
@@ -437,21 +458,35 @@ def test_an_unusable_identifier_is_400_naming_the_field(gateway: Gateway) -> Non
     assert "'not-an-address' is not an e-mail address" in answer.body["error"]
 
 
-def test_an_oversized_body_is_413_and_its_head_dead_lettered(gateway: Gateway) -> None:
+def test_an_oversized_body_is_413_counted_and_not_stored(gateway: Gateway) -> None:
+    """Issue 20, item 8: a body over the limit is never read whole, so never verified:
+    nothing of it may be stored, only counted."""
     limit = gateway.settings.gateway_max_body_bytes
     data = json.loads(fixture("forms_submission.json"))
     data["fields"]["message"] = "x" * (limit + 10)
     body = json.dumps(data).encode()
-    answer = gateway.send("forms", body)
-    assert answer.status == 413
-    assert answer.body == {
-        "error": f"body of {len(body)} bytes exceeds the {limit}-byte limit",
-        "limit_bytes": limit,
-    }
-    letters = [d for d in gateway.dead_letters_now() if d["error_type"] == "too_large"]
-    assert len(letters) == 1
-    assert body.startswith(letters[0]["original_value"])
-    assert len(letters[0]["original_value"]) == 64 * 1024
+    metric = 'switchboard_source_rejected_total{reason="too_large",source="forms"}'
+    before = rejected(gateway, metric)
+    for unsigned in (False, True):
+        url = gateway.url("forms")
+        answer = (
+            post(url, body, {"Content-Type": "application/json"})
+            if unsigned
+            else gateway.send("forms", body)
+        )
+        assert answer.status == 413
+        assert answer.body == {
+            "error": f"body of {len(body)} bytes exceeds the {limit}-byte limit",
+            "limit_bytes": limit,
+        }
+    assert [d for d in gateway.dead_letters_now() if d["error_type"] == "too_large"] == []
+    assert rejected(gateway, metric) == before + 2
+
+
+def rejected(gateway: Gateway, series: str) -> float:
+    body = get(f"http://127.0.0.1:{gateway.settings.gateway_port}/metrics")
+    found = [line.rsplit(" ", 1)[1] for line in body.splitlines() if line.startswith(series)]
+    return float(found[0]) if found else 0.0
 
 
 def test_an_unknown_or_disabled_source_is_404(gateway: Gateway) -> None:
