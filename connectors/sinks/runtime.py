@@ -54,6 +54,7 @@ class Limits:
 
     batch_size: int = 500
     max_attempts: int = 8
+    max_retry_s: float = 900.0
     backoff: Backoff = field(default_factory=Backoff)
     rate_per_s: float = 50.0
     burst: int = 10
@@ -66,6 +67,7 @@ class Limits:
         return cls(
             batch_size=settings.sink_batch_size,
             max_attempts=settings.sink_max_attempts,
+            max_retry_s=settings.sink_max_retry_s,
             backoff=Backoff(
                 settings.sink_backoff_base_s,
                 settings.sink_backoff_cap_s,
@@ -88,6 +90,7 @@ class Item:
     key: str  # the idempotency key
     contact: str
     attempts: int = 0
+    failing_since: float | None = None  # monotonic time of its first retryable failure
 
 
 @dataclass
@@ -243,10 +246,8 @@ class Sink:
         gate = self.gates[destination.name]
         while items:
             async with gate.call() as attempt:
-                # The half-open probe carries one record, the one tried least, and counts
-                # as its attempt: a record that always fails leaves after its budget even
-                # while the breaker is open, and an outage spends the waiting records'
-                # budgets evenly, one probe at a time.
+                # The half-open probe risks one record, the one tried least: the others
+                # wait for its answer.
                 probe = min(items, key=lambda i: i.attempts) if attempt.probe else None
                 calling = items if probe is None else [probe]
                 started = time.monotonic()
@@ -268,10 +269,11 @@ class Sink:
             retry: list[Item] = []
             wait = 0.0
             for item, outcome in zip(calling, outcomes, strict=True):
-                item.attempts += 1
+                if not attempt.probe:  # a probe tests the destination, not the record
+                    item.attempts += 1
                 if outcome is None:
                     delivered.append(item)
-                elif isinstance(outcome, Retryable) and item.attempts < self.limits.max_attempts:
+                elif isinstance(outcome, Retryable) and self._may_retry(item):
                     retry.append(item)
                     wait = max(wait, outcome.retry_after or 0.0)
                     log.info("%s: retrying %s: %s", destination.name, item.key, outcome)
@@ -285,6 +287,19 @@ class Sink:
                 await asyncio.sleep(self.limits.backoff.delay(attempts, wait or None))
             untried = [] if probe is None else [i for i in items if i is not probe]
             items = retry + untried  # one record per contact: their order does not matter
+
+    def _may_retry(self, item: Item) -> bool:
+        """Within the record's budget: attempts, and time since it began to fail. Probes
+        of an open breaker cost no attempt (the destination may be down: an outage delays
+        records rather than dead-lettering them), so the time is what ends the wait of a
+        record the destination answers "retry" for ever, and frees the batch behind it."""
+        now = time.monotonic()
+        if item.failing_since is None:
+            item.failing_since = now
+        return (
+            item.attempts < self.limits.max_attempts
+            and now - item.failing_since < self.limits.max_retry_s
+        )
 
     async def _delivered(self, destination: str, items: list[Item]) -> None:
         if self.ledger is not None:
@@ -324,11 +339,13 @@ class Sink:
 
     def _dead_letter(self, item: Item, error: DeliveryError, destination: str) -> None:
         kind = "Rejected" if isinstance(error, Rejected) else "RetryBudgetExhausted"
+        failing = 0.0 if item.failing_since is None else time.monotonic() - item.failing_since
         log.warning(
-            "%s: dead-lettering %s after %d attempts: %s",
+            "%s: dead-lettering %s after %d attempts over %.0f s: %s",
             destination,
             item.key,
             item.attempts,
+            failing,
             error,
         )
         metrics.SINK_DELIVERIES.labels(destination=destination, outcome="dead_lettered").inc()
