@@ -23,6 +23,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "enable.idempotence": True,
         "acks": "all",
         "partitioner": "murmur2_random",
+        "message.max.bytes": settings.kafka_max_message_bytes,
         # Uncompressed: events are small, and any consumer can read them.
         "log_level": 4,
     } | overrides

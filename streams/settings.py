@@ -19,6 +19,8 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV = "SWITCHBOARD_CONFIG"
+# What a dead letter adds to the bytes it keeps: reason, stored headers, place, times.
+DEAD_LETTER_HEADROOM_BYTES = 16_384
 # Field-service systems a jobs webhook may name (besides "fieldservice", the default).
 DEFAULT_JOB_SYSTEMS = ("servicetitan", "jobber", "housecall_pro", "fieldedge")
 
@@ -46,6 +48,12 @@ class Settings(BaseSettings):
     partitions: int = Field(6, ge=1, description="Partitions of each catalog topic.")
     replication_factor: int = Field(1, ge=1)
     min_insync_replicas: int = Field(1, ge=1)
+    kafka_max_message_bytes: int = Field(
+        1_000_000,
+        ge=65_536,
+        description="The largest record a producer sends (librdkafka's message.max.bytes); "
+        "keep it under the topics' max.message.bytes (1 MiB by default).",
+    )
     app_id: str = Field(
         "switchboard",
         description="Worker app id: consumer group, changelog and transactional id prefix.",
@@ -109,7 +117,12 @@ class Settings(BaseSettings):
         description="The gateway's URL as providers call it (behind a proxy); Twilio and "
         "HubSpot sign the URL, so it must match what they called.",
     )
-    gateway_max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger bodies get 413.")
+    gateway_max_body_bytes: int = Field(
+        983_040,
+        ge=1024,
+        description="Larger bodies get 413. At most kafka_max_message_bytes less 16 KiB: a "
+        "refused body goes to the dead-letter topic whole, with its reason.",
+    )
     gateway_delivery_timeout_ms: int = Field(
         10_000, ge=100, description="How long a webhook waits for Kafka before a 503."
     )
@@ -222,6 +235,19 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"min_insync_replicas ({self.min_insync_replicas}) exceeds "
                 f"replication_factor ({self.replication_factor})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _dead_letter_fits(self) -> Settings:
+        # A body the gateway refuses is dead-lettered whole: were the limit above what a
+        # producer may send, the provider would get 503 for ever instead of its 400.
+        room = self.kafka_max_message_bytes - DEAD_LETTER_HEADROOM_BYTES
+        if self.gateway_max_body_bytes > room:
+            raise ValueError(
+                f"gateway_max_body_bytes ({self.gateway_max_body_bytes}) must be at most "
+                f"kafka_max_message_bytes ({self.kafka_max_message_bytes}) less "
+                f"{DEAD_LETTER_HEADROOM_BYTES} for a dead letter's reason and headers: {room}"
             )
         return self
 

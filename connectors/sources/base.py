@@ -215,6 +215,9 @@ class Source:
     parse: Callable[[WebhookRequest, datetime], list[Event]]
     # The payload field an event's event_time comes from, to name it when it is refused.
     time_field: str
+    # The one-time value a signature covers instead of the body (Mailgun's token), once
+    # the signature held: the gateway refuses it with another body (connectors.sources.replay).
+    nonce: Callable[[WebhookRequest], str] | None = None
 
 
 def validated(model: type[M], data: Any) -> M:

@@ -15,6 +15,7 @@ check that does is a 401."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -28,8 +29,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from connectors.sources.base import Event, Rejected, SignatureRejected, Source, WebhookRequest
 from connectors.sources.canonical import check_event_time
 from connectors.sources.identity import strongest_key
-from connectors.sources.publisher import Publisher, PublishFailed
+from connectors.sources.publisher import Publisher, PublishFailed, RecordTooLarge
 from connectors.sources.registry import SOURCES, configured
+from connectors.sources.replay import ReusedNonce, SeenNonces
+from connectors.sources.signatures import DEFAULT_TOLERANCE_S
 from streams import metrics
 from streams.dlq import dead_letter
 from streams.serde import SchemaViolation
@@ -45,6 +48,7 @@ REJECTION_REASONS = (
     "invalid_payload",
     "too_large",
     "kafka_unavailable",
+    "replayed",
 )
 RETRY_AFTER_S = 30
 # The request headers a dead letter keeps (an allow-list: a provider's shared secret,
@@ -75,6 +79,7 @@ def create_gateway(
 ) -> web.Application:
     limit = settings.gateway_max_body_bytes
     sources = configured(settings)
+    nonces = SeenNonces(window_s=DEFAULT_TOLERANCE_S + 60)
     declare_sources(sorted(secrets), clock())
 
     async def webhook(request: web.Request) -> web.Response:
@@ -123,6 +128,33 @@ def create_gateway(
             why = str(exc) if isinstance(exc, Rejected) else type(exc).__name__
             return _error(401, _scrubbed(f"signature could not be checked: {why}", secret))
 
+        nonce = source.nonce(webhook_request) if source.nonce is not None else None
+        if nonce is None:
+            return await _accept(name, source, webhook_request, received, request, secret)
+        key = f"{name}:{nonce}"
+        try:
+            answered = nonces.lookup(key, body, clock())
+        except ReusedNonce as exc:
+            metrics.SOURCE_REJECTED.labels(source=name, reason="replayed").inc()
+            return _error(401, str(exc))
+        if answered is not None:  # the same request again: the same answer, nothing new
+            return web.json_response(answered.body, status=answered.status)
+        response = await _accept(name, source, webhook_request, received, request, secret)
+        if response.status < 500:  # a 503 is retried, and must then be heard again
+            assert isinstance(response.body, bytes)
+            nonces.remember(key, body, response.status, json.loads(response.body), clock())
+        return response
+
+    async def _accept(
+        name: str,
+        source: Source,
+        webhook_request: WebhookRequest,
+        received: datetime,
+        request: web.Request,
+        secret: bytes,
+    ) -> web.Response:
+        """Map, check and publish an authenticated request."""
+        body = webhook_request.body
         # Everything is mapped and checked before anything is published: a request is
         # all accepted or all refused, so a provider's retry never half-duplicates.
         try:
@@ -141,6 +173,8 @@ def create_gateway(
         except SchemaViolation as exc:
             message = _scrubbed(str(exc), secret)
             return await _reject(name, 400, "invalid_payload", message, body, request)
+        except RecordTooLarge as exc:  # a retry would fail the same way: 413, stored
+            return await _reject(name, 413, "too_large", str(exc), body, request)
         except PublishFailed as exc:
             log.warning("%s: Kafka unavailable, answering 503: %s", name, exc)
             metrics.SOURCE_REJECTED.labels(source=name, reason="kafka_unavailable").inc()

@@ -65,6 +65,14 @@ def verify_event(request: WebhookRequest, secret: bytes, now: float) -> None:
     )
 
 
+def event_token(request: WebhookRequest) -> str:
+    return str(request.json(strict=False)["signature"].get("token", ""))
+
+
+def inbound_token(request: WebhookRequest) -> str:
+    return request.form_fields(strict=False).get("token", "")
+
+
 def parse_event(request: WebhookRequest, received: datetime) -> list[Event]:
     data = validated(EventWebhook, request.json()).event_data
     message_id = str(data.message.headers.get("message-id") or data.id)
@@ -162,6 +170,7 @@ EVENTS = Source(
     verify=verify_event,
     parse=parse_event,
     time_field="event-data.timestamp",
+    nonce=event_token,
 )
 INBOUND = Source(
     name="mailgun-inbound",
@@ -170,4 +179,5 @@ INBOUND = Source(
     verify=verify_inbound,
     parse=parse_inbound,
     time_field="timestamp",
+    nonce=inbound_token,
 )

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streams.kafka import producer_config
 from streams.serde import AvroSerde, SerdeError, registry_client
@@ -22,6 +22,10 @@ class PublishFailed(Exception):
     """Kafka (or the registry) could not take the records now; the caller should retry."""
 
 
+class RecordTooLarge(Exception):
+    """A record is larger than a producer may send: retrying will not help."""
+
+
 class Publisher:
     def __init__(self, settings: Settings) -> None:
         registry = registry_client(settings.schema_registry_url)
@@ -31,6 +35,7 @@ class Publisher:
             registry, CONTACT_EVENTS.schema, self.events_topic, discriminator="event_type"
         )
         self.dead_letters = AvroSerde(registry, DEAD_LETTERS.schema, self.dead_letters_topic)
+        self.max_message_bytes = settings.kafka_max_message_bytes
         self._producer = Producer(
             producer_config(
                 settings,
@@ -59,10 +64,19 @@ class Publisher:
                 )
             except BufferError as exc:
                 raise PublishFailed(f"producer queue is full: {exc}") from exc
+            except KafkaException as exc:
+                if exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise RecordTooLarge(
+                        f"a record of {len(value)} bytes is larger than the "
+                        f"{self.max_message_bytes}-byte limit"
+                    ) from None
+                raise PublishFailed(f"KafkaException: {exc}") from exc
             except Exception as exc:
                 raise PublishFailed(f"{type(exc).__name__}: {exc}") from exc
         results = await asyncio.gather(*futures, return_exceptions=True)
         for result in results:
+            if isinstance(result, RecordTooLarge | PublishFailed):
+                raise result
             if isinstance(result, BaseException):
                 raise PublishFailed(str(result)) from result
 
@@ -101,5 +115,7 @@ def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:
         return
     if error is None:
         future.set_result(None)
+    elif error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+        future.set_exception(RecordTooLarge(f"Kafka refused the record: {error.str()}"))
     else:
         future.set_exception(PublishFailed(f"Kafka did not take the record: {error.str()}"))

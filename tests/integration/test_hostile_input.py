@@ -17,12 +17,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from connectors.sources import gateway as gateway_module
 from connectors.sources.base import Event, Source, WebhookRequest
@@ -673,3 +675,98 @@ def test_an_unexpected_signature_check_error_is_a_401_and_stores_nothing(
     assert status == 401
     assert body == {"error": "signature could not be checked: ZeroDivisionError"}
     assert publisher.published == publisher.letters == []
+
+
+def test_a_refused_body_just_under_the_limit_is_dead_lettered_whole_not_a_503(
+    gateway: Gateway,
+) -> None:
+    """Issue 20, item 14: the body limit was above what the producer may send (1 MiB
+    against 1,000,000 bytes), so a near-limit body the gateway refused could not be
+    dead-lettered and the provider got 503 for ever. The limits are now consistent (the
+    settings refuse anything else): it is a 400, with the whole body kept."""
+    limit = gateway.settings.gateway_max_body_bytes
+    assert limit + 16_384 <= gateway.settings.kafka_max_message_bytes
+    body = b'{"submission_id": "' + unique().encode() + b'", "x": "' + b"y" * limit
+    body = body[: limit - 10]  # not JSON: cut short
+    url = gateway.url("forms")
+    answer = post(url, *signed("forms", body, url, None))
+    assert answer.status == 400, answer.body
+    assert answer.body["error"].startswith("body is not valid JSON")
+    [letter] = [d for d in gateway.dead_letters_now() if d["original_value"] == body]
+    assert letter["error_type"] == "malformed_body"
+
+
+def test_an_event_kafka_refuses_as_too_large_is_a_413_not_a_retry_loop(
+    infra: Infra, session_prefix: str, tmp_path: Path
+) -> None:
+    """Issue 20, item 14: a topic whose max.message.bytes is under the event (here 2 KB)
+    used to answer 503, which the provider retries for ever. A retry cannot help: 413,
+    and the request goes to the dead letters."""
+    settings = Settings(
+        kafka_bootstrap=infra.bootstrap,
+        schema_registry_url=infra.registry_url,
+        topic_prefix=f"{session_prefix}small-{uuid.uuid4().hex[:6]}.",
+        partitions=1,
+        gateway_port=free_port(),
+    )
+    ensure_topics(settings)
+    register_catalog(registry_client(settings.schema_registry_url), settings)
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    small = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        CONTACT_EVENTS.full_name(settings),
+        incremental_configs=[
+            ConfigEntry(
+                "max.message.bytes",
+                "2048",
+                incremental_operation=AlterConfigOpType.SET,
+            )
+        ],
+    )
+    for future in admin.incremental_alter_configs([small]).values():
+        future.result(30)
+    data: dict[str, Any] = json.loads(fixture("forms_submission.json"))
+    data["submission_id"] = unique()
+    data["fields"]["message"] = "a long message " * 400  # 6 kB: over the topic's limit
+    body = json.dumps(data).encode()
+    dead_letters = AvroSerde(
+        registry_client(settings.schema_registry_url),
+        "dead_letter",
+        DEAD_LETTERS.full_name(settings),
+    )
+
+    with running_gateway(settings, tmp_path / "gateway.log", SECRETS):
+        url = f"http://127.0.0.1:{settings.gateway_port}/webhooks/forms"
+        answer = post(url, *signed("forms", body, url, None))
+    assert answer.status == 413, answer.body
+    assert "Kafka refused the record" in answer.body["error"]
+    letters = [dead_letters.decode(m.value()) for m in read_all(settings, dead_letters.topic)]
+    assert [(d["error_type"], d["original_value"]) for d in letters] == [("too_large", body)]
+
+
+def test_a_mailgun_token_is_good_for_its_request_only(gateway: Gateway) -> None:
+    """Issue 20, item 11: Mailgun signs only timestamp + token, not the body. Whoever saw
+    one signed request could, within the timestamp's five minutes, sign any body with
+    it. The gateway remembers each token with its body: the same request again (a retry
+    that lost our answer) gets the same answer and publishes nothing new; the token with
+    another body is refused, and nothing of it is published or stored."""
+    first = json.loads(fixture("mailgun_clicked.json"))
+    first["event-data"]["id"] = unique()
+    url = gateway.url("mailgun")
+    body, headers = signed("mailgun", json.dumps(first).encode(), url)
+    accepted = post(url, body, headers)
+    assert accepted.status == 200, accepted.body
+    again = post(url, body, headers)  # a retry: the same answer
+    assert (again.status, again.body) == (accepted.status, accepted.body)
+
+    forged = json.loads(body)
+    forged["event-data"] |= {"id": unique(), "recipient": "mallory@example.com"}
+    refused = post(url, json.dumps(forged).encode(), headers)
+    assert refused.status == 401
+    assert refused.body == {"error": "the signature's token was already used with another body"}
+
+    ids = [e["event_id"] for e in gateway.events_now()]
+    assert ids.count(f"mailgun:{first['event-data']['id']}") == 1
+    assert f"mailgun:{forged['event-data']['id']}" not in ids
+    letters = gateway.dead_letters_now()
+    assert not [d for d in letters if b"mallory" in d["original_value"]]

@@ -65,3 +65,13 @@ def test_bad_values_name_the_setting(field: str, value: object, message: str) ->
 def test_min_insync_replicas_cannot_exceed_replication() -> None:
     with pytest.raises(ValidationError, match=r"min_insync_replicas \(2\) exceeds"):
         Settings(replication_factor=1, min_insync_replicas=2)
+
+
+def test_a_body_limit_a_dead_letter_could_not_carry_is_refused() -> None:
+    """Issue 20, item 14: a refused body is dead-lettered whole, so the body limit must
+    leave room under the largest record a producer may send."""
+    defaults = Settings()
+    assert defaults.gateway_max_body_bytes + 16_384 <= defaults.kafka_max_message_bytes
+    with pytest.raises(ValidationError, match=r"gateway_max_body_bytes \(1048576\) must be at"):
+        Settings(gateway_max_body_bytes=1_048_576)
+    Settings(gateway_max_body_bytes=1_048_576, kafka_max_message_bytes=1_100_000)
