@@ -29,6 +29,7 @@ from processors.state import (
     RECENT_EVENT_IDS,
     ContactState,
     bounded_identifiers,
+    kept_untimed,
 )
 
 
@@ -107,6 +108,9 @@ def merge_states(survivor: ContactState, loser: ContactState) -> ContactState:
         *(t for t in loser.pending_tasks if t.task_id not in held),
     ][-PENDING_TASKS:]
     merged.tags = [*survivor.tags, *(t for t in loser.tags if t not in survivor.tags)]
+    merged.untimed_event_ids = kept_untimed(
+        {**loser.untimed_event_ids, **survivor.untimed_event_ids}
+    )
     seen = set(survivor.recent_event_ids)
     merged.recent_event_ids = [
         *survivor.recent_event_ids,

@@ -51,7 +51,7 @@ from processors.workflow_engine import Engine as WorkflowEngine
 from processors.workflow_runs import WorkflowRuns
 from streams import metrics
 from streams.clock import Clock
-from streams.engine import Decoded, Engine, Forwarded, Output
+from streams.engine import Decoded, Engine, Forwarded, Output, Refused
 from streams.serde import AvroSerde
 from streams.settings import Settings
 from streams.tables import Parsed
@@ -115,6 +115,15 @@ def register(
 
     def resolve_event(item: Decoded) -> list[Output | Forwarded]:
         event = record_of(item)
+        # The gateway refuses these already; an import or another producer may not. A time
+        # far ahead would start clocks no later event could stop.
+        arrived = max(clock.now(), event["received_time"])
+        ahead = (event["event_time"] - arrived).total_seconds()
+        if ahead > settings.max_event_skew_s:
+            raise Refused(
+                f"field event_time: {event['event_time'].isoformat()} is {ahead:.0f}s after "
+                f"it arrived (max_event_skew_s is {settings.max_event_skew_s:g})"
+            )
         ids = identifiers_of(event["identity"])
         key = (item.key or b"").decode() or ids[0]
         found = resolve(key, identity.get(key), ids)

@@ -4,7 +4,7 @@ unit-tested without Kafka and replayed identically."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Self
 
 from pydantic import BaseModel, Field
@@ -12,6 +12,13 @@ from pydantic import BaseModel, Field
 from processors import profile as profiles
 
 RECENT_EVENT_IDS = 500  # enough to ignore any redelivery Kafka can produce
+# Sources whose webhook signatures carry no time (Twilio, Typeform, Vapi): a captured
+# request can be replayed at any moment, and they retry for days. Their event ids are
+# kept for REPLAY_WINDOW whatever else the contact does (at most UNTIMED_IDS_KEPT, the
+# oldest going first), beside the last RECENT_EVENT_IDS of every source.
+UNTIMED_SOURCES = frozenset({"twilio", "typeform", "vapi"})
+REPLAY_WINDOW = timedelta(days=7)
+UNTIMED_IDS_KEPT = 200
 # Identifiers a contact keeps. Sources name each call, form response or booking with an
 # external id of its own (Vapi call ids, Typeform tokens, Calendly URIs); kept without
 # bound they would grow the state, rewritten on every event, towards Kafka's record limit.
@@ -97,11 +104,13 @@ class ContactState(PlainModel):
     routing: str | None = None  # requested, assigned, held or unassigned
     pending_tasks: list[NextStep] = Field(default_factory=list)  # until routing answers
     recent_event_ids: list[str] = Field(default_factory=list)
+    # Event ids of UNTIMED_SOURCES and when they arrived, for REPLAY_WINDOW.
+    untimed_event_ids: dict[str, datetime] = Field(default_factory=dict)
     first_seen: datetime | None = None
     last_event_time: datetime | None = None
 
     def has_seen(self, event_id: str) -> bool:
-        return event_id in self.recent_event_ids
+        return event_id in self.recent_event_ids or event_id in self.untimed_event_ids
 
     def identifier(self, kind: str) -> str | None:
         """The strongest identifier of a kind (email, phone, crm), without its prefix."""
@@ -182,6 +191,16 @@ def identifiers_of(identity: dict[str, Any]) -> list[str]:
     return found
 
 
+def kept_untimed(arrivals: dict[str, datetime]) -> dict[str, datetime]:
+    """The ids of the last REPLAY_WINDOW (counted back from the newest), at most
+    UNTIMED_IDS_KEPT of them."""
+    if not arrivals:
+        return arrivals
+    since = max(arrivals.values()) - REPLAY_WINDOW
+    fresh = sorted((at, event_id) for event_id, at in arrivals.items() if at >= since)
+    return {event_id: at for at, event_id in fresh[-UNTIMED_IDS_KEPT:]}
+
+
 def bounded_identifiers(identifiers: list[str]) -> list[str]:
     """At most IDENTIFIERS_KEPT, in their order: the oldest external ids go first (they
     name one interaction, not the person), then the newest of the rest (the first e-mail
@@ -203,6 +222,10 @@ def apply_event(state: ContactState, event: dict[str, Any]) -> ContactState:
     kind: str = event["event_type"]
 
     new.recent_event_ids = [*new.recent_event_ids, event["event_id"]][-RECENT_EVENT_IDS:]
+    if event["source_system"] in UNTIMED_SOURCES:
+        new.untimed_event_ids = kept_untimed(
+            {**new.untimed_event_ids, event["event_id"]: event["received_time"]}
+        )
     for identifier in identifiers_of(event["identity"]):
         if identifier not in new.identifiers:
             new.identifiers.append(identifier)

@@ -88,6 +88,11 @@ class Tick:
     run: Callable[[], Sequence[Output]]
 
 
+class Refused(Exception):
+    """A record its stage refuses (its data, not a fault of the stage): dead-lettered with
+    this reason, logged in one line."""
+
+
 class Rewound(Exception):
     """The transaction was aborted and the input rewound: drop the rest of the batch."""
 
@@ -367,6 +372,9 @@ class Engine:
             # Encoded before anything is sent: an output the contract refuses fails its record.
             encoded = self._encoded(route.handle(decoded))
         except UndecodableMessage as exc:
+            letter = message_dead_letter(message, stage=route.stage, error=exc)
+        except Refused as exc:
+            log.warning("%s refused %s[%d]@%d: %s", route.stage, topic, partition, offset, exc)
             letter = message_dead_letter(message, stage=route.stage, error=exc)
         except Exception as exc:
             # A stage's own fault: its record goes aside whole, the rest goes on.

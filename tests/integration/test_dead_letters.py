@@ -4,6 +4,7 @@ worker goes on processing what comes after them."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,35 @@ def test_undecodable_bytes_are_dead_lettered_and_the_worker_carries_on(
         assert worker_metric(settings, processed) == 2
         assert worker_metric(settings, "switchboard_dead_letters_total{") == 2
         assert worker.poll() is None
+
+
+def test_an_event_dated_far_ahead_is_dead_lettered_by_the_worker(
+    settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
+) -> None:
+    """Issue 20, item 6, the worker's side: an event written to Kafka by something other
+    than the gateway (an import, another producer) and dated 2099 would start clocks no
+    later event could stop. The identity stage refuses it: a dead letter naming the
+    field, no contact, and the next event goes on."""
+    ensure_topics(settings)
+    register_catalog(registry, settings)
+    events_topic = CONTACT_EVENTS.full_name(settings)
+    events = AvroSerde(registry, "contact_event", events_topic, discriminator="event_type")
+    letters = AvroSerde(registry, "dead_letter", DEAD_LETTERS.full_name(settings))
+    future = contact_event(event_id="e-2099", event_time=datetime(2099, 1, 1, tzinfo=UTC))
+    out = producer(settings)
+    out.produce(events_topic, key=KEY, value=events.encode(future))
+    out.produce(events_topic, key=KEY, value=events.encode(contact_event(event_id="e-now")))
+    assert out.flush(30) == 0
+
+    with running_worker(settings, tmp_path / "worker.log"):
+        [dead] = [letters.decode(m.value()) for m in consume(settings, letters.topic, 1)]
+        assert dead["stage"] == "identity" and dead["error_type"] == "Refused"
+        assert dead["reason"].startswith("field event_time: 2099-01-01T00:00:00+00:00 is ")
+        assert dead["original_offset"] == 0
+        processed = 'switchboard_events_total{event_type="FORM_SUBMITTED"'
+        deadline = time.monotonic() + 30
+        while worker_metric(settings, processed, stage="contact") < 1:
+            assert time.monotonic() < deadline, "the event after it was not processed"
+            time.sleep(0.2)
+        time.sleep(1)
+        assert worker_metric(settings, processed, stage="contact") == 1

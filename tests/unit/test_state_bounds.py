@@ -1,13 +1,14 @@
 """A contact's state stays bounded however many interactions name it (issue 20, item 7):
 a thousand calls, each with its own external id, keep the contact's own identifiers and
-at most IDENTIFIERS_KEPT in all, and so does a merge of two such contacts."""
+at most IDENTIFIERS_KEPT in all, and so does a merge of two such contacts. Event ids of
+sources that sign no time are remembered for a window, not a count (item 11)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 from processors.identity import merge_states
-from processors.state import IDENTIFIERS_KEPT, ContactState, apply_event
+from processors.state import IDENTIFIERS_KEPT, REPLAY_WINDOW, ContactState, apply_event
 from tests.records import contact_event
 
 
@@ -45,3 +46,38 @@ def test_a_merge_of_two_busy_contacts_is_bounded_too() -> None:
     merged = merge_states(one, other)
     assert len(merged.identifiers) == IDENTIFIERS_KEPT
     assert {"phone:+351912345678", "phone:+14155550132"} <= set(merged.identifiers)
+
+
+def test_a_replayed_call_is_seen_however_many_events_came_between() -> None:
+    """Issue 20, item 11: Twilio, Typeform and Vapi sign no time, so a captured request
+    can be posted again days later. Its event id is kept for REPLAY_WINDOW beside the last
+    500 of every source: 600 e-mail opens in between no longer let it through."""
+    at = contact_event()["event_time"]
+    call = contact_event(
+        event_id="twilio:CA-1", source_system="twilio", received_time=at, event_time=at
+    )
+    state = apply_event(ContactState(contact_id="c-1"), call)
+    for n in range(600):
+        opened = at + timedelta(minutes=n)
+        state = apply_event(
+            state,
+            contact_event(
+                event_id=f"mailgun:open-{n}",
+                source_system="mailgun",
+                event_time=opened,
+                received_time=opened,
+            ),
+        )
+    assert "twilio:CA-1" not in state.recent_event_ids
+    assert state.has_seen("twilio:CA-1")
+    assert apply_event(state, call) is state  # nothing changes
+
+    later = at + REPLAY_WINDOW + timedelta(hours=1)
+    state = apply_event(
+        state,
+        contact_event(
+            event_id="vapi:call-2", source_system="vapi", event_time=later, received_time=later
+        ),
+    )
+    assert not state.has_seen("twilio:CA-1")  # past the window: forgotten
+    assert list(state.untimed_event_ids) == ["vapi:call-2"]
