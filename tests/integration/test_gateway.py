@@ -5,9 +5,7 @@ input gets the right status and the dead-letter topic gets what it should."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,70 +13,23 @@ from typing import Any
 import pytest
 
 from streams.registry import register_catalog
-from streams.serde import AvroSerde, registry_client
+from streams.serde import registry_client
 from streams.settings import Settings
-from streams.topics import CONTACT_EVENTS, DEAD_LETTERS, ensure_topics
 from tests.conftest import Infra, free_port
-from tests.kafka_helpers import get, read_all, running_gateway
-from tests.webhooks import SECRETS, Answer, fixture, post, signed
+from tests.gateway_process import Gateway, started
+from tests.kafka_helpers import get, running_gateway
+from tests.webhooks import SECRETS, fixture, post, signed
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass(frozen=True)
-class Gateway:
-    settings: Settings
-    events: AvroSerde
-    dead_letters: AvroSerde
-
-    def url(self, source: str) -> str:
-        return f"http://127.0.0.1:{self.settings.gateway_port}/webhooks/{source}"
-
-    def send(self, source: str, body: bytes, now: float | None = None) -> Answer:
-        url = self.url(source)
-        signed_body, headers = signed(source, body, url, now)
-        return post(url, signed_body, headers)
-
-    def events_by_id(self) -> dict[str, tuple[bytes, dict[str, Any]]]:
-        topic = CONTACT_EVENTS.full_name(self.settings)
-        return {
-            record["event_id"]: (message.key() or b"", record)
-            for message in read_all(self.settings, topic)
-            for record in [self.events.decode(message.value())]
-        }
-
-    def dead_letters_now(self) -> list[dict[str, Any]]:
-        topic = DEAD_LETTERS.full_name(self.settings)
-        return [self.dead_letters.decode(m.value()) for m in read_all(self.settings, topic)]
 
 
 @pytest.fixture(scope="module")
 def gateway(
     infra: Infra, session_prefix: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
-    settings = Settings(
-        kafka_bootstrap=infra.bootstrap,
-        schema_registry_url=infra.registry_url,
-        topic_prefix=f"{session_prefix}gw-{uuid.uuid4().hex[:6]}.",
-        partitions=3,
-        gateway_port=free_port(),
-        gateway_max_body_bytes=64 * 1024,
-    )
-    ensure_topics(settings)
-    registry = registry_client(settings.schema_registry_url)
-    register_catalog(registry, settings)
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    with running_gateway(settings, log, SECRETS):
-        yield Gateway(
-            settings,
-            AvroSerde(
-                registry,
-                "contact_event",
-                CONTACT_EVENTS.full_name(settings),
-                discriminator="event_type",
-            ),
-            AvroSerde(registry, "dead_letter", DEAD_LETTERS.full_name(settings)),
-        )
+    with started(infra, f"{session_prefix}gw-", log, gateway_max_body_bytes=64 * 1024) as running:
+        yield running
 
 
 ANA = b"email:ana.silva@example.com"

@@ -36,6 +36,7 @@ from streams.settings import Settings
 from streams.topics import CONTACT_EVENTS, DEAD_LETTERS, ensure_topics
 from tests import webhooks
 from tests.conftest import Infra, free_port
+from tests.gateway_process import Gateway, started
 from tests.kafka_helpers import read_all, running_gateway
 from tests.webhooks import SECRETS, Answer, fixture, signed
 
@@ -44,51 +45,14 @@ pytestmark = pytest.mark.integration
 Request = tuple[bytes, dict[str, str]]  # (body, headers) ready to post
 
 
-@dataclass(frozen=True)
-class Gateway:
-    settings: Settings
-    events: AvroSerde
-    dead_letters: AvroSerde
-
-    def url(self, source: str) -> str:
-        return f"http://127.0.0.1:{self.settings.gateway_port}/webhooks/{source}"
-
-    def events_now(self) -> list[dict[str, Any]]:
-        topic = CONTACT_EVENTS.full_name(self.settings)
-        return [self.events.decode(m.value()) for m in read_all(self.settings, topic)]
-
-    def dead_letters_now(self) -> list[dict[str, Any]]:
-        topic = DEAD_LETTERS.full_name(self.settings)
-        return [self.dead_letters.decode(m.value()) for m in read_all(self.settings, topic)]
-
-
 @pytest.fixture(scope="module")
 def gateway(
     infra: Infra, session_prefix: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
-    settings = Settings(
-        kafka_bootstrap=infra.bootstrap,
-        schema_registry_url=infra.registry_url,
-        topic_prefix=f"{session_prefix}hostile-{uuid.uuid4().hex[:6]}.",
-        partitions=3,
-        gateway_port=free_port(),
-        # The default limit: 100,000 nested lists (200 kB) must reach the parser.
-    )
-    ensure_topics(settings)
-    registry = registry_client(settings.schema_registry_url)
-    register_catalog(registry, settings)
+    # The default body limit: 100,000 nested lists (200 kB) must reach the parser.
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    with running_gateway(settings, log, SECRETS):
-        yield Gateway(
-            settings,
-            AvroSerde(
-                registry,
-                "contact_event",
-                CONTACT_EVENTS.full_name(settings),
-                discriminator="event_type",
-            ),
-            AvroSerde(registry, "dead_letter", DEAD_LETTERS.full_name(settings)),
-        )
+    with started(infra, f"{session_prefix}hostile-", log) as running:
+        yield running
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
