@@ -82,3 +82,13 @@ def check_event_time(when: datetime, received: datetime, *, field: str, max_skew
             f"(max_event_skew_s is {max_skew_s:g})",
             field=field,
         )
+
+
+# No call lasts longer: a provider's bigger number is a bug or an attack, and would skew
+# talk-time totals and scoring rules on call length.
+MAX_CALL_SECONDS = 86_400
+
+
+def call_seconds(value: float | None) -> int:
+    """A call's duration in whole seconds, clamped to 0..MAX_CALL_SECONDS."""
+    return round(min(max(value or 0.0, 0.0), MAX_CALL_SECONDS))

@@ -66,7 +66,7 @@ def parse(request: WebhookRequest, received: datetime) -> list[Event]:
                 "call_id": call.CallSid,
                 "direction": "INBOUND" if inbound else "OUTBOUND",
                 "status": call.CallStatus,
-                "duration_seconds": call.CallDuration,
+                "duration_seconds": canonical.call_seconds(call.CallDuration),
                 "from_number": identity.phone(call.From, field="From"),
                 "to_number": identity.phone(call.To, field="To"),
                 "handled_by": None,

@@ -118,7 +118,7 @@ def parse(request: WebhookRequest, received: datetime) -> list[Event]:
                 "call_id": report.call.id,
                 "direction": "INBOUND" if inbound else "OUTBOUND",
                 "status": status,
-                "duration_seconds": round(duration or 0),
+                "duration_seconds": canonical.call_seconds(duration),
                 "from_number": identity.phone(
                     report.call.customer.number, field="call.customer.number"
                 )

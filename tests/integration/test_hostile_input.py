@@ -734,3 +734,31 @@ def test_a_mailgun_token_is_good_for_its_request_only(gateway: Gateway) -> None:
     assert f"mailgun:{forged['event-data']['id']}" not in ids
     letters = gateway.dead_letters_now()
     assert not [d for d in letters if b"mallory" in d["original_value"]]
+
+
+@pytest.mark.parametrize(
+    ("source", "duration", "kept"),
+    [("vapi", "1e9", 86_400), ("vapi", "-30", 0), ("twilio", "99999999999", 86_400)],
+)
+def test_a_call_duration_is_clamped_to_a_day(
+    gateway: Gateway, source: str, duration: str, kept: int
+) -> None:
+    """Issue 20, item 6: a finite but absurd duration (31 years, negative, past Avro's
+    int) is kept within 0..86,400 s, not carried into talk-time totals and scoring."""
+    if source == "vapi":
+        body, headers = vapi_text('"durationSeconds": 247', f'"durationSeconds": {duration}')(
+            gateway
+        )
+        call_id = json.loads(body)["message"]["call"]["id"]
+    else:
+        fields = twilio_fields() | {"CallDuration": duration}
+        body = urlencode(fields).encode()
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": twilio_signature(gateway.url("twilio"), fields),
+        }
+        call_id = fields["CallSid"]
+    answer = post(gateway.url(source), body, headers)
+    assert answer.status == 200, answer.body
+    [event] = [e for e in gateway.events_now() if call_id in e["event_id"]]
+    assert event["payload"]["duration_seconds"] == kept
