@@ -30,14 +30,11 @@ from connectors.sources import gateway as gateway_module
 from connectors.sources.base import Event, Source, WebhookRequest
 from connectors.sources.publisher import Publisher
 from connectors.sources.registry import configured
-from streams.registry import register_catalog
-from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
-from streams.topics import CONTACT_EVENTS, DEAD_LETTERS, ensure_topics
+from streams.topics import CONTACT_EVENTS
 from tests import webhooks
-from tests.conftest import Infra, free_port
+from tests.conftest import Infra
 from tests.gateway_process import Gateway, started
-from tests.kafka_helpers import read_all, running_gateway
 from tests.webhooks import SECRETS, Answer, fixture, signed
 
 pytestmark = pytest.mark.integration
@@ -666,45 +663,28 @@ def test_an_event_kafka_refuses_as_too_large_is_a_413_not_a_retry_loop(
     """Issue 20, item 14: a topic whose max.message.bytes is under the event (here 2 KB)
     used to answer 503, which the provider retries for ever. A retry cannot help: 413,
     and the request goes to the dead letters."""
-    settings = Settings(
-        kafka_bootstrap=infra.bootstrap,
-        schema_registry_url=infra.registry_url,
-        topic_prefix=f"{session_prefix}small-{uuid.uuid4().hex[:6]}.",
-        partitions=1,
-        gateway_port=free_port(),
-    )
-    ensure_topics(settings)
-    register_catalog(registry_client(settings.schema_registry_url), settings)
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    small = ConfigResource(
-        ConfigResource.Type.TOPIC,
-        CONTACT_EVENTS.full_name(settings),
-        incremental_configs=[
-            ConfigEntry(
-                "max.message.bytes",
-                "2048",
-                incremental_operation=AlterConfigOpType.SET,
-            )
-        ],
-    )
-    for future in admin.incremental_alter_configs([small]).values():
-        future.result(30)
     data: dict[str, Any] = json.loads(fixture("forms_submission.json"))
     data["submission_id"] = unique()
     data["fields"]["message"] = "a long message " * 400  # 6 kB: over the topic's limit
     body = json.dumps(data).encode()
-    dead_letters = AvroSerde(
-        registry_client(settings.schema_registry_url),
-        "dead_letter",
-        DEAD_LETTERS.full_name(settings),
-    )
 
-    with running_gateway(settings, tmp_path / "gateway.log", SECRETS):
-        url = f"http://127.0.0.1:{settings.gateway_port}/webhooks/forms"
-        answer = post(url, *signed("forms", body, url, None))
-    assert answer.status == 413, answer.body
-    assert "Kafka refused the record" in answer.body["error"]
-    letters = [dead_letters.decode(m.value()) for m in read_all(settings, dead_letters.topic)]
+    with started(infra, f"{session_prefix}small-", tmp_path / "gateway.log") as gateway:
+        admin = AdminClient({"bootstrap.servers": gateway.settings.kafka_bootstrap})
+        small = ConfigResource(
+            ConfigResource.Type.TOPIC,
+            CONTACT_EVENTS.full_name(gateway.settings),
+            incremental_configs=[
+                ConfigEntry(
+                    "max.message.bytes", "2048", incremental_operation=AlterConfigOpType.SET
+                )
+            ],
+        )
+        for future in admin.incremental_alter_configs([small]).values():
+            future.result(30)
+        answer = post(gateway.url("forms"), *signed("forms", body, gateway.url("forms"), None))
+        assert answer.status == 413, answer.body
+        assert "Kafka refused the record" in answer.body["error"]
+        letters = gateway.dead_letters_now()
     assert [(d["error_type"], d["original_value"]) for d in letters] == [("too_large", body)]
 
 
