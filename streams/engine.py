@@ -47,7 +47,7 @@ from confluent_kafka import (
 
 from streams import metrics
 from streams.dlq import message_dead_letter
-from streams.kafka import producer_config
+from streams.kafka import producer_config, watermarks
 from streams.serde import AvroSerde, UndecodableMessage
 from streams.settings import Settings
 from streams.tables import Table
@@ -765,7 +765,7 @@ class Engine:
                 for partition in partitions:
                     store = table.store(partition)
                     tp = TopicPartition(table.changelog, partition)
-                    low, high = _watermarks(reader, tp)
+                    low, high = watermarks(reader, tp)
                     if store.offset >= high:  # the changelog is younger than the store
                         store.wipe()
                     start = max(store.offset + 1, low)
@@ -785,25 +785,3 @@ class Engine:
                     return restored
         finally:
             reader.close()
-
-
-def _watermarks(reader: Consumer, tp: TopicPartition) -> tuple[int, int]:
-    """A partition's (low, high) offsets, asked again while its leader is moving (a topic
-    created a moment ago, a broker that died)."""
-    for attempt in range(60):
-        try:
-            low, high = reader.get_watermark_offsets(tp, timeout=10, cached=False)
-            return int(low), int(high)
-        except KafkaException as exc:
-            if not exc.args[0].retriable() and exc.args[0].code() not in _LEADER_MOVING:
-                raise
-            log.info("watermarks of %s[%d]: %s; asking again", tp.topic, tp.partition, exc)
-            time.sleep(min(0.1 * (attempt + 1), 1.0))
-    raise TimeoutError(f"no leader answers for {tp.topic}[{tp.partition}]")
-
-
-_LEADER_MOVING = {
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-}

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from streams.settings import Settings
+
+log = logging.getLogger("switchboard.kafka")
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -66,10 +76,7 @@ def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[Me
     )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions
-        }
+        ends = {p: watermarks(consumer, TopicPartition(topic, p))[1] for p in partitions}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         found: list[Message] = []
         deadline = time.monotonic() + timeout
@@ -84,3 +91,27 @@ def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[Me
         return found
     finally:
         consumer.close()
+
+
+def watermarks(reader: Consumer, tp: TopicPartition) -> tuple[int, int]:
+    """A partition's (low, high) offsets, asked again while its leader is moving (a topic
+    created a moment ago, a broker that died, a new leader whose high watermark is not
+    caught up yet)."""
+    for attempt in range(60):
+        try:
+            low, high = reader.get_watermark_offsets(tp, timeout=10, cached=False)
+            return int(low), int(high)
+        except KafkaException as exc:
+            if not exc.args[0].retriable() and exc.args[0].code() not in _LEADER_MOVING:
+                raise
+            log.info("watermarks of %s[%d]: %s; asking again", tp.topic, tp.partition, exc)
+            time.sleep(min(0.1 * (attempt + 1), 1.0))
+    raise TimeoutError(f"no leader answers for {tp.topic}[{tp.partition}]")
+
+
+_LEADER_MOVING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.OFFSET_NOT_AVAILABLE,
+}
