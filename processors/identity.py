@@ -27,8 +27,10 @@ from processors import profile as profiles
 from processors.state import (
     PENDING_TASKS,
     RECENT_EVENT_IDS,
+    TASKS_KEPT,
     ContactState,
     bounded_identifiers,
+    kept_bookings,
     kept_untimed,
 )
 
@@ -108,6 +110,13 @@ def merge_states(survivor: ContactState, loser: ContactState) -> ContactState:
         *(t for t in loser.pending_tasks if t.task_id not in held),
     ][-PENDING_TASKS:]
     merged.tags = [*survivor.tags, *(t for t in loser.tags if t not in survivor.tags)]
+    merged.bookings = kept_bookings(loser.bookings | survivor.bookings)
+    mine = {t.task_id for t in survivor.tasks}
+    merged.tasks = sorted(
+        [*survivor.tasks, *(t for t in loser.tasks if t.task_id not in mine)], key=lambda t: t.at
+    )[-TASKS_KEPT:]
+    calls = [c for c in (survivor.last_call, loser.last_call) if c is not None]
+    merged.last_call = max(calls, key=lambda c: c.at) if calls else None
     merged.untimed_event_ids = kept_untimed(
         {**loser.untimed_event_ids, **survivor.untimed_event_ids}
     )

@@ -31,6 +31,9 @@ EventType = Literal[
     "REP_ACTIVITY_LOGGED",
     "DEAL_STAGE_CHANGED",
     "CONTACT_UPDATED",
+    "NOTE_LOGGED",
+    "CALLBACK_REQUESTED",
+    "DETAILS_CORRECTED",
 ]
 
 # Not an event from a source: the router assigned the contact an owner. Its payload has

@@ -260,9 +260,24 @@ def activity(event: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def next_step(state: ContactState, event: dict[str, Any]) -> NextStep | None:
-    """The task a call's next step (a voice AI's, or a rep's notes) asks of the owner, with
-    what they need before dialling back; None when the call named none."""
+    """The task a call's next step (a voice AI's, or a rep's notes) or a callback the
+    person asked for asks of the owner, with what they need before dialling back; None
+    when the event asks for none."""
     p = event["payload"]
+    if event["event_type"] == "CALLBACK_REQUESTED":
+        return NextStep(
+            task_id=decision_id("callback", event["event_id"]),
+            title=f"Call back {state.who()}"[:500],
+            due_at=p["due_at"],
+            priority="HIGH",
+            notes=_lines(
+                ("Reason", p["reason"]),
+                ("Number", p["phone"] or state.identifier("phone")),
+                ("Asked during call", p["call_id"]),
+            ),
+            cause=event["event_id"],
+            at=event["event_time"],
+        )
     if event["event_type"] != "CALL_COMPLETED" or not p["next_step"]:
         return None
     return NextStep(
@@ -283,7 +298,17 @@ def next_step(state: ContactState, event: dict[str, Any]) -> NextStep | None:
 
 
 def activity_outputs(state: ContactState, event: dict[str, Any]) -> list[Output]:
-    """The event's activity on the contact's timeline, if it is one."""
+    """The event's activity on the contact's timeline, if it is one, or its note."""
+    if event["event_type"] == "NOTE_LOGGED":
+        p = event["payload"]
+        note_id = decision_id("note", event["event_id"])
+        body = _lines(("Note", p["body"]), ("By", p["author"]), ("During call", p["call_id"]))
+        note = {"note_id": note_id, "body": body or p["body"]}
+        return [
+            crm_command(
+                state.contact_id, "ADD_NOTE", note_id, note, event["event_time"], event["event_id"]
+            )
+        ]
     logged = activity(event)
     if logged is None:
         return []

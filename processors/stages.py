@@ -45,7 +45,13 @@ from processors.records import (
 from processors.routing import RoutingRules
 from processors.scoring import ScoringModel, components_at, is_meaningful, total
 from processors.sla_clocks import SlaClocks
-from processors.state import PENDING_TASKS, ContactState, identifiers_of
+from processors.state import (
+    PENDING_TASKS,
+    ContactState,
+    OwnerTask,
+    identifiers_of,
+    kept_tasks,
+)
 from processors.workflow import Library
 from processors.workflow_engine import Engine as WorkflowEngine
 from processors.workflow_runs import WorkflowRuns
@@ -263,6 +269,8 @@ def register(
             out.append(route_request(state, event["event_id"], at))
         task = next_step(state, event)
         if task is not None:
+            made = OwnerTask(task_id=task.task_id, title=task.title, due_at=task.due_at, at=task.at)
+            state = state.model_copy(update={"tasks": kept_tasks(state.tasks, made)})
             if state.owner_id is None and state.routing == "requested":
                 # The router answers in moments: the task waits for the owner it names.
                 held = [*state.pending_tasks, task][-PENDING_TASKS:]

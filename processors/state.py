@@ -64,6 +64,45 @@ class NextStep(BaseModel):
 PENDING_TASKS = 10
 
 
+class LastCall(BaseModel):
+    """The contact's latest call, for whoever answers the next one."""
+
+    call_id: str
+    at: datetime
+    direction: str
+    status: str
+    outcome: str | None = None
+    summary: str | None = None
+    handled_by: str | None = None
+
+
+class Booking(BaseModel):
+    """A meeting booked with the contact, or a field-service job for them."""
+
+    kind: str  # meeting or job
+    ref: str
+    title: str
+    status: str  # scheduled, completed, cancelled; a job's own statuses
+    starts_at: datetime | None = None
+    who: str | None = None  # the meeting's host, the job's technician
+    location: str | None = None
+    updated_at: datetime
+
+
+class OwnerTask(BaseModel):
+    """A task Switchboard created for the contact's owner (a call's next step, a callback)."""
+
+    task_id: str
+    title: str
+    due_at: datetime
+    at: datetime
+
+
+# The bookings and tasks a contact keeps: the newest, enough for a caller lookup.
+BOOKINGS_KEPT = 10
+TASKS_KEPT = 10
+
+
 class Award(BaseModel):
     rule: str
     points: float
@@ -103,6 +142,9 @@ class ContactState(PlainModel):
     workflows: dict[str, str] = Field(default_factory=dict)
     routing: str | None = None  # requested, assigned, held or unassigned
     pending_tasks: list[NextStep] = Field(default_factory=list)  # until routing answers
+    tasks: list[OwnerTask] = Field(default_factory=list)  # created for the owner, newest last
+    last_call: LastCall | None = None
+    bookings: dict[str, Booking] = Field(default_factory=dict)  # "meeting:<id>", "job:<id>"
     recent_event_ids: list[str] = Field(default_factory=list)
     # Event ids of UNTIMED_SOURCES and when they arrived, for REPLAY_WINDOW.
     untimed_event_ids: dict[str, datetime] = Field(default_factory=dict)
@@ -270,11 +312,84 @@ def apply_event(state: ContactState, event: dict[str, Any]) -> ContactState:
                 amount_minor=payload.get("amount_minor"),
                 currency=payload.get("currency"),
             )
+    elif kind == "CALL_COMPLETED":
+        if new.last_call is None or new.last_call.at <= at:
+            # .get: events built by hand (tests, replays of old records) may lack fields.
+            new.last_call = LastCall(
+                call_id=payload.get("call_id") or event["event_id"],
+                at=at,
+                direction=payload["direction"].lower(),
+                status=payload.get("status") or "completed",
+                outcome=payload.get("outcome"),
+                summary=payload.get("transcript_summary"),
+                handled_by=payload.get("handled_by"),
+            )
+    elif kind in _BOOKING_STATUS or kind == "JOB_STATUS_CHANGED":
+        new.bookings = kept_bookings(_booked(new.bookings, kind, payload, at))
     elif kind == "EMAIL_UNSUBSCRIBED":
         new.consent.email_opt_out = True
     elif kind == "EMAIL_BOUNCED" and payload["bounce_type"] == "hard":
         new.consent.email_bounced = True
     return new
+
+
+_BOOKING_STATUS = {
+    "MEETING_BOOKED": "scheduled",
+    "MEETING_COMPLETED": "completed",
+    "MEETING_CANCELLED": "cancelled",
+}
+
+
+def _booked(
+    bookings: dict[str, Booking], kind: str, payload: dict[str, Any], at: datetime
+) -> dict[str, Booking]:
+    """``bookings`` with the meeting or job of the event brought up to date."""
+    if kind == "JOB_STATUS_CHANGED":
+        ref = payload["job_id"]
+        known = bookings.get(f"job:{ref}")
+        booking = Booking(
+            kind="job",
+            ref=ref,
+            title=payload.get("job_type") or "job",
+            status=payload.get("status") or "created",
+            starts_at=payload.get("scheduled_for") or (known.starts_at if known else None),
+            who=payload.get("technician") or (known.who if known else None),
+            updated_at=at,
+        )
+        return {**bookings, f"job:{ref}": booking}
+    ref = payload["meeting_id"]
+    known = bookings.get(f"meeting:{ref}")
+    if kind == "MEETING_BOOKED":
+        booking = Booking(
+            kind="meeting",
+            ref=ref,
+            title=payload.get("title") or "meeting",
+            status="scheduled",
+            starts_at=payload.get("starts_at"),
+            who=payload.get("host"),
+            location=payload.get("location"),
+            updated_at=at,
+        )
+    elif known is not None:
+        booking = known.model_copy(update={"status": _BOOKING_STATUS[kind], "updated_at": at})
+    else:
+        return bookings  # held or cancelled before we heard it was booked: nothing to show
+    return {**bookings, f"meeting:{ref}": booking}
+
+
+def kept_bookings(bookings: dict[str, Booking]) -> dict[str, Booking]:
+    """The BOOKINGS_KEPT most recently changed."""
+    if len(bookings) <= BOOKINGS_KEPT:
+        return bookings
+    newest = sorted(bookings.items(), key=lambda item: item[1].updated_at)[-BOOKINGS_KEPT:]
+    return dict(newest)
+
+
+def kept_tasks(tasks: list[OwnerTask], task: OwnerTask) -> list[OwnerTask]:
+    """``tasks`` with ``task`` (once), the TASKS_KEPT newest."""
+    if any(t.task_id == task.task_id for t in tasks):
+        return tasks
+    return [*tasks, task][-TASKS_KEPT:]
 
 
 # CRM properties that are identifiers or lifecycle, not profile.
