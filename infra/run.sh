@@ -62,6 +62,11 @@ if [ -z "${SWITCHBOARD_SECRET_VIEWS_TOKEN:-}" ]; then
   export SWITCHBOARD_SECRET_VIEWS_TOKEN="demo-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
 fi
 (umask 077 && printf '%s\n' "$SWITCHBOARD_SECRET_VIEWS_TOKEN" >"$out/views-token")
+# The caller lookup's token: the gateway carries it for Vapi's lookup_caller tool.
+if [ -z "${SWITCHBOARD_SECRET_LOOKUP_TOKEN:-}" ]; then
+  export SWITCHBOARD_SECRET_LOOKUP_TOKEN="demo-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+fi
+(umask 077 && printf '%s\n' "$SWITCHBOARD_SECRET_LOOKUP_TOKEN" >"$out/lookup-token")
 "$sb" gateway >"$out/gateway.log" 2>&1 &
 children+=($!)
 port="${SWITCHBOARD_GATEWAY_PORT:-8787}"
@@ -88,6 +93,8 @@ children+=($!)
 SWITCHBOARD_LOG_LEVEL="${SWITCHBOARD_LOG_LEVEL:-warning}" "$sb" worker >"$out/worker.log" 2>&1 &
 worker=$!
 children+=("$worker")
+"$sb" lookup >"$out/lookup.log" 2>&1 &
+children+=($!)
 
 echo "switchboard: gateway http://127.0.0.1:$port/webhooks/<source> (log $out/gateway.log),"
 echo "             load generator at ${SWITCHBOARD_DEMO_RATE:-20} webhooks/s ($out/loadgen.log),"
@@ -96,6 +103,7 @@ echo "             CRM sink into ${SWITCHBOARD_CRM_DATABASE_URL:-.run/crm.db (SQ
 echo "             notifications into ${SWITCHBOARD_NOTIFY_OUTBOX:-$out/outbox.jsonl} ($out/sink-notify.log)."
 echo "             In another terminal: make observe (Prometheus), and"
 echo "               SWITCHBOARD_SECRET_VIEWS_TOKEN=\$(cat $out/views-token) .venv/bin/switchboard explain CONTACT"
+echo "             Caller lookup http://127.0.0.1:${SWITCHBOARD_LOOKUP_PORT:-8790}/v1/contacts/lookup?phone=+1… (Bearer \$(cat $out/lookup-token))."
 echo "             Ctrl-C stops everything."
 if [ -t 1 ]; then
   # The live view in the foreground: Ctrl-C ends it, and cleanup() the rest.

@@ -152,6 +152,16 @@ def gateway() -> None:
 
 
 @main.command()
+def lookup() -> None:
+    """Serve the caller lookup (GET /v1/contacts/lookup?phone=…|email=…, Bearer token from
+    SWITCHBOARD_SECRET_LOOKUP_TOKEN) from the workers' changelogs, until SIGINT/SIGTERM."""
+    from processors.lookup import run as run_lookup
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run_lookup(_settings())
+
+
+@main.command()
 @click.argument("which", type=click.Choice(["crm", "notify"]))
 def sink(which: str) -> None:
     """Run a sink until SIGINT/SIGTERM: ``crm`` writes CRM commands to the configured CRM

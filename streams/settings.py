@@ -112,6 +112,17 @@ class Settings(BaseSettings):
 
     gateway_bind: str = Field("127.0.0.1", description="Webhook gateway address.")
     gateway_port: int = Field(8787, ge=1, le=65535, description="Webhook gateway port.")
+    lookup_bind: str = Field("127.0.0.1", description="Caller lookup address.")
+    lookup_port: int = Field(
+        8790, ge=1, le=65535, description="Caller lookup port: GET /v1/contacts/lookup."
+    )
+    lookup_url: str = Field(
+        "http://127.0.0.1:8790",
+        description="Where the gateway asks the caller lookup (a voice AI's lookup_caller).",
+    )
+    lookup_timeout_s: float = Field(
+        2.0, gt=0, description="How long the gateway waits for the caller lookup."
+    )
     gateway_public_url: str | None = Field(
         None,
         description="The gateway's URL as providers call it (behind a proxy); Twilio and "

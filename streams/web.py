@@ -1,8 +1,9 @@
-"""A worker's web endpoint: ``/metrics`` for Prometheus, and read-only JSON views
-(``/<view>/<key>``) of its tables, served from a thread of its own.
+"""A process's web endpoint: ``/metrics`` for Prometheus, and read-only JSON views
+(``/<view>/<key>``, or a ``/path?query`` answered by a query) served from threads of
+their own: a worker's tables, the caller lookup's view.
 
 The views hold contacts' personal data: each request must carry ``Authorization: Bearer
-<token>`` (the token from SWITCHBOARD_SECRET_VIEWS_TOKEN); without a token configured
+<token>`` (a worker's from SWITCHBOARD_SECRET_VIEWS_TOKEN); without a token configured
 the views are off. ``/metrics`` holds no personal data and stays open to the scraper."""
 
 from __future__ import annotations
@@ -20,34 +21,55 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from streams.settings import secret_env
 
 View = Callable[[str], dict[str, Any]]
+# A query's parameters (each given once) in; the status and the JSON answer out.
+Query = Callable[[dict[str, str]], tuple[int, dict[str, Any]]]
 
 
 TOKEN_SECRET = "views_token"
+# The caller lookup (processors.lookup) and its token, which the gateway carries to it.
+LOOKUP_PATH = "/v1/contacts/lookup"
+LOOKUP_TOKEN_SECRET = "lookup_token"
 
 
 def serve(
-    bind: str, port: int, views: Mapping[str, View], token: str | None
+    bind: str,
+    port: int,
+    views: Mapping[str, View],
+    token: str | None,
+    queries: Mapping[str, Query] | None = None,
+    token_secret: str = TOKEN_SECRET,
 ) -> ThreadingHTTPServer:
     expected = f"Bearer {token}".encode() if token else None
+    routes: Mapping[str, Query] = queries or {}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            path = urllib.parse.urlsplit(self.path).path
-            if path == "/metrics":
+            url = urllib.parse.urlsplit(self.path)
+            if url.path == "/metrics":
                 self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
                 return
-            name, _, key = path.strip("/").partition("/")
+            query = routes.get(url.path)
+            name, _, key = url.path.strip("/").partition("/")
             view = views.get(name)
-            if view is None or not key:
+            if query is None and (view is None or not key):
                 self._json(404, {"error": "not found"})
                 return
             if expected is None:
-                self._json(403, {"error": f"views are off: set {secret_env(TOKEN_SECRET)}"})
+                self._json(403, {"error": f"views are off: set {secret_env(token_secret)}"})
                 return
             given = self.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 self._json(401, {"error": "a bearer token is required"}, bearer=True)
                 return
+            if query is not None:
+                params = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+                if any(len(values) > 1 for values in params.values()):
+                    self._json(400, {"error": "each parameter may be given once"})
+                    return
+                status, found = query({k: v[0] for k, v in params.items()})
+                self._json(status, found)
+                return
+            assert view is not None
             self._json(200, view(urllib.parse.unquote(key)))
 
         def _json(self, status: int, found: dict[str, Any], bearer: bool = False) -> None:

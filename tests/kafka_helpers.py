@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 
 from streams.kafka import producer_config, read_topic
 from streams.settings import Settings, secret_env
-from streams.web import TOKEN_SECRET
+from streams.web import LOOKUP_TOKEN_SECRET, TOKEN_SECRET
 
 
 def producer(settings: Settings) -> Producer:
@@ -136,6 +136,27 @@ def running_sink(
         return b"consuming" in log_path.read_bytes()
 
     with _running(["sink", which], env, log_path, ready, ready_timeout) as process:
+        yield process
+
+
+LOOKUP_TOKEN = "test-lookup-token-0c41"
+
+
+@contextmanager
+def running_lookup(
+    settings: Settings, log_path: Path, ready_timeout: float = 60.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``switchboard lookup`` process whose view has read the changelogs."""
+    env = settings_env(settings) | {secret_env(LOOKUP_TOKEN_SECRET): LOOKUP_TOKEN}
+
+    def ready() -> bool:
+        try:
+            page = get(f"http://127.0.0.1:{settings.lookup_port}/metrics", timeout=1)
+        except OSError:
+            return False
+        return "switchboard_lookup_ready 1.0" in page
+
+    with _running(["lookup"], env, log_path, ready, ready_timeout) as process:
         yield process
 
 

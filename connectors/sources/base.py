@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
@@ -218,6 +218,16 @@ class Source:
     # The one-time value a signature covers instead of the body (Mailgun's token), once
     # the signature held: the gateway refuses it with another body (connectors.sources.replay).
     nonce: Callable[[WebhookRequest], str] | None = None
+    # What the provider expects back instead of the gateway's usual answer, computed once
+    # the events are on Kafka, with a lookup of a contact by ("phone"|"email", value)
+    # (Vapi's tool calls); None keeps the usual answer.
+    answer: (
+        Callable[
+            [WebhookRequest, Callable[[str, str], Awaitable[dict[str, Any] | None]]],
+            Awaitable[dict[str, Any] | None],
+        ]
+        | None
+    ) = None
 
 
 def validated(model: type[M], data: Any) -> M:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -33,10 +34,12 @@ from connectors.sources.publisher import Publisher, PublishFailed, RecordTooLarg
 from connectors.sources.registry import SOURCES, configured
 from connectors.sources.replay import ReusedNonce, SeenNonces
 from connectors.sources.signatures import DEFAULT_TOLERANCE_S
+from connectors.sources.vapi_tools import LookupFailed
 from streams import metrics
 from streams.dlq import dead_letter
 from streams.serde import SchemaViolation
-from streams.settings import Settings, secret_env
+from streams.settings import Settings, secret, secret_env
+from streams.web import LOOKUP_PATH, LOOKUP_TOKEN_SECRET
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,34 @@ def create_gateway(
 ) -> web.Application:
     limit = settings.gateway_max_body_bytes
     sources = configured(settings)
+    lookup_token = secret(LOOKUP_TOKEN_SECRET)
+    lookup_url = settings.lookup_url.rstrip("/") + LOOKUP_PATH
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def lookup(kind: str, value: str) -> dict[str, Any] | None:
+        """A contact's card from the caller lookup, None when it knows nobody by it."""
+        if lookup_token is None:
+            log.warning("caller lookup: %s is not set", secret_env(LOOKUP_TOKEN_SECRET))
+            raise LookupFailed("no token")
+        if not sessions:
+            sessions.append(aiohttp.ClientSession())
+        try:
+            async with sessions[0].get(
+                lookup_url,
+                params={kind: value},
+                headers={"Authorization": f"Bearer {lookup_token}"},
+                timeout=aiohttp.ClientTimeout(total=settings.lookup_timeout_s),
+            ) as response:
+                if response.status == 404:
+                    return None
+                if response.status != 200:
+                    raise LookupFailed(f"answered {response.status}")
+                found: dict[str, Any] = (await response.json())["contact"]
+                return found
+        except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
+            log.warning("caller lookup at %s failed: %s", lookup_url, type(exc).__name__)
+            raise LookupFailed(type(exc).__name__) from None
+
     nonces = SeenNonces(window_s=DEFAULT_TOLERANCE_S + 60)
     declare_sources(sorted(secrets), clock())
 
@@ -185,6 +216,14 @@ def create_gateway(
             metrics.SOURCE_DELAY.labels(source=name).observe(max(delay, 0.0))
         if keyed:
             metrics.SOURCE_LAST_EVENT.labels(source=name).set(clock())
+        if source.answer is not None:
+            try:
+                answered = await source.answer(webhook_request, lookup)
+            except Exception:  # the events are in: they are acknowledged whatever happens
+                log.warning("%s: the answer could not be made", name, exc_info=True)
+                answered = None
+            if answered is not None:
+                return web.json_response(answered)
         return web.json_response(
             {"accepted": len(keyed), "event_ids": [event["event_id"] for _, event in keyed]}
         )
@@ -226,8 +265,13 @@ def create_gateway(
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"sources": sorted(secrets)})
 
+    async def close_sessions(_app: web.Application) -> None:
+        for session in sessions:
+            await session.close()
+
     # The body is read by hand, to dead-letter what is over the limit.
     app = web.Application(client_max_size=limit + 1)
+    app.on_cleanup.append(close_sessions)
     app[PUBLISHER] = publisher
     app.router.add_post("/webhooks/{source}", webhook)
     app.router.add_get("/metrics", metrics_page)

@@ -1,7 +1,8 @@
 """Voice AI: Vapi's ``end-of-call-report`` server message (caller, transcript summary,
-structured outcome from the assistant's analysis plan, requested service, next step).
-Vapi authenticates with the secret itself in ``X-Vapi-Secret``; other message types
-(status updates, transcripts) are acknowledged and ignored."""
+structured outcome from the assistant's analysis plan, requested service, next step),
+and its ``tool-calls`` during the call (connectors.sources.vapi_tools). Vapi
+authenticates with the secret itself in ``X-Vapi-Secret``; other message types (status
+updates, transcripts) are acknowledged and ignored."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, FiniteFloat
 
-from connectors.sources import canonical, identity, signatures
+from connectors.sources import canonical, identity, signatures, vapi_tools
 from connectors.sources.base import Event, Source, Time, WebhookRequest, validated
 
 SYSTEM = "vapi"
@@ -75,6 +76,8 @@ def _text(data: dict[str, Any], *names: str) -> str | None:
 
 def parse(request: WebhookRequest, received: datetime) -> list[Event]:
     envelope = validated(ServerMessage, request.json())
+    if envelope.message.get("type") == "tool-calls":
+        return vapi_tools.parse(request, received)
     if envelope.message.get("type") != "end-of-call-report":
         return []
     report = validated(_Report, {"message": envelope.message}).message
@@ -143,11 +146,19 @@ class _Report(BaseModel):
     message: EndOfCallReport
 
 
+async def answer(request: WebhookRequest, lookup: vapi_tools.Lookup) -> dict[str, Any] | None:
+    """The tool calls' results; None (the gateway's usual answer) for other messages."""
+    if not vapi_tools.is_tool_calls(request):
+        return None
+    return await vapi_tools.answer(request, lookup)
+
+
 SOURCE = Source(
     name="vapi",
     system=SYSTEM,
-    description="Vapi end-of-call-report",
+    description="Vapi end-of-call-report and tool-calls",
     verify=verify,
     parse=parse,
-    time_field="message.endedAt",
+    time_field="message.endedAt (tool calls: message.timestamp)",
+    answer=answer,
 )

@@ -1,0 +1,130 @@
+"""The caller lookup's pure parts: what a caller's card shows from a contact's state, and
+which questions it refuses."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from processors.lookup import caller_card, identifier_of
+from processors.routing import Rep
+from processors.state import BOOKINGS_KEPT, ContactState, apply_event
+
+NOW = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
+
+
+def event(n: int, kind: str, payload: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "event_id": f"e{n}",
+        "event_type": kind,
+        "source_system": extra.pop("system", "calendly"),
+        "event_time": NOW - timedelta(hours=10) + timedelta(minutes=n),
+        "received_time": NOW - timedelta(hours=10) + timedelta(minutes=n),
+        "identity": {"email": "ana@example.com", "phone": "+14155550132"},
+        "profile": extra.pop("profile", {}),
+        "payload": payload,
+    }
+
+
+def booked(n: int, meeting: str, starts: datetime) -> dict[str, Any]:
+    payload = {"meeting_id": meeting, "starts_at": starts, "title": f"visit {meeting}"}
+    return event(n, "MEETING_BOOKED", payload | {"host": "jordan", "location": "4 Mill Lane"})
+
+
+def card_of(*events: dict[str, Any], reps: dict[str, Rep] | None = None) -> dict[str, Any]:
+    state = ContactState(contact_id="c-1", owner_id="rep-1")
+    for each in events:
+        state = apply_event(state, each)
+    return caller_card(json.loads(state.model_dump_json()), reps or {}, NOW)
+
+
+def test_the_card_shows_the_next_booking_not_a_cancelled_or_past_one() -> None:
+    card = card_of(
+        booked(1, "past", NOW - timedelta(days=1)),
+        booked(2, "cancelled", NOW + timedelta(hours=2)),
+        event(3, "MEETING_CANCELLED", {"meeting_id": "cancelled"}),
+        booked(4, "later", NOW + timedelta(days=3)),
+        booked(5, "next", NOW + timedelta(days=1)),
+        event(6, "JOB_STATUS_CHANGED", {"job_id": "j1", "job_type": "install", "status": "done"}),
+    )
+    assert card["next_booking"]["ref"] == "next"
+    statuses = {b["ref"]: b["status"] for b in card["recent_bookings"]}
+    assert statuses["cancelled"] == "cancelled"
+    assert statuses["j1"] == "done"
+
+
+def test_a_contact_keeps_only_its_newest_bookings() -> None:
+    events = [booked(n, f"m{n}", NOW + timedelta(days=n)) for n in range(BOOKINGS_KEPT + 5)]
+    state = ContactState(contact_id="c-1")
+    for each in events:
+        state = apply_event(state, each)
+    assert len(state.bookings) == BOOKINGS_KEPT
+    assert "meeting:m0" not in state.bookings
+
+
+def test_the_owner_shows_whether_they_can_take_the_call_now() -> None:
+    working = Rep(rep_id="rep-1", name="Jordan Lee", email="j@x.example")
+    assert card_of(reps={"rep-1": working})["owner"] == {
+        "rep_id": "rep-1",
+        "name": "Jordan Lee",
+        "email": "j@x.example",
+        "available_now": True,
+        "availability": "working now",
+    }
+    away = working.model_copy(update={"out_of_office": True})
+    owner = card_of(reps={"rep-1": away})["owner"]
+    assert (owner["available_now"], owner["availability"]) == (False, "out of office")
+    assert card_of()["owner"]["available_now"] is None  # not on the roster
+
+
+def test_the_last_call_and_the_details_the_caller_gave_are_on_the_card() -> None:
+    call = {
+        "call_id": "call-1",
+        "direction": "INBOUND",
+        "status": "completed",
+        "outcome": "qualified",
+        "transcript_summary": "wants a quote",
+        "handled_by": "Riley",
+    }
+    corrected = event(
+        2,
+        "DETAILS_CORRECTED",
+        {"fields": ["address"]},
+        system="vapi",
+        profile={"address": {"value": "4 Mill Lane", "origin": "self"}},
+    )
+    card = card_of(event(1, "CALL_COMPLETED", call, system="vapi"), corrected)
+    assert card["last_call"]["summary"] == "wants a quote"
+    assert card["last_call"]["direction"] == "inbound"
+    assert card["address"] == "4 Mill Lane"
+
+
+@pytest.mark.parametrize(
+    ("params", "identifier"),
+    [
+        ({"phone": "+14155550132"}, "phone:+14155550132"),
+        ({"email": " Ana@Example.COM "}, "email:ana@example.com"),
+    ],
+)
+def test_a_lookup_asks_for_one_normalised_identifier(
+    params: dict[str, str], identifier: str
+) -> None:
+    assert identifier_of(params) == identifier
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({}, "exactly one"),
+        ({"phone": "+14155550132", "email": "a@b.c"}, "exactly one"),
+        ({"phone": "4155550132"}, "parameter phone"),
+        ({"email": "not an address"}, "parameter email"),
+        ({"name": "Ana"}, "unknown parameter 'name'"),
+    ],
+)
+def test_a_bad_lookup_is_refused_naming_what_is_wrong(params: dict[str, str], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        identifier_of(params)
