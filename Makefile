@@ -85,6 +85,7 @@ bench: install infra-up
 	$(BIN)/python -m tests.bench.bench_workflows
 	$(BIN)/python -m tests.bench.bench_sinks
 	$(BIN)/python -m tests.bench.bench_e2e
+	$(BIN)/python -m tests.bench.bench_lookup
 
 clean:
 	-@bash infra/prometheus/prometheus.sh stop

@@ -31,6 +31,13 @@ LOOKUP_PATH = "/v1/contacts/lookup"
 LOOKUP_TOKEN_SECRET = "lookup_token"
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 drops connections in a burst (a client then
+    # waits a second for its SYN to be sent again): callers come in bursts.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 def serve(
     bind: str,
     port: int,
@@ -90,7 +97,6 @@ def serve(
         def log_message(self, *_: Any) -> None:  # scrapes every few seconds: no access log
             pass
 
-    server = ThreadingHTTPServer((bind, port), Handler)
-    server.daemon_threads = True
+    server = _Server((bind, port), Handler)
     threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
     return server
