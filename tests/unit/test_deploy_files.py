@@ -30,7 +30,7 @@ from connectors.sources.publisher import Publisher
 from connectors.sources.registry import SOURCES
 from streams.cli import main
 from streams.settings import Settings, secret_env
-from streams.web import TOKEN_SECRET
+from streams.web import LOOKUP_TOKEN_SECRET, TOKEN_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DOCKERFILE = ROOT / "infra" / "docker" / "Dockerfile"
@@ -365,7 +365,9 @@ def test_the_settings_the_pods_get_are_accepted(monkeypatch: pytest.MonkeyPatch)
 
 def test_the_secret_template_names_every_secret_and_holds_none() -> None:
     gateway = named("Secret", "switchboard-gateway-secrets")["stringData"]
-    assert set(gateway) == {secret_env(source) for source in SOURCES}
+    # Each source's signing secret, and the caller lookup's token it carries.
+    lookup = secret_env(LOOKUP_TOKEN_SECRET)
+    assert set(gateway) == {secret_env(source) for source in SOURCES} | {lookup}
     factory = (ROOT / "connectors" / "sinks" / "factory.py").read_text()
     wanted = {secret_env(name) for name in re.findall(r"\b_?secret\(\s*\"(\w+)\"", factory)}
     assert wanted, "found no secret(...) in connectors/sinks/factory.py"
