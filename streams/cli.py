@@ -158,6 +158,7 @@ def lookup() -> None:
     from processors.lookup import run as run_lookup
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per registry lookup
     run_lookup(_settings())
 
 
