@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from connectors.sources import canonical, identity, signatures
 from connectors.sources.base import Event, Rejected, Source, Time, WebhookRequest, validated
@@ -61,6 +62,12 @@ def parse_form(request: WebhookRequest, received: datetime) -> list[Event]:
     ]
 
 
+class JobLineItem(BaseModel):
+    description: Annotated[str, Field(min_length=1, max_length=500)]
+    quantity: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    unit_amount_minor: Annotated[int, Field(ge=0)]
+
+
 class Job(BaseModel):
     id: str
     type: str
@@ -69,6 +76,30 @@ class Job(BaseModel):
     technician: str | None = None
     scheduled_for: Time | None = None
     completed_at: Time | None = None
+    # What the customer pays (a billable job is invoiced once completed); all optional, so
+    # a system that sends none of it still sends valid jobs.
+    billable: bool = False
+    amount_minor: Annotated[int, Field(ge=0)] | None = None
+    currency: Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")] | None = None
+    # 250: the most items a Stripe invoice takes.
+    line_items: list[JobLineItem] = Field(default_factory=list, max_length=250)
+
+    @field_validator("currency")
+    @classmethod
+    def _upper(cls, value: str | None) -> str | None:
+        return value.upper() if value else value
+
+    @model_validator(mode="after")
+    def _amounts_agree(self) -> Job:
+        if (self.amount_minor is not None or self.line_items) and self.currency is None:
+            raise ValueError("currency is needed with amount_minor or line_items")
+        if self.line_items and self.amount_minor is not None:
+            total = sum(i.quantity * i.unit_amount_minor for i in self.line_items)
+            if total != self.amount_minor:
+                raise ValueError(
+                    f"amount_minor {self.amount_minor} is not the sum of line_items ({total})"
+                )
+        return self
 
 
 class JobCustomer(BaseModel):
@@ -119,6 +150,10 @@ def parse_job(
                 "technician": job.technician,
                 "scheduled_for": job.scheduled_for,
                 "completed_at": job.completed_at,
+                "billable": job.billable,
+                "amount_minor": job.amount_minor,
+                "currency": job.currency,
+                "line_items": [item.model_dump() for item in job.line_items],
             },
             # The field-service system's customer record, which its office staff keep.
             profile=canonical.profile_of(
