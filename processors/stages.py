@@ -10,7 +10,8 @@ contact (keyed by contact id)      events-by-contact, contact-merges, assignment
     (processors.pipeline), starts and stops SLA clocks and fires their escalation steps
     when due (processors.sla_clocks), runs the contact's workflows and ends their waits
     (processors.workflow_runs), and writes CRM commands, notifications, routing requests
-    and audit entries (processors.records).
+    and audit entries (processors.records), and invoices for completed billable jobs
+    to the billing sink.
 
 Each stage is a function of one decoded record: it reads and writes its tables and
 returns what it sends; the runtime (streams.engine) commits both in one transaction."""
@@ -34,6 +35,7 @@ from processors.records import (
     audit_entry,
     breach_trigger,
     contact_fields,
+    invoice_outputs,
     merge_outputs,
     next_step,
     next_step_outputs,
@@ -225,6 +227,7 @@ def register(
             upsert = upsert_contact(state, command_id, event["event_id"], at)
             out.append(("commands", contact_id, upsert))
         out += activity_outputs(state, event)
+        out += invoice_outputs(state, event)
         if is_meaningful(decision, model):
             inputs = {
                 "previous": decision.previous,

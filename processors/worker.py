@@ -15,6 +15,7 @@ from streams.settings import Settings
 from streams.topics import (
     ASSIGNMENTS,
     AUDIT,
+    BILLING_COMMANDS,
     CONTACT_EVENTS,
     CONTACT_MERGES,
     CRM_COMMANDS,
@@ -51,6 +52,7 @@ def build(settings: Settings) -> tuple[Engine, stages.Views]:
         "by_contact": topic(EVENTS_BY_CONTACT),
         "merges": topic(CONTACT_MERGES),
         "commands": topic(CRM_COMMANDS),
+        "billing": topic(BILLING_COMMANDS),
         "audit": topic(AUDIT),
         "dead_letters": topic(DEAD_LETTERS),
         "notifications": topic(NOTIFICATIONS),

@@ -60,6 +60,15 @@ CRM_COMMANDS = TopicSpec(
     description="Changes the processors decided to make in the CRM.",
     retention_ms=7 * DAY_MS,
 )
+BILLING_COMMANDS = TopicSpec(
+    "billing-commands",
+    schema="crm_command",
+    discriminator="command_type",
+    key="contact id",
+    description="Invoices the processors decided to create in the billing system (Stripe): "
+    "CREATE_INVOICE commands, apart from the CRM's so neither sink reads the other's.",
+    retention_ms=7 * DAY_MS,
+)
 NOTIFICATIONS = TopicSpec(
     "notifications",
     schema="notification",
@@ -151,6 +160,7 @@ CATALOG: tuple[TopicSpec, ...] = (
     ROUTING,
     ASSIGNMENTS,
     TIMERS,
+    BILLING_COMMANDS,
 )
 
 
