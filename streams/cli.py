@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 from pydantic import ValidationError
@@ -163,15 +163,16 @@ def lookup() -> None:
 
 
 @main.command()
-@click.argument("which", type=click.Choice(["crm", "notify"]))
+@click.argument("which", type=click.Choice(["crm", "notify", "billing"]))
 def sink(which: str) -> None:
     """Run a sink until SIGINT/SIGTERM: ``crm`` writes CRM commands to the configured CRM
     (crm_backend: sql, hubspot, salesforce), ``notify`` sends notifications through the
-    configured channels. The batch in flight finishes before it stops."""
+    configured channels, ``billing`` invoices completed jobs in the billing system
+    (billing_backend: stripe). The batch in flight finishes before it stops."""
     import asyncio
     import signal
 
-    from connectors.sinks.factory import SinkConfigError, build_sink
+    from connectors.sinks.factory import SinkConfigError, SinkName, build_sink
     from streams import metrics
 
     settings = _settings()
@@ -182,7 +183,7 @@ def sink(which: str) -> None:
     )
     logging.getLogger("switchboard").setLevel(settings.log_level.upper())
     try:
-        runner = build_sink(settings, "crm" if which == "crm" else "notify")
+        runner = build_sink(settings, cast(SinkName, which))
     except SinkConfigError as exc:
         raise click.ClickException(str(exc)) from None
     metrics.serve(settings.metrics_port, settings.metrics_bind)

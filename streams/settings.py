@@ -231,6 +231,22 @@ class Settings(BaseSettings):
     )
     http_timeout_s: float = Field(10.0, gt=0, description="One HTTP call to a destination.")
 
+    billing_backend: Literal["stripe"] = Field(
+        "stripe",
+        description="Where the billing sink invoices completed billable jobs (API key: "
+        "SWITCHBOARD_SECRET_STRIPE_API_KEY).",
+    )
+    stripe_api_url: str = Field("https://api.stripe.com", description="Stripe API base URL.")
+    billing_collection_method: Literal["send_invoice", "charge_automatically"] = Field(
+        "send_invoice",
+        description="send_invoice: Stripe e-mails the invoice, due after "
+        "billing_days_until_due; charge_automatically: Stripe charges the customer's default "
+        "payment method.",
+    )
+    billing_days_until_due: int = Field(
+        30, ge=0, le=365, description="Days to pay a sent invoice (send_invoice only)."
+    )
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _bootstrap_has_ports(cls, value: str) -> str:

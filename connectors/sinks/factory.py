@@ -11,9 +11,9 @@ from connectors.sinks.delivery import Destination
 from connectors.sinks.runtime import Limits, Sink
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings, secret, secret_env
-from streams.topics import CRM_COMMANDS, DEAD_LETTERS, NOTIFICATIONS, TopicSpec
+from streams.topics import BILLING_COMMANDS, CRM_COMMANDS, DEAD_LETTERS, NOTIFICATIONS, TopicSpec
 
-SinkName = Literal["crm", "notify"]
+SinkName = Literal["crm", "notify", "billing"]
 
 
 class SinkConfigError(ValueError):
@@ -107,6 +107,19 @@ def notify_destinations(settings: Settings) -> dict[str, Destination]:
     return found
 
 
+def billing_destination(settings: Settings) -> Destination:
+    """The billing system of ``billing_backend`` (Stripe, the one there is)."""
+    from connectors.sinks.billing.stripe import StripeInvoicer
+
+    return StripeInvoicer(
+        _secret("stripe_api_key", "billing_backend=stripe"),
+        settings.stripe_api_url,
+        collection_method=settings.billing_collection_method,
+        days_until_due=settings.billing_days_until_due,
+        timeout_s=settings.http_timeout_s,
+    )
+
+
 def notify_route(destinations: dict[str, Destination]) -> Callable[[dict[str, Any]], str]:
     def route(record: dict[str, Any]) -> str:
         channel = str(record["channel"]).lower()
@@ -143,6 +156,19 @@ def build_sink(settings: Settings, which: SinkName) -> Sink:
         )
     from connectors.sinks.ledger import DeliveryLedger
 
+    if which == "billing":
+        biller = billing_destination(settings)
+        return Sink(
+            name="billing",
+            serde=serde(BILLING_COMMANDS),
+            destinations={biller.name: biller},
+            route=lambda record: biller.name,
+            key_field="command_id",
+            # Stripe keeps an idempotency key for 24 hours: the ledger remembers longer,
+            # so a command replayed later (`switchboard dlq replay`) is not billed again.
+            ledger=DeliveryLedger(settings.sink_ledger_url),
+            **common,
+        )
     destinations = notify_destinations(settings)
     return Sink(
         name="notify",

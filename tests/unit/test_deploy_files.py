@@ -246,7 +246,7 @@ def test_every_container_runs_a_real_switchboard_command() -> None:
 
 
 def test_the_command_line_check_refuses_what_switchboard_refuses() -> None:
-    for wrong in (["sink", "billing"], ["topic", "create"], ["topics"], ["worker", "extra"]):
+    for wrong in (["sink", "ledger"], ["topic", "create"], ["topics"], ["worker", "extra"]):
         with pytest.raises((click.UsageError, AssertionError)):
             parse_command_line(wrong)
 
