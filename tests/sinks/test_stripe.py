@@ -231,3 +231,26 @@ def test_an_invalid_command_is_rejected_before_any_call(
     assert isinstance(outcome, Rejected)
     assert f"field {field}" in str(outcome)
     assert stripe.requests == []
+
+
+def test_of_several_customers_with_the_email_ours_is_billed_else_the_oldest(
+    stripe: FakeStripe,
+) -> None:
+    def customer(cid: str, **metadata: str) -> None:
+        stripe.customers[cid] = {
+            "id": cid,
+            "object": "customer",
+            "email": "ana@example.com",
+            "name": None,
+            "metadata": metadata,
+        }
+
+    customer("cus_older")
+    customer("cus_ours", switchboard_contact_id="c-1")
+    customer("cus_newer")
+    assert deliver(stripe, [invoice(1)]) == [[None]]
+    assert [i["customer"] for i in stripe.invoices.values()] == ["cus_ours"]
+    del stripe.customers["cus_ours"]
+    assert deliver(stripe, [invoice(2)]) == [[None]]
+    assert [i["customer"] for i in stripe.invoices.values()] == ["cus_ours", "cus_older"]
+    assert len(stripe.customers) == 2  # none made

@@ -168,13 +168,15 @@ class StripeInvoicer:
 
     async def _customer(self, command: Command) -> str:
         """The Stripe customer with the bill's e-mail: the one Switchboard made for this
-        contact if there are several, else the newest; a new one if there is none."""
+        contact if there are several, else the oldest (a customer added later does not
+        change the answer, nor so the invoice's parameters under its idempotency key);
+        a new one if there is none."""
         bill = command.payload
         answer = await self._call(
             "GET",
             "/v1/customers",
             "find customer",
-            params={"email": bill.email, "limit": "10"},
+            params={"email": bill.email, "limit": "100"},
         )
         found = answer.json()
         customers = found.get("data") if isinstance(found, dict) else None
@@ -186,7 +188,7 @@ class StripeInvoicer:
             if isinstance(c, dict)
             and (c.get("metadata") or {}).get("switchboard_contact_id") == command.contact_id
         ]
-        for customer in ours or customers:
+        for customer in reversed(ours or customers):  # Stripe lists the newest first
             if isinstance(customer, dict) and isinstance(customer.get("id"), str):
                 return str(customer["id"])
         form = {
