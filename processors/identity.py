@@ -31,6 +31,7 @@ from processors.state import (
     ContactState,
     bounded_identifiers,
     kept_bookings,
+    kept_jobs,
     kept_untimed,
 )
 
@@ -100,6 +101,7 @@ def merge_states(survivor: ContactState, loser: ContactState) -> ContactState:
             if channel not in touches or touches[channel] < at:
                 touches[channel] = at
     merged.open_deals = loser.open_deals | survivor.open_deals
+    merged.jobs = kept_jobs(loser.jobs | survivor.jobs)
     merged.consent.email_opt_out |= loser.consent.email_opt_out
     merged.consent.sms_opt_out |= loser.consent.sms_opt_out
     merged.consent.email_bounced |= loser.consent.email_bounced

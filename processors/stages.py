@@ -28,6 +28,8 @@ from processors import sla
 from processors.contact import advance
 from processors.identity import claim, merge_states, resolve
 from processors.ids import decision_id
+from processors.jobs import JOB_EVENTS, Operations
+from processors.jobs import decide as decide_job
 from processors.matching import ASSIGNED
 from processors.pipeline import PipelineRules, apply_rules
 from processors.records import (
@@ -36,6 +38,7 @@ from processors.records import (
     breach_trigger,
     contact_fields,
     invoice_outputs,
+    job_outputs,
     merge_outputs,
     next_step,
     next_step_outputs,
@@ -188,6 +191,7 @@ def register(
         return [("merges", merge.loser, step)]
 
     clocks = SlaClocks(engine, settings, rules.sla, clock)
+    operations = Operations(settings.operations_channel, tuple(settings.operations_recipients))
     runs = WorkflowRuns(engine, settings, WorkflowEngine(rules.workflows, rules.pipeline), clock)
 
     def on_event(contact_id: str, event: dict[str, Any], partition: int) -> list[Output]:
@@ -228,6 +232,10 @@ def register(
             out.append(("commands", contact_id, upsert))
         out += activity_outputs(state, event)
         out += invoice_outputs(state, event)
+        if event["event_type"] in JOB_EVENTS:
+            state, job = decide_job(state, event)
+            if job is not None:
+                out += job_outputs(state, job, operations)
         if is_meaningful(decision, model):
             inputs = {
                 "previous": decision.previous,

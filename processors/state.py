@@ -42,6 +42,27 @@ class Deal(BaseModel):
     currency: str | None = None
 
 
+class JobRef(BaseModel):
+    """A job record this contact has in the CRM (processors.jobs): enough to find it again
+    when the field system reports on it."""
+
+    job_type: str
+    status: str
+    updated_at: datetime
+    external_id: str | None = None  # the field system's job id, once it named one
+
+
+# Job records a contact keeps (the newest); an older job's later update makes a new record.
+JOBS_KEPT = 20
+
+
+def kept_jobs(jobs: dict[str, JobRef]) -> dict[str, JobRef]:
+    """The JOBS_KEPT most recently updated of ``jobs``."""
+    if len(jobs) <= JOBS_KEPT:
+        return jobs
+    return dict(sorted(jobs.items(), key=lambda item: item[1].updated_at)[-JOBS_KEPT:])
+
+
 class Consent(BaseModel):
     email_opt_out: bool = False
     sms_opt_out: bool = False
@@ -135,6 +156,7 @@ class ContactState(PlainModel):
     last_inbound: dict[str, datetime] = Field(default_factory=dict)
     last_outbound: dict[str, datetime] = Field(default_factory=dict)
     open_deals: dict[str, Deal] = Field(default_factory=dict)
+    jobs: dict[str, JobRef] = Field(default_factory=dict)  # by job_id, at most JOBS_KEPT
     consent: Consent = Field(default_factory=Consent)
     tags: list[str] = Field(default_factory=list)  # left by workflow exits
     # The workflows the contact is in now: name -> "v<version> <step>" (the engine's

@@ -218,6 +218,9 @@ class CreateTask(RuleModel):
     due_in: Duration
     priority: Literal["LOW", "MEDIUM", "HIGH"] | None = None
     notes: str | None = None
+    # A job record of this type scheduled beside the task, due when it is (a follow-up
+    # inspection is a job for the field team, not only a reminder for the owner).
+    job: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]{0,49}$")
 
 
 class Update(RuleModel):

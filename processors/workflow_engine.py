@@ -149,6 +149,8 @@ class Task:
     priority: str | None
     notes: str | None
     cause: str
+    job_type: str | None = None  # a job record of this type is scheduled beside it
+    related_job_id: str | None = None  # the trigger's job, which the new one follows
 
 
 @dataclass(frozen=True)
@@ -650,7 +652,16 @@ class _Pass:
             title = Template(task.title).safe_substitute(context)
             notes = Template(task.notes).safe_substitute(context) if task.notes else None
             self.effects.append(
-                Task(task_id, title, self.now + task.due_in, task.priority, notes, run.cause)
+                Task(
+                    task_id,
+                    title,
+                    self.now + task.due_in,
+                    task.priority,
+                    notes,
+                    run.cause,
+                    task.job,
+                    context.get("job_id") if task.job else None,
+                )
             )
             self.audit_for(
                 run,

@@ -30,6 +30,10 @@ def secret_env(name: str) -> str:
     return "SWITCHBOARD_SECRET_" + name.upper().replace("-", "_")
 
 
+# The name of a secret (secret_env): letters, digits, underscores.
+SecretName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
+
+
 def secret(name: str) -> str | None:
     return os.environ.get(secret_env(name)) or None
 
@@ -229,7 +233,36 @@ class Settings(BaseSettings):
         "SWITCHBOARD_SECRET_NOTIFY_WEBHOOK_KEY. SLACK ones go to the incoming-webhook URL in "
         "SWITCHBOARD_SECRET_SLACK_WEBHOOK_URL.",
     )
+    slack_recipients: dict[str, SecretName] = Field(
+        default_factory=dict,
+        description="SLACK notification recipient (a channel such as '#ops', a rep's id) -> "
+        "the name of the secret holding its incoming-webhook URL: 'ops' reads "
+        "SWITCHBOARD_SECRET_OPS. When set, a recipient not listed is refused (dead letter); "
+        "unset, every SLACK notification goes to SWITCHBOARD_SECRET_SLACK_WEBHOOK_URL.",
+    )
+    webhook_recipients: dict[str, SecretName] = Field(
+        default_factory=dict,
+        description="WEBHOOK notification recipient -> the name of the secret holding its URL "
+        "(signed with SWITCHBOARD_SECRET_NOTIFY_WEBHOOK_KEY). When set, a recipient not "
+        "listed is refused (dead letter); unset, every WEBHOOK notification goes to "
+        "notify_webhook_url.",
+    )
+    operations_channel: Literal["SLACK", "EMAIL", "WEBHOOK"] = Field(
+        "SLACK", description="How the operations team hears of each payment."
+    )
+    operations_recipients: list[Annotated[str, Field(min_length=1, max_length=320)]] = Field(
+        default_factory=list,
+        description="Who on operations_channel hears of each payment: a Slack channel "
+        "('#ops', a key of slack_recipients), e-mail addresses (one message each), or a "
+        "webhook recipient. Empty: nobody is told.",
+    )
     http_timeout_s: float = Field(10.0, gt=0, description="One HTTP call to a destination.")
+    hubspot_job_object: str = Field(
+        "p_switchboard_jobs",
+        pattern=r"^(p_[a-z][a-z0-9_]*|2-\d+)$",
+        description="The HubSpot custom object that holds job records (its fully qualified "
+        "name p_<name>, or its objectTypeId 2-<n>).",
+    )
 
     billing_backend: Literal["stripe"] = Field(
         "stripe",
@@ -255,6 +288,27 @@ class Settings(BaseSettings):
             if not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
         return value
+
+    @model_validator(mode="after")
+    def _operations_addressable(self) -> Settings:
+        if self.operations_channel == "EMAIL":
+            bad = [r for r in self.operations_recipients if "@" not in r or " " in r.strip()]
+            if bad:
+                raise ValueError(
+                    f"operations_recipients: {bad[0]!r} is not an e-mail address "
+                    "(operations_channel is EMAIL)"
+                )
+        routes = {"SLACK": self.slack_recipients, "WEBHOOK": self.webhook_recipients}
+        known = routes.get(self.operations_channel)
+        if known:  # a map is set: the sink would refuse any other recipient
+            missing = [r for r in self.operations_recipients if r not in known]
+            if missing:
+                which = f"{self.operations_channel.lower()}_recipients"
+                raise ValueError(
+                    f"operations_recipients: {missing[0]!r} is not a key of {which} "
+                    f"({', '.join(sorted(known))})"
+                )
+        return self
 
     @model_validator(mode="after")
     def _isr_fits(self) -> Settings:

@@ -233,6 +233,7 @@ def test_each_command_type_writes_exactly_its_rows(store: SqlCrmStore) -> None:
         "tasks": 1,
         "activities": 1,
         "notes": 1,
+        "jobs": 0,
         "contact_aliases": 0,
         "applied_commands": 7,
     }
@@ -409,7 +410,7 @@ def test_migrations_run_twice_are_a_no_op(sql_url: str) -> None:
         assert migrate_crm(engine) == [m.version for m in CRM_MIGRATIONS]
         assert migrate_crm(engine) == []
         open_store(sql_url).engine.dispose()
-        assert _migration_rows(sql_url) == [("crm", 1), ("crm", 2)]
+        assert _migration_rows(sql_url) == [("crm", 1), ("crm", 2), ("crm", 3)]
     finally:
         engine.dispose()
 
@@ -436,7 +437,7 @@ def test_concurrent_opens_apply_migrations_once(sql_url: str) -> None:
 
     with ThreadPoolExecutor(workers) as pool:
         assert sorted(pool.map(open_one, range(workers))) == ["crm", "crm", "ledger", "ledger"]
-    assert _migration_rows(sql_url) == [("crm", 1), ("crm", 2), ("ledger", 1)]
+    assert _migration_rows(sql_url) == [("crm", 1), ("crm", 2), ("crm", 3), ("ledger", 1)]
 
 
 def _migration_rows(url: str) -> list[tuple[str, int]]:
@@ -562,3 +563,113 @@ def test_a_payment_closing_the_deal_sets_its_amount(store: SqlCrmStore) -> None:
     [outcome] = deliver(store, [command("cmd-bad", "UPDATE_DEAL_STAGE", "c-1", no_currency)])
     assert isinstance(outcome, Rejected)
     assert "currency is required" in outcome.reason
+
+
+def _job(command_id: str, contact: str, at: datetime, **fields: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "job_id": "job-1",
+        "job_type": "service",
+        "status": "pending",
+        "title": None,
+        "service": None,
+        "address": None,
+        "amount_minor": None,
+        "currency": None,
+        "scheduled_for": None,
+        "completed_at": None,
+        "technician": None,
+        "external_id": None,
+        "related_job_id": None,
+    }
+    return command(command_id, "UPSERT_JOB", contact, payload | fields, at=at)
+
+
+def test_a_paid_job_is_made_then_completed_field_by_field(store: SqlCrmStore) -> None:
+    paid = _job(
+        "job-cmd-1",
+        "c-1",
+        T0,
+        title="Boiler service for Ada",
+        service="Boiler service",
+        address="1 Engine Row, London, N1 9GU",
+        amount_minor=45_000,
+        currency="GBP",
+    )
+    done_at = T0 + timedelta(days=3, hours=2)
+    completed = _job(
+        "job-cmd-2",
+        "c-1",
+        T0 + timedelta(days=3),
+        job_type="boiler_installation",
+        status="completed",
+        completed_at=done_at,
+        technician="tech-12",
+        external_id="FS-881",
+    )
+    assert deliver(store, [paid]) == [None]
+    assert deliver(store, [completed, completed]) == [None, None]  # the second: a redelivery
+    [job] = store.rows("jobs")
+    assert job == {
+        "job_id": "job-1",
+        "contact_id": "c-1",
+        "job_type": "boiler_installation",
+        "status": "completed",
+        "title": "Boiler service for Ada",  # a null in the update keeps what the payment said
+        "service": "Boiler service",
+        "address": "1 Engine Row, London, N1 9GU",
+        "amount_minor": 45_000,
+        "currency": "GBP",
+        "scheduled_for": None,
+        "completed_at": done_at,
+        "technician": "tech-12",
+        "external_id": "FS-881",
+        "related_job_id": None,
+        "created_at": T0,
+        "updated_at": T0 + timedelta(days=3),
+    }
+    assert store.contact("c-1") is not None  # a job makes a bare contact, like a task does
+    applied = [r["command_type"] for r in store.rows("applied_commands")]
+    assert applied == ["UPSERT_JOB", "UPSERT_JOB"]
+
+
+def test_a_scheduled_inspection_job_and_a_job_of_another_contact(store: SqlCrmStore) -> None:
+    due = T0 + timedelta(days=30)
+    inspection = _job(
+        "job-cmd-3",
+        "c-1",
+        T0,
+        job_id="job-insp",
+        job_type="inspection",
+        status="scheduled",
+        scheduled_for=due,
+        related_job_id="job-1",
+    )
+    stolen = _job("job-cmd-4", "c-2", T0, job_id="job-insp", status="cancelled")
+    bad = _job("job-cmd-5", "c-1", T0, job_id="job-2", amount_minor=100)
+    outcomes = deliver(store, [inspection, stolen, bad])
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], Rejected) and "payload.job_id" in str(outcomes[1])
+    assert isinstance(outcomes[2], Rejected) and "currency is required" in str(outcomes[2])
+    [job] = store.rows("jobs")
+    assert (job["job_id"], job["contact_id"], job["job_type"], job["status"]) == (
+        "job-insp",
+        "c-1",
+        "inspection",
+        "scheduled",
+    )
+    assert (job["scheduled_for"], job["related_job_id"]) == (due, "job-1")
+
+
+def test_a_merge_moves_the_retired_contacts_jobs(store: SqlCrmStore) -> None:
+    assert deliver(store, [_job("job-cmd-6", "c-retired", T0, amount_minor=9, currency="USD")])
+    merge = command(
+        "cmd-merge-jobs",
+        "MERGE_CONTACTS",
+        "c-survivor",
+        {"retired_contact_id": "c-retired", "identifier": "email:ada@example.com"},
+    )
+    # Issued for the retired contact before the merge, delivered after it.
+    late = _job("job-cmd-7", "c-retired", T0 + timedelta(hours=1), status="scheduled")
+    assert deliver(store, [merge, late]) == [None, None]
+    [job] = store.rows("jobs")
+    assert (job["contact_id"], job["status"], job["amount_minor"]) == ("c-survivor", "scheduled", 9)

@@ -387,10 +387,42 @@ def _crm_v2(connection: Connection) -> None:
     meta.create_all(connection)
 
 
+def _crm_v3(connection: Connection) -> None:
+    """Field-service job records: made by a payment, changed by the field system, and a
+    completed job's follow-up inspection."""
+    meta = MetaData()
+    # A table of the contacts table's shape, so the foreign key resolves.
+    Table("contacts", meta, Column("contact_id", String(200), primary_key=True))
+    Table(
+        "jobs",
+        meta,
+        Column("job_id", String(200), primary_key=True),
+        Column("contact_id", String(200), ForeignKey("contacts.contact_id"), nullable=False),
+        Column("job_type", String(50), nullable=False),
+        Column("status", String(50), nullable=False),
+        Column("title", String(500)),
+        Column("service", String(200)),
+        Column("address", Text),
+        Column("amount_minor", BigInteger),
+        Column("currency", String(3)),
+        Column("scheduled_for", UtcDateTime),
+        Column("completed_at", UtcDateTime),
+        Column("technician", String(200)),
+        Column("external_id", String(200)),
+        Column("related_job_id", String(200)),
+        Column("created_at", UtcDateTime, nullable=False),
+        Column("updated_at", UtcDateTime, nullable=False),
+        Index("ix_jobs_contact_id", "contact_id"),
+        Index("ix_jobs_external_id", "external_id"),
+    )
+    meta.tables["jobs"].create(connection)
+
+
 CRM_COMPONENT = "crm"
 CRM_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "CRM schema", _crm_v1),
     Migration(2, "activity details, contact aliases", _crm_v2),
+    Migration(3, "job records", _crm_v3),
 )
 
 

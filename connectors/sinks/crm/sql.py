@@ -25,10 +25,12 @@ What each command does:
   processor's view of it).
 - SET_OWNER also gives the contact's unowned tasks to the new owner: a task made before
   the lead was routed (a call's next step) is the owner's as soon as there is one.
-- CREATE_DEAL, CREATE_TASK, LOG_ACTIVITY, ADD_NOTE upsert by their own id. A record that
+- CREATE_DEAL, CREATE_TASK, LOG_ACTIVITY, ADD_NOTE, UPSERT_JOB upsert by their own id. A record that
   belongs to another contact is rejected rather than moved.
 - UPDATE_DEAL_STAGE with an amount (a payment closing the deal) sets the deal's amount too.
-- MERGE_CONTACTS moves the retired contact's deals, tasks, activities, notes and owner
+- UPSERT_JOB inserts or updates the job by its own id; a null field leaves the stored
+  value as it is (a status change knows no amount, a payment no technician).
+- MERGE_CONTACTS moves the retired contact's deals, tasks, activities, notes, jobs and owner
   changes onto the survivor, fills the survivor's blank fields from it, deletes its row and
   keeps its id in ``contact_aliases``. Every command is applied to the contact its id
   resolves to there, so a command issued for the retired contact before the merge (on
@@ -188,6 +190,26 @@ NOTES = Table(
     _when("created_at"),
     _when("updated_at"),
 )
+JOBS = Table(
+    "jobs",
+    meta,
+    Column("job_id", String(200), primary_key=True),
+    Column("contact_id", String(200), nullable=False),
+    Column("job_type", String(50), nullable=False),
+    Column("status", String(50), nullable=False),
+    Column("title", String(500)),
+    Column("service", String(200)),
+    Column("address", Text),
+    Column("amount_minor", BigInteger),
+    Column("currency", String(3)),
+    _when("scheduled_for", nullable=True),
+    _when("completed_at", nullable=True),
+    Column("technician", String(200)),
+    Column("external_id", String(200)),
+    Column("related_job_id", String(200)),
+    _when("created_at"),
+    _when("updated_at"),
+)
 CONTACT_ALIASES = Table(
     "contact_aliases",
     meta,
@@ -303,6 +325,31 @@ class AddNote(_Payload):
     body: Annotated[str, Field(min_length=1)]
 
 
+Status = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[a-z][a-z0-9_ -]*$")]
+
+
+class UpsertJob(_Payload):
+    job_id: Id
+    job_type: Annotated[str, Field(min_length=1, max_length=50)]
+    status: Status
+    title: Annotated[str, Field(max_length=500)] | None = None
+    service: Short | None = None
+    address: Annotated[str, Field(max_length=1000)] | None = None
+    amount_minor: Annotated[int, Field(ge=0)] | None = None
+    currency: Currency | None = None
+    scheduled_for: Instant | None = None
+    completed_at: Instant | None = None
+    technician: Short | None = None
+    external_id: Short | None = None
+    related_job_id: Short | None = None
+
+    @model_validator(mode="after")
+    def _amount_has_currency(self) -> UpsertJob:
+        if self.amount_minor is not None and self.currency is None:
+            raise ValueError("currency is required when amount_minor is set")
+        return self
+
+
 class MergeContacts(_Payload):
     retired_contact_id: Id
     identifier: Annotated[str, Field(max_length=500)] | None = None
@@ -317,6 +364,7 @@ CommandType = Literal[
     "LOG_ACTIVITY",
     "ADD_NOTE",
     "MERGE_CONTACTS",
+    "UPSERT_JOB",
 ]
 PAYLOADS: dict[str, type[_Payload]] = {
     "UPSERT_CONTACT": UpsertContact,
@@ -327,6 +375,7 @@ PAYLOADS: dict[str, type[_Payload]] = {
     "LOG_ACTIVITY": LogActivity,
     "ADD_NOTE": AddNote,
     "MERGE_CONTACTS": MergeContacts,
+    "UPSERT_JOB": UpsertJob,
 }
 
 
@@ -601,6 +650,7 @@ _RANK: dict[type[_Payload], int] = {
     CreateTask: 4,
     LogActivity: 5,
     AddNote: 6,
+    UpsertJob: 7,
 }
 
 
@@ -628,6 +678,8 @@ def _write(connection: Connection, steps: list[_Step]) -> None:
     for kind, table in ((CreateTask, TASKS), (LogActivity, ACTIVITIES), (AddNote, NOTES)):
         if rows := by_kind.get(kind):
             _upsert_rows(connection, table, rows)
+    if jobs := by_kind.get(UpsertJob):
+        _upsert_jobs(connection, jobs)
 
 
 def _among(
@@ -656,7 +708,7 @@ def _survivor(connection: Connection, contact_id: str) -> str:
 
 
 # The tables whose rows belong to a contact and follow it into a merge.
-_OWNED = (DEALS, TASKS, ACTIVITIES, NOTES, OWNER_CHANGES)
+_OWNED = (DEALS, TASKS, ACTIVITIES, NOTES, OWNER_CHANGES, JOBS)
 # What the survivor takes from the retired contact where it has nothing itself.
 _FILLED = ("email", "phone", "crm_id", "first_name", "last_name", "company", "title", "owner_id")
 
@@ -736,6 +788,30 @@ def _upsert_contacts(connection: Connection, steps: list[_Step]) -> None:
     connection.execute(
         stmt.on_conflict_do_update(index_elements=["contact_id"], set_=changed), rows
     )
+
+
+# UPSERT_JOB's fields that a null leaves as they are stored (all but the id).
+_JOB_FIELDS = [name for name in UpsertJob.model_fields if name != "job_id"]
+
+
+def _upsert_jobs(connection: Connection, steps: list[_Step]) -> None:
+    """UPSERT_JOB: the job made, or changed by what the command knows (a status change
+    carries no amount, a payment no technician: a null keeps the stored value)."""
+    stmt = insert_or(connection, JOBS)
+    changed: dict[str, Any] = {
+        name: func.coalesce(stmt.excluded[name], JOBS.c[name]) for name in _JOB_FIELDS
+    }
+    changed["updated_at"] = stmt.excluded.updated_at
+    rows = [
+        {
+            "contact_id": s.contact,
+            **s.payload.model_dump(),
+            "created_at": s.command.issued_at,
+            "updated_at": s.command.issued_at,
+        }
+        for s in steps
+    ]
+    connection.execute(stmt.on_conflict_do_update(index_elements=["job_id"], set_=changed), rows)
 
 
 def _set_owners(connection: Connection, steps: list[_Step]) -> None:
@@ -827,6 +903,7 @@ _RECORDS: dict[type[_Payload], tuple[Table, str]] = {
     CreateTask: (TASKS, "task_id"),
     LogActivity: (ACTIVITIES, "activity_id"),
     AddNote: (NOTES, "note_id"),
+    UpsertJob: (JOBS, "job_id"),
 }
 
 
