@@ -57,16 +57,25 @@ def crm_destination(settings: Settings) -> Destination:
     )
 
 
+def recipient_urls(routes: dict[str, str], setting: str) -> dict[str, str]:
+    """A recipient -> secret name map (settings ``setting``) with each secret read: the
+    URLs carry tokens, so they live in the environment only."""
+    return {
+        recipient: _secret(name, f"{setting}[{recipient!r}]") for recipient, name in routes.items()
+    }
+
+
 def notify_destinations(settings: Settings) -> dict[str, Destination]:
     """The channels this deployment has settings for, by name (``slack``, ``email``,
     ``sms``, ``webhook``, ``outbox``)."""
     found: dict[str, Destination] = {}
     timeout = settings.http_timeout_s
     slack_url = secret("slack_webhook_url")
-    if slack_url:
+    slack_routes = recipient_urls(settings.slack_recipients, "slack_recipients")
+    if slack_url or slack_routes:
         from connectors.sinks.notify.slack import SlackChannel
 
-        found["slack"] = SlackChannel(slack_url, timeout=timeout)
+        found["slack"] = SlackChannel(slack_url, timeout=timeout, recipients=slack_routes)
     if settings.smtp_host:
         from connectors.sinks.notify.email import EmailChannel
 
@@ -92,13 +101,18 @@ def notify_destinations(settings: Settings) -> dict[str, Destination]:
             base_url=settings.twilio_url,
             timeout=timeout,
         )
-    if settings.notify_webhook_url:
+    webhook_routes = recipient_urls(settings.webhook_recipients, "webhook_recipients")
+    if settings.notify_webhook_url or webhook_routes:
         from connectors.sinks.notify.webhook import WebhookChannel
 
         found["webhook"] = WebhookChannel(
             settings.notify_webhook_url,
-            _secret("notify_webhook_key", "notify_webhook_url"),
+            _secret(
+                "notify_webhook_key",
+                "notify_webhook_url" if settings.notify_webhook_url else "webhook_recipients",
+            ),
             timeout=timeout,
+            recipients=webhook_routes,
         )
     if settings.notify_outbox is not None:
         from connectors.sinks.notify.outbox import OutboxChannel

@@ -258,18 +258,35 @@ def slack_error(status: int, error: str, retry_after: int | None = None) -> Scri
 
 class SlackWebhook(FakeServer):
     """``POST /services/T…/B…/…``: 200 ``ok``, or 400 ``invalid_payload`` / ``no_text``
-    for a body Slack cannot post, as Slack does."""
+    for a body Slack cannot post, as Slack does. Each incoming webhook posts to the one
+    channel it was made for: ``webhook_url`` to ``channel``, and ``hook(name)`` makes
+    another (a second channel, a person's DM); ``posted`` says where each message went. A
+    URL no webhook has is answered 404 ``no_service``, as a revoked one is."""
 
     PATH = "/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX"
+
+    def __init__(self, channel: str = "#general") -> None:
+        super().__init__()
+        self.hooks: dict[str, str] = {self.PATH: channel}  # path -> the channel it posts to
+        self.posted: list[tuple[str, dict[str, Any]]] = []  # (channel, payload) in order
 
     @property
     def webhook_url(self) -> str:
         return self.url + self.PATH
 
+    def hook(self, channel: str) -> str:
+        """A new incoming webhook's URL, posting to ``channel``."""
+        path = f"/services/T00000000/B{len(self.hooks):08d}/{secrets.token_hex(12)}"
+        self.hooks[path] = channel
+        return self.url + path
+
     def routes(self, app: web.Application) -> None:
-        app.router.add_post(self.PATH, self._post)
+        app.router.add_post("/services/{team}/{hook}/{token}", self._post)
 
     async def _post(self, request: web.Request) -> web.StreamResponse:
+        channel = self.hooks.get(request.path)
+        if channel is None:
+            return web.Response(status=404, text="no_service", content_type="text/html")
         try:
             payload = json.loads(await request.text())
         except ValueError:
@@ -278,6 +295,8 @@ class SlackWebhook(FakeServer):
             return web.Response(status=400, text="invalid_payload", content_type="text/html")
         if not payload.get("text") and not payload.get("blocks"):
             return web.Response(status=400, text="no_text", content_type="text/html")
+        with self._lock:
+            self.posted.append((channel, payload))
         return web.Response(text="ok", content_type="text/html")
 
 

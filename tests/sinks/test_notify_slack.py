@@ -113,3 +113,47 @@ def test_a_record_that_cannot_render_is_rejected_without_a_call(slack: SlackWebh
     assert isinstance(outcome, Rejected)
     assert "unknown template 'nope'" in outcome.reason
     assert slack.requests == []
+
+
+def test_each_recipient_goes_to_its_own_webhook(slack: SlackWebhook) -> None:
+    routes = {"#ops": slack.hook("#ops"), "rep-7": slack.hook("@dana (DM)")}
+    channel = SlackChannel(slack.webhook_url, timeout=5, recipients=routes)
+    ops = sample_notification(channel="SLACK", recipient="#ops", notification_id="n-ops")
+    rep = sample_notification(channel="SLACK", recipient="rep-7", notification_id="n-rep")
+    assert deliver(channel, ops, rep) == [None, None]
+    assert [where for where, _ in slack.posted] == ["#ops", "@dana (DM)"]
+    assert [payload for _, payload in slack.posted] == [render_slack(ops), render_slack(rep)]
+
+
+def test_an_unknown_recipient_is_rejected_by_name_not_sent_elsewhere(slack: SlackWebhook) -> None:
+    ops_url = slack.hook("#ops")
+    channel = SlackChannel(slack.webhook_url, timeout=5, recipients={"#ops": ops_url})
+    stray = sample_notification(channel="SLACK", recipient="#sales")
+    ops = sample_notification(channel="SLACK", recipient="#ops", notification_id="n-ops")
+    first, second = deliver(channel, stray, ops)
+    assert isinstance(first, Rejected)
+    assert str(first) == (
+        "slack: recipient '#sales' is not in slack_recipients (known: #ops); "
+        "add it there with the secret that holds its URL"
+    )
+    assert ops_url not in str(first) and "services" not in str(first)  # no token in the reason
+    assert second is None  # the next one is not held up
+    assert [where for where, _ in slack.posted] == ["#ops"]
+
+
+def test_without_a_map_every_recipient_goes_to_the_one_webhook(slack: SlackWebhook) -> None:
+    records = [
+        sample_notification(channel="SLACK", recipient=r, notification_id=r)
+        for r in ("#ops", "rep-7")
+    ]
+    assert deliver(SlackChannel(slack.webhook_url, timeout=5), *records) == [None, None]
+    assert [where for where, _ in slack.posted] == ["#general", "#general"]
+
+
+def test_a_revoked_recipient_webhook_is_rejected_with_slacks_answer(slack: SlackWebhook) -> None:
+    gone = slack.url + "/services/T00000000/B99999999/revoked"
+    channel = SlackChannel(None, timeout=5, recipients={"#ops": gone})
+    [outcome] = deliver(channel, sample_notification(channel="SLACK", recipient="#ops"))
+    assert isinstance(outcome, Rejected)
+    assert outcome.answer == "HTTP 404 no_service"
+    assert slack.posted == []

@@ -119,3 +119,19 @@ def test_a_slow_receiver_is_a_retryable_timeout(receiver: WebhookReceiver) -> No
     [outcome] = deliver(WebhookChannel(receiver.hook_url, KEY, timeout=0.2))
     assert isinstance(outcome, Retryable)
     assert "no answer within" in outcome.reason
+
+
+def test_each_recipient_goes_to_its_own_receiver(receiver: WebhookReceiver) -> None:
+    with WebhookReceiver.running(KEY) as other:
+        routes = {"ops": receiver.hook_url, "rep-7": other.hook_url}
+        channel = WebhookChannel(None, KEY, timeout=5, recipients=routes)
+        ops = sample_notification(channel="WEBHOOK", recipient="ops", notification_id="n-ops")
+        rep = sample_notification(channel="WEBHOOK", recipient="rep-7", notification_id="n-rep")
+        stray = sample_notification(channel="WEBHOOK", recipient="sales", notification_id="n-x")
+        first, second, third = deliver(channel, ops, rep, stray)
+        assert (first, second) == (None, None)
+        assert list(receiver.deliveries) == ["n-ops"]
+        assert list(other.deliveries) == ["n-rep"]
+        assert isinstance(third, Rejected)
+        assert "recipient 'sales' is not in webhook_recipients (known: ops, rep-7)" in str(third)
+        assert receiver.hook_url not in str(third)

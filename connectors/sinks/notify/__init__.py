@@ -8,7 +8,7 @@ runtime owns retries, Retry-After, rate limits, dead letters and the idempotency
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -38,14 +38,45 @@ async def deliver_each(
 
 class HttpChannel:
     """A channel that POSTs one notification per call to ``url`` (Slack, Twilio, webhooks):
-    the session, the call and its settings live here; a channel says what it posts."""
+    the session, the call and its settings live here; a channel says what it posts.
 
+    ``recipients`` maps a notification's ``recipient`` to a URL of its own (a Slack
+    channel's or a rep's DM's incoming webhook, a team's webhook receiver). With such a
+    map, a recipient it does not list is Rejected by name, never sent to ``url`` or to
+    another's URL; without one, every notification goes to ``url``."""
+
+    name = "http"
     max_batch = 1
+    recipients_setting = "recipients"  # the setting that fills ``recipients``, for errors
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        timeout: float = 10.0,
+        recipients: Mapping[str, str] | None = None,
+    ) -> None:
+        if url is None and not recipients:
+            raise ValueError("a channel needs a URL or a recipient -> URL map")
         self.url = url
+        self.recipients = dict(recipients or {})
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+
+    def url_for(self, record: Mapping[str, Any]) -> str:
+        """Where ``record`` goes: its recipient's URL, or the one URL when there is no map."""
+        if not self.recipients:
+            assert self.url is not None
+            return self.url
+        recipient = str(record.get("recipient") or "")
+        url = self.recipients.get(recipient)
+        if url is None:
+            shown = recipient if len(recipient) <= 80 else recipient[:80] + "..."
+            raise Rejected(
+                f"{self.name}: recipient {shown!r} is not in {self.recipients_setting} "
+                f"(known: {', '.join(sorted(self.recipients))}); add it there with the "
+                "secret that holds its URL"
+            )
+        return url
 
     async def deliver(self, records: Sequence[dict[str, Any]]) -> list[Outcome]:
         return await deliver_each(records, self._send)
@@ -53,13 +84,15 @@ class HttpChannel:
     async def _send(self, record: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    async def post(self, what: str, **kwargs: Any) -> Answer:
+    async def post(self, what: str, url: str | None = None, **kwargs: Any) -> Answer:
         if self._session is None:
             self._session = aiohttp.ClientSession()
+        target = url or self.url
+        assert target is not None
         return await request(
             self._session,
             "POST",
-            self.url,
+            target,
             what=what,
             timeout_s=self.timeout,
             allow_redirects=False,

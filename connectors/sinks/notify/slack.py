@@ -13,6 +13,10 @@ Limits", api.slack.com/docs/rate-limits; the Python SDK's ``WebhookClient`` docs
   Retryable after that many seconds.
 - 500 ``rollup_error`` and other 5xx, timeouts, refused connections: Retryable.
 
+An incoming webhook posts to the one channel (or person) it was made for, so each
+recipient has its own URL: ``recipients`` (settings ``slack_recipients``) maps a
+notification's ``recipient`` to it, and a recipient without one is Rejected by name.
+
 Incoming webhooks take no idempotency key: a redelivery is prevented by the runtime's
 ledger of delivered ``notification_id``s, not by Slack."""
 
@@ -27,7 +31,9 @@ from connectors.sinks.notify.templates import render_slack
 
 class SlackChannel(HttpChannel):
     name = "slack"
+    recipients_setting = "slack_recipients"
 
     async def _send(self, record: dict[str, Any]) -> None:
+        url = self.url_for(record)  # an incoming webhook posts to its own channel only
         payload = render_slack(record)
-        raise_for_status(await self.post("slack", json=payload), "slack")
+        raise_for_status(await self.post("slack", url, json=payload), "slack")

@@ -222,6 +222,49 @@ TEMPLATES: dict[str, NotificationTemplate] = {
         sms="${who}: ${workflow} ended ${exit}.",
         slack_text="*${who}*: ${workflow} ended *${exit}* (${reason}).",
     ),
+    # processors/records.py: a payment made a job; the operations team books it (job_outputs).
+    "payment_received_ops": NotificationTemplate(
+        subject="Paid: ${amount} from ${who}",
+        text=(
+            "${who} paid ${amount}: a job is waiting to be booked.\n\n"
+            "Service: ${service}\n"
+            "Address: ${address}\n"
+            "Paid for: ${paid_for}\n\n"
+            "Company: ${company}\n"
+            "E-mail: ${email}\n"
+            "Phone: ${phone}\n"
+            "Owner: ${owner_id}\n"
+            "Job id: ${job_id}\n"
+            "Contact id: ${contact_id}\n"
+        ),
+        sms="Paid: ${amount} from ${who} for ${service}. Book the job (${address}).",
+        slack_text="Paid: *${amount}* from *${who}* for ${service}. A job is waiting to be booked.",
+        slack_blocks=[
+            {"type": "header", "text": {"type": "plain_text", "text": "Paid: ${amount}"}},
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": "*${who}* paid for ${service}: a job is waiting to be booked.",
+                },
+            },
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": "*Address*\n${address}"},
+                    {"type": "mrkdwn", "text": "*Phone*\n${phone}"},
+                    {"type": "mrkdwn", "text": "*E-mail*\n${email}"},
+                    {"type": "mrkdwn", "text": "*Paid for*\n${paid_for}"},
+                ],
+            },
+            {
+                "type": "context",
+                "elements": [
+                    {"type": "mrkdwn", "text": "Job `${job_id}` \u00b7 contact `${contact_id}`"}
+                ],
+            },
+        ],
+    ),
 }
 
 

@@ -11,6 +11,9 @@ Headers:
   received, compare in constant time, and refuse a ``t`` older than a tolerance of your
   choice (five minutes is common) so a captured request cannot be replayed later.
 
+``recipients`` (settings ``webhook_recipients``) sends each recipient's notifications to
+a URL of its own; a recipient it does not list is Rejected by name.
+
 Answers: 2xx delivered; 408, 429 and 5xx Retryable (honouring ``Retry-After``); any other
 status, redirects included, Rejected with the receiver's answer."""
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from connectors.sinks.http import raise_for_status
@@ -38,22 +41,26 @@ def signature(key: bytes, body: bytes, timestamp: int) -> str:
 class WebhookChannel(HttpChannel):
     name = "webhook"
 
+    recipients_setting = "webhook_recipients"
+
     def __init__(
         self,
-        url: str,
+        url: str | None,
         signing_key: str | bytes,
         timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        recipients: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(url, timeout)
+        super().__init__(url, timeout, recipients)
         self.signing_key = signing_key.encode() if isinstance(signing_key, str) else signing_key
         self.clock = clock
 
     async def _send(self, record: dict[str, Any]) -> None:
+        url = self.url_for(record)
         body = render_webhook(record)
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": str(record["notification_id"]),
             SIGNATURE_HEADER: signature(self.signing_key, body, int(self.clock())),
         }
-        raise_for_status(await self.post("webhook", data=body, headers=headers), "webhook")
+        raise_for_status(await self.post("webhook", url, data=body, headers=headers), "webhook")
