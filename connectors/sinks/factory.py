@@ -42,6 +42,7 @@ def crm_destination(settings: Settings) -> Destination:
             base_url=settings.hubspot_url,
             owner_ids=owners,
             stage_names=settings.crm_stage_names,
+            job_object=settings.hubspot_job_object,
             timeout_s=settings.http_timeout_s,
         )
     from connectors.sinks.crm.salesforce import SalesforceWriter

@@ -71,11 +71,19 @@ PROPERTIES: dict[str, set[str]] = {
     | {"hs_communication_channel_type", "hs_communication_logged_from",
        "hs_communication_body"},
     "notes": _ENGAGEMENT_COMMON | {"hs_note_body"},
+    # The job records' custom object, as connectors/sinks/crm/hubspot.py tells a portal to
+    # define it (its fully qualified name p_<name>).
+    "p_switchboard_jobs": {
+        "switchboard_job_id", "job_name", "job_type", "job_status", "service", "address",
+        "amount", "currency", "scheduled_for", "completed_at", "technician", "field_job_id",
+        "related_job_id", "hubspot_owner_id",
+    },
 }  # fmt: skip
 UNIQUE: dict[str, set[str]] = {
     "contacts": {"email", "switchboard_contact_id"},
     "deals": {"switchboard_deal_id"},
     **{kind: {"switchboard_command_id"} for kind in ENGAGEMENTS},
+    "p_switchboard_jobs": {"switchboard_job_id"},
 }
 ENUMS: dict[str, set[str]] = {
     "lifecyclestage": {
@@ -114,7 +122,12 @@ ASSOCIATION_TYPES = {
     "emails": 198,
     "communications": 82,
     "notes": 202,
+    # A custom object's association to contacts gets its type id when the schema is made.
+    "p_switchboard_jobs": 71,
 }
+# Datetime and number properties (epoch millis or ISO 8601; a decimal number).
+DATETIMES = {"hs_timestamp", "scheduled_for", "completed_at"}
+NUMBERS = {"amount"}
 ADDITIONAL_EMAILS = "hs_additional_emails"
 MERGED_IDS = "hs_merged_object_ids"
 
@@ -621,11 +634,16 @@ def _invalid_value(name: str, value: str, owners: set[str]) -> str | None:
         return f"{value} was not one of the allowed options for {name}: {sorted(ENUMS[name])}"
     if name == "hubspot_owner_id" and value not in owners:
         return f"{value} is not a valid owner id"
-    if name == "hs_timestamp" and not value.isdigit():
+    if name in DATETIMES and not value.isdigit():
         try:
             datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            return f"{value} is not a valid datetime for hs_timestamp"
+            return f"{value} is not a valid datetime for {name}"
+    if name in NUMBERS:
+        try:
+            float(value)
+        except ValueError:
+            return f"{value} is not a valid number for {name}"
     return None
 
 

@@ -11,7 +11,8 @@ a missing required field on create, a create-only field on update (``TaskSubtype
 reference to a contact that does not exist, a date that is not ``YYYY-MM-DD``. Its org is
 set up as the writer's docstring says: Contact has the standard fields the writer uses and
 the ``Switchboard_..__c`` custom fields listed there, and no other (``add_field`` creates
-one more).
+one more); WorkOrder has its standard fields, its ``Status`` picklist and the job fields
+listed there, and references its contact through ``Contact`` by external id.
 
 It also answers the SOQL the writer sends (``GET .../query?q=SELECT f, ... FROM Object
 WHERE Field IN ('a', ...)``), updates by Id (``PATCH .../composite/sobjects``) and the SOAP
@@ -30,7 +31,7 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -61,18 +62,33 @@ FIELDS: dict[str, set[str]] = {
         "OwnerId", "Type", "TaskSubtype", "CallDurationInSeconds", "CallDisposition",
         "CallType", "Who", "WhoId",
     },
+    # Field Service's WorkOrder, with the custom fields the writer tells an org to create.
+    "WorkOrder": {
+        "Switchboard_Job_Id__c", "Subject", "Description", "Status", "Priority", "StartDate",
+        "EndDate", "Street", "City", "PostalCode", "OwnerId", "Contact", "ContactId",
+        "Switchboard_Job_Type__c", "Switchboard_Service__c", "Switchboard_Amount__c",
+        "Switchboard_Currency__c", "Switchboard_Technician__c", "Switchboard_Field_Job_Id__c",
+        "Switchboard_Related_Job_Id__c",
+    },
 }  # fmt: skip
 EXTERNAL_IDS = {
     "Contact": "Switchboard_Contact_Id__c",
     "Opportunity": "Switchboard_Deal_Id__c",
     "Task": "Switchboard_Id__c",
+    "WorkOrder": "Switchboard_Job_Id__c",
 }
 REQUIRED_ON_CREATE = {
     "Contact": ["LastName"],
     "Opportunity": ["Name", "StageName", "CloseDate"],
     "Task": [],
+    "WorkOrder": [],
 }
-CREATE_ONLY = {"Contact": set(), "Opportunity": {"ContactId"}, "Task": {"TaskSubtype"}}
+CREATE_ONLY = {
+    "Contact": set(),
+    "Opportunity": {"ContactId"},
+    "Task": {"TaskSubtype"},
+    "WorkOrder": set(),
+}
 PICKLISTS = {
     ("Task", "Status"): {"Not Started", "In Progress", "Completed", "Waiting on someone else",
                          "Deferred"},
@@ -80,6 +96,8 @@ PICKLISTS = {
     ("Task", "Type"): {"Call", "Email", "Meeting", "Other"},
     ("Task", "CallType"): {"Internal", "Inbound", "Outbound"},
     ("Task", "TaskSubtype"): {"Task", "Email", "ListEmail", "Cadence", "Call", "LinkedIn"},
+    ("WorkOrder", "Status"): {"New", "In Progress", "On Hold", "Completed", "Closed",
+                              "Cannot Complete", "Canceled"},
     ("Opportunity", "StageName"): {
         "Prospecting", "Qualification", "Needs Analysis", "Value Proposition",
         "Id. Decision Makers", "Perception Analysis", "Proposal/Price Quote",
@@ -87,10 +105,13 @@ PICKLISTS = {
     },
 }  # fmt: skip
 DATES = {"ActivityDate", "CloseDate"}
-NUMBERS = {"Amount", "CallDurationInSeconds"}
-KEY_PREFIXES = {"Contact": "003", "Opportunity": "006", "Task": "00T"}
+DATETIMES = {"StartDate", "EndDate"}  # WorkOrder's: ISO 8601 date-times
+NUMBERS = {"Amount", "CallDurationInSeconds", "Switchboard_Amount__c"}
+KEY_PREFIXES = {"Contact": "003", "Opportunity": "006", "Task": "00T", "WorkOrder": "0WO"}
 # Lookups to a Contact that merge() moves to the master record.
-CONTACT_LOOKUPS = {"Task": "WhoId", "Opportunity": "ContactId"}
+CONTACT_LOOKUPS = {"Task": "WhoId", "Opportunity": "ContactId", "WorkOrder": "ContactId"}
+# Relationship fields that reference a Contact by its external id, and their lookup field.
+CONTACT_RELATIONSHIPS = {"Task": ("Who", "WhoId"), "WorkOrder": ("Contact", "ContactId")}
 MERGE_LIMIT = 200  # MergeRequests per merge() call
 _PATH_VERSION = re.compile(r"v(\d+)\.0")
 _SOQL = re.compile(
@@ -284,7 +305,8 @@ class FakeSalesforce(FakeServer):
         owner = fields.get("OwnerId")
         if owner is not None and owner not in self.users:
             return _error("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", ["OwnerId"])
-        who = fields.pop("Who", None)
+        relationship, lookup = CONTACT_RELATIONSHIPS.get(sobject, ("", ""))
+        who = fields.pop(relationship, None) if relationship else None
         if who is not None:
             contact_field = EXTERNAL_IDS["Contact"]
             key = who.get(contact_field) if isinstance(who, dict) else None
@@ -294,9 +316,9 @@ class FakeSalesforce(FakeServer):
                     "INVALID_FIELD",
                     f"Foreign key external ID: {key} not found for field {contact_field} "
                     "in entity Contact",
-                    ["Who"],
+                    [relationship],
                 )
-            fields["WhoId"] = contacts[0]["Id"]
+            fields[lookup] = contacts[0]["Id"]
         return existing, fields
 
     def _new_id(self, sobject: str) -> str:
@@ -471,6 +493,12 @@ def _malformed(sobject: str, record: Any, fields: set[str]) -> web.Response | No
                 "JSON_PARSER_ERROR",
                 f"Cannot deserialize instance of date from VALUE_STRING value {value}",
             )
+        if name in DATETIMES and not _is_datetime(value):
+            return _refuse(
+                400,
+                "JSON_PARSER_ERROR",
+                f"Cannot deserialize instance of datetime from VALUE_STRING value {value}",
+            )
         if name in NUMBERS and not isinstance(value, int | float):
             return _refuse(
                 400,
@@ -523,6 +551,15 @@ def _is_date(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return len(value) == 10
+
+
+def _is_datetime(value: Any) -> bool:
+    """Salesforce's date-time: ISO 8601 with a time and an offset (or Z)."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return "T" in value and parsed.tzinfo is not None
 
 
 def _refuse(status: int, error_code: str, message: str) -> web.Response:

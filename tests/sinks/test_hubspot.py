@@ -971,3 +971,117 @@ def test_pipeline_stages_go_under_the_portals_own_stage_ids(hubspot: FakeHubSpot
     assert outcomes == [[None], [None], [None]]
     [(_, stored)] = hubspot.objects["deals"].items()
     assert stored["dealstage"] == "1234567"
+
+
+def job(contact_id: str, cid: str, **fields: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "job_id": "job-1",
+        "job_type": "service",
+        "status": "pending",
+        "title": None,
+        "service": None,
+        "address": None,
+        "amount_minor": None,
+        "currency": None,
+        "scheduled_for": None,
+        "completed_at": None,
+        "technician": None,
+        "external_id": None,
+        "related_job_id": None,
+        **fields,
+    }
+    return command("UPSERT_JOB", contact_id, payload, cid)
+
+
+def test_a_job_is_a_custom_object_upserted_by_job_id_and_tied_to_its_contact(
+    hubspot: FakeHubSpot,
+) -> None:
+    paid = job(
+        "c-1",
+        "job-paid",
+        title="Boiler service for Ada",
+        service="Boiler service",
+        address="1 Engine Row, London",
+        amount_minor=45_050,
+        currency="GBP",
+    )
+    done = datetime(2026, 3, 5, 16, 0, tzinfo=UTC)
+    completed = job(
+        "c-1",
+        "job-done",
+        job_type="boiler_installation",
+        status="completed",
+        completed_at=done,
+        technician="tech-12",
+        external_id="FS-881",
+    )
+    outcomes = deliver(hubspot, [contact("c-1")], [paid], [completed], [completed])
+    assert outcomes == [[None], [None], [None], [None]]
+    first, second, _ = bodies(hubspot, "/p_switchboard_jobs/batch/upsert")
+    assert first == {
+        "inputs": [
+            {
+                "id": "job-1",
+                "idProperty": "switchboard_job_id",
+                "objectWriteTraceId": "job-paid",
+                "properties": {
+                    "job_name": "Boiler service for Ada",
+                    "job_type": "service",
+                    "job_status": "pending",
+                    "service": "Boiler service",
+                    "address": "1 Engine Row, London",
+                    "amount": "450.50",
+                    "currency": "GBP",
+                    "switchboard_job_id": "job-1",
+                },
+            }
+        ]
+    }
+    # The update says what it knows; the rest is not sent, so HubSpot keeps it.
+    assert second["inputs"][0]["properties"] == {
+        "job_type": "boiler_installation",
+        "job_status": "completed",
+        "completed_at": "2026-03-05T16:00:00.000Z",
+        "technician": "tech-12",
+        "field_job_id": "FS-881",
+        "switchboard_job_id": "job-1",
+    }
+    [(job_object, stored)] = hubspot.objects["p_switchboard_jobs"].items()
+    assert stored == {
+        "hs_object_id": job_object,
+        "switchboard_job_id": "job-1",
+        "job_name": "Boiler service for Ada",
+        "job_type": "boiler_installation",
+        "job_status": "completed",
+        "service": "Boiler service",
+        "address": "1 Engine Row, London",
+        "amount": "450.50",
+        "currency": "GBP",
+        "completed_at": "2026-03-05T16:00:00.000Z",
+        "technician": "tech-12",
+        "field_job_id": "FS-881",
+    }
+    [contact_object] = hubspot.objects["contacts"]
+    assert hubspot.associated("p_switchboard_jobs", contact_object) == {job_object}
+
+
+def test_the_job_object_type_comes_from_settings(hubspot: FakeHubSpot) -> None:
+    # A portal's custom object is also named by its objectTypeId; the fake knows only its
+    # own name, so another name is refused the way HubSpot refuses an unknown type.
+    inspection = job(
+        "c-1",
+        "job-insp",
+        job_type="inspection",
+        status="scheduled",
+        scheduled_for=datetime(2026, 4, 4, 9, 0, tzinfo=UTC),
+    )
+    outcomes = deliver(hubspot, [contact("c-1")], [inspection], job_object="2-999")
+    assert outcomes[0] == [None]
+    assert isinstance(outcomes[1][0], Rejected)
+    assert "Unable to infer object type from: 2-999" in str(outcomes[1][0])
+    assert deliver(hubspot, [inspection]) == [[None]]
+    [stored] = hubspot.objects["p_switchboard_jobs"].values()
+    assert (stored["job_status"], stored["scheduled_for"]) == (
+        "scheduled",
+        "2026-04-04T09:00:00.000Z",
+    )

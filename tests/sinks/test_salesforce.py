@@ -275,7 +275,7 @@ def test_redelivery_leaves_one_record_each(salesforce: FakeSalesforce) -> None:
         {"deal_id": "d-1", "name": "Boiler", "stage": "Prospecting", "pipeline": None,
          "amount_minor": None, "currency": None},
     )  # fmt: skip
-    batches = [contacts, activity_records(), [deal]]
+    batches = [contacts, activity_records(), [deal], [job("c-2")]]
     (outcomes, _) = deliver(salesforce, *batches, *batches, owner_ids={"rep-7": USER})
 
     assert all(o is None for batch in outcomes for o in batch)
@@ -283,6 +283,7 @@ def test_redelivery_leaves_one_record_each(salesforce: FakeSalesforce) -> None:
         "Contact": 3,
         "Opportunity": 1,
         "Task": 3,
+        "WorkOrder": 1,
     }
 
 
@@ -931,3 +932,120 @@ def test_pipeline_stages_go_under_the_orgs_own_stage_names(salesforce: FakeSales
     )
     assert isinstance(refused, Rejected)
     assert "appointmentscheduled" in str(refused)
+
+
+def job(contact_id: str, **fields: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "job_id": "job-1",
+        "job_type": "service",
+        "status": "pending",
+        "title": None,
+        "service": None,
+        "address": None,
+        "amount_minor": None,
+        "currency": None,
+        "scheduled_for": None,
+        "completed_at": None,
+        "technician": None,
+        "external_id": None,
+        "related_job_id": None,
+        **fields,
+    }
+    return command("UPSERT_JOB", contact_id, payload)
+
+
+def test_a_job_is_a_work_order_upserted_by_job_id_on_its_contact(
+    salesforce: FakeSalesforce,
+) -> None:
+    paid = job(
+        "c-1",
+        title="Boiler service for Ada",
+        service="Boiler service",
+        address="1 Engine Row, London",
+        amount_minor=45_050,
+        currency="GBP",
+    )
+    completed = job(
+        "c-1",
+        job_type="boiler_installation",
+        status="completed",
+        scheduled_for=datetime(2026, 3, 5, 8, 0, tzinfo=UTC),
+        completed_at=datetime(2026, 3, 5, 16, 0, tzinfo=UTC),
+        technician="tech-12",
+        external_id="FS-881",
+    )
+    (outcomes, _) = deliver(salesforce, [contact("c-1")], [paid], [completed], [completed])
+    assert outcomes == [[None], [None], [None], [None]]
+    sent = [
+        r.body["records"][0]
+        for r in salesforce.requests
+        if r.path == f"{PATH}/WorkOrder/Switchboard_Job_Id__c"
+    ]
+    assert sent[0] == {
+        "attributes": {"type": "WorkOrder"},
+        "Switchboard_Job_Id__c": "job-1",
+        "Contact": {"attributes": {"type": "Contact"}, "Switchboard_Contact_Id__c": "c-1"},
+        "Subject": "Boiler service for Ada",
+        "Status": "New",
+        "Street": "1 Engine Row, London",
+        "Switchboard_Job_Type__c": "service",
+        "Switchboard_Service__c": "Boiler service",
+        "Switchboard_Amount__c": 450.5,
+        "Switchboard_Currency__c": "GBP",
+    }
+    assert sent[1] == {
+        "attributes": {"type": "WorkOrder"},
+        "Switchboard_Job_Id__c": "job-1",
+        "Contact": {"attributes": {"type": "Contact"}, "Switchboard_Contact_Id__c": "c-1"},
+        "Status": "Completed",
+        "StartDate": "2026-03-05T08:00:00+00:00",
+        "EndDate": "2026-03-05T16:00:00+00:00",
+        "Switchboard_Job_Type__c": "boiler_installation",
+        "Switchboard_Technician__c": "tech-12",
+        "Switchboard_Field_Job_Id__c": "FS-881",
+    }
+    [order] = salesforce.records["WorkOrder"].values()
+    assert order == {
+        "Id": order["Id"],
+        "Switchboard_Job_Id__c": "job-1",
+        "ContactId": contact_id(salesforce, "c-1"),
+        "Subject": "Boiler service for Ada",
+        "Status": "Completed",
+        "StartDate": "2026-03-05T08:00:00+00:00",
+        "EndDate": "2026-03-05T16:00:00+00:00",
+        "Street": "1 Engine Row, London",
+        "Switchboard_Job_Type__c": "boiler_installation",
+        "Switchboard_Service__c": "Boiler service",
+        "Switchboard_Amount__c": 450.5,
+        "Switchboard_Currency__c": "GBP",
+        "Switchboard_Technician__c": "tech-12",
+        "Switchboard_Field_Job_Id__c": "FS-881",
+    }
+
+
+def test_a_job_status_without_a_work_order_status_is_rejected_without_a_call(
+    salesforce: FakeSalesforce,
+) -> None:
+    (outcomes, _) = deliver(salesforce, [job("c-1", status="awaiting_parts")])
+    [[outcome]] = outcomes
+    assert isinstance(outcome, Rejected)
+    assert str(outcome).startswith(
+        "salesforce: payload.status: 'awaiting_parts' has no WorkOrder Status; known: "
+    )
+    assert not [r for r in salesforce.requests if "WorkOrder" in r.path]
+
+
+def test_a_merge_moves_the_retired_contacts_work_orders_and_later_jobs_follow(
+    salesforce: FakeSalesforce,
+) -> None:
+    deliver(salesforce, [contact("c-1"), contact("c-2")], [job("c-2")])
+    survivor = contact_id(salesforce, "c-1")
+    ([[outcome]], _) = deliver(salesforce, [merge("c-1", "c-2")])
+    assert outcome is None
+    [order] = salesforce.records["WorkOrder"].values()
+    assert order["ContactId"] == survivor
+    # Issued for c-2 before the merge, arriving after it.
+    (outcomes, _) = deliver(salesforce, [job("c-2", status="scheduled", job_id="job-2")])
+    assert outcomes == [[None]]
+    [later] = salesforce.find("WorkOrder", "Switchboard_Job_Id__c", "job-2")
+    assert later["ContactId"] == survivor

@@ -11,6 +11,15 @@ made the first time and changes nothing (invariant 2):
   ``switchboard_command_id``, the command's idempotency key. LOG_ACTIVITY of a form or a
   payment has no engagement type of its own: it becomes a note headed by its title.
 
+- jobs (UPSERT_JOB) in the custom object ``job_object`` (settings ``hubspot_job_object``,
+  ``p_switchboard_jobs`` by default, or its ``2-<n>`` objectTypeId) by ``switchboard_job_id``.
+  The portal defines the object with these properties (single-line text but where said):
+  ``switchboard_job_id`` (unique), ``job_name`` (the primary display property),
+  ``job_type``, ``job_status``, ``service``, ``address``, ``amount`` (number, major units),
+  ``currency``, ``scheduled_for`` and ``completed_at`` (datetime), ``technician``,
+  ``field_job_id`` (the field system's id) and ``related_job_id``, and an association to
+  contacts. A null field is not sent, so the record keeps its value.
+
 Batch upsert takes no associations, so a deal or activity is tied to its contact afterwards
 with the v4 "associate default" batch call, which is idempotent too. The portal needs the
 custom unique-value properties above (``hasUniqueValue: true``) on each object it writes.
@@ -111,6 +120,8 @@ from connectors.sinks.http import Answer, raise_for_status, request, retry_after
 BATCH_LIMIT = 100  # inputs per batch call (upsert, read, associate)
 CONTACT_KEY = "switchboard_contact_id"
 DEAL_KEY = "switchboard_deal_id"
+JOB_KEY = "switchboard_job_id"
+DEFAULT_JOB_OBJECT = "p_switchboard_jobs"  # = Settings.hubspot_job_object
 COMMAND_KEY = "switchboard_command_id"
 # The note that keeps a merged-away Switchboard contact id pointing at its survivor.
 ALIAS_PREFIX = "merged-contact:"
@@ -200,14 +211,16 @@ class HubSpotWriter:
         base_url: str = "https://api.hubapi.com",
         owner_ids: Mapping[str, str] | None = None,
         stage_names: Mapping[str, str] | None = None,
+        job_object: str = DEFAULT_JOB_OBJECT,
         session: aiohttp.ClientSession | None = None,
         timeout_s: float = 10.0,
     ) -> None:
         """``owner_ids`` maps Switchboard rep ids to HubSpot owner ids; without it rep ids
         are taken to be HubSpot owner ids already. ``stage_names`` maps pipeline stages to
-        the deal pipeline's stage ids; an unmapped stage goes as it is. A ``session``
-        passed in stays open."""
+        the deal pipeline's stage ids; an unmapped stage goes as it is. ``job_object`` is
+        the custom object that holds job records. A ``session`` passed in stays open."""
         self.base_url = base_url.rstrip("/")
+        self.job_object = job_object
         self.owner_ids = owner_ids
         self.stage_names = dict(stage_names or {})
         self.timeout_s = timeout_s
@@ -336,6 +349,26 @@ class HubSpotWriter:
         if command == "ADD_NOTE":
             props = {"hs_note_body": payload["body"], "hs_timestamp": _instant(record["issued_at"])}
             return write("notes", COMMAND_KEY, command_id, props)
+        if command == "UPSERT_JOB":
+            amount_minor = payload.get("amount_minor")
+            currency = payload.get("currency")
+            if amount_minor is not None:
+                currency = iso_currency(currency, "hubspot")
+            props = {
+                "job_name": payload.get("title"),
+                "job_type": payload["job_type"],
+                "job_status": payload["status"],
+                "service": payload.get("service"),
+                "address": payload.get("address"),
+                "amount": _amount(amount_minor, currency),
+                "currency": currency if amount_minor is not None else None,
+                "scheduled_for": payload.get("scheduled_for"),
+                "completed_at": payload.get("completed_at"),
+                "technician": payload.get("technician"),
+                "field_job_id": payload.get("external_id"),
+                "related_job_id": payload.get("related_job_id"),
+            }
+            return write(self.job_object, JOB_KEY, payload["job_id"], props)
         raise Rejected(f"hubspot: no mapping for command type {command!r}")
 
     def _owner(self, rep_id: str) -> str:

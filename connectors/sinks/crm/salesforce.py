@@ -8,6 +8,15 @@ it made the first time and changes nothing (invariant 2):
   update sets ``Amount`` too when it carries one). Opportunities are not tied to a contact
   (``Opportunity.ContactId`` is create-only, so the update half of a redelivered upsert
   would be refused): a deal is found by its own id, whichever contact a command names;
+- WorkOrder by ``Switchboard_Job_Id__c`` (UPSERT_JOB: a payment's job, the field system's
+  status changes, a scheduled follow-up inspection), tied to its contact through the
+  ``Contact`` relationship by the contact's external id. ``Status`` takes the default
+  picklist's values (``WORK_ORDER_STATUSES``); ``Subject``, ``StartDate`` (scheduled),
+  ``EndDate`` (completed) and ``Street`` are standard fields, and the org creates
+  ``Switchboard_Job_Type__c``, ``Switchboard_Service__c``, ``Switchboard_Technician__c``,
+  ``Switchboard_Field_Job_Id__c``, ``Switchboard_Related_Job_Id__c``,
+  ``Switchboard_Currency__c`` (Text) and ``Switchboard_Amount__c`` (Number, 2 decimals:
+  WorkOrder's own totals come from line items);
 - Task by ``Switchboard_Id__c`` holding the command id (CREATE_TASK; LOG_ACTIVITY as a
   completed Task whose ``Type`` is Call/Email/Meeting/Other -- SMS, forms and payments are
   Other, with a Subject that says what they were; ADD_NOTE as a completed Task "Note",
@@ -92,7 +101,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -137,6 +146,22 @@ ACTIVITY_SUBJECTS = {
     "payment": "Payment",
 }
 CALL_TYPES = {"inbound": "Inbound", "outbound": "Outbound"}
+# A job's status -> WorkOrder.Status (the default picklist). A job paid for and not yet
+# booked, and one booked, are both New to the field team.
+WORK_ORDER_STATUSES = {
+    "pending": "New",
+    "scheduled": "New",
+    "dispatched": "New",
+    "in_progress": "In Progress",
+    "on_hold": "On Hold",
+    "completed": "Completed",
+    "closed": "Closed",
+    "cannot_complete": "Cannot Complete",
+    "cancelled": "Canceled",
+    "canceled": "Canceled",
+}
+# The sObjects whose record reaches a contact (merges send them to the survivor).
+REACHES_CONTACT = ("Contact", "Task", "WorkOrder")
 # UPSERT_CONTACT's Switchboard property names -> Contact fields. Any other key is written to
 # the custom field CUSTOM_PREFIX + Words + "__c" (contact_field).
 CONTACT_FIELDS = {
@@ -192,6 +217,7 @@ class SalesforceWriter:
         contact_id_field: str = "Switchboard_Contact_Id__c",
         deal_id_field: str = "Switchboard_Deal_Id__c",
         activity_id_field: str = "Switchboard_Id__c",
+        job_id_field: str = "Switchboard_Job_Id__c",
         owner_ids: Mapping[str, str] | None = None,
         stage_names: Mapping[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
@@ -208,6 +234,7 @@ class SalesforceWriter:
             "Contact": contact_id_field,
             "Opportunity": deal_id_field,
             "Task": activity_id_field,
+            "WorkOrder": job_id_field,
         }
         self.owner_ids = owner_ids
         self.stage_names = dict(stage_names or {})
@@ -263,7 +290,7 @@ class SalesforceWriter:
 
         def write(sobject: str, fields: dict[str, Any]) -> Write:
             kept = {k: v for k, v in fields.items() if v is not None}
-            reaches = contact_id if sobject in ("Contact", "Task") else None
+            reaches = contact_id if sobject in REACHES_CONTACT else None
             return Write(index, sobject, {"attributes": {"type": sobject}, **kept}, reaches)
 
         if command == "UPSERT_CONTACT":
@@ -339,7 +366,42 @@ class SalesforceWriter:
                     "Description": payload["body"],
                 },
             )
+        if command == "UPSERT_JOB":
+            return write("WorkOrder", self._work_order(payload, contact_key))
         raise Rejected(f"salesforce: no mapping for command type {command!r}")
+
+    def _work_order(
+        self, payload: Mapping[str, Any], contact_key: dict[str, str]
+    ) -> dict[str, Any]:
+        """UPSERT_JOB -> a WorkOrder's fields; a null field is not sent, so it keeps its
+        value (a status change carries no amount)."""
+        status = str(payload["status"])
+        mapped = WORK_ORDER_STATUSES.get(status)
+        if mapped is None:
+            raise Rejected(
+                f"salesforce: payload.status: {status[:50]!r} has no WorkOrder Status; "
+                f"known: {', '.join(sorted(WORK_ORDER_STATUSES))}"
+            )
+        amount_minor = payload.get("amount_minor")
+        currency = payload.get("currency")
+        if amount_minor is not None:
+            currency = iso_currency(currency, "salesforce")
+        return {
+            self.external_ids["WorkOrder"]: payload["job_id"],
+            "Contact": {"attributes": {"type": "Contact"}, **contact_key},
+            "Subject": _clip(payload.get("title"), SUBJECT_LENGTH),
+            "Status": mapped,
+            "StartDate": _datetime(payload.get("scheduled_for")),
+            "EndDate": _datetime(payload.get("completed_at")),
+            "Street": payload.get("address"),
+            "Switchboard_Job_Type__c": payload["job_type"],
+            "Switchboard_Service__c": payload.get("service"),
+            "Switchboard_Amount__c": _amount(amount_minor, currency),
+            "Switchboard_Currency__c": currency if amount_minor is not None else None,
+            "Switchboard_Technician__c": payload.get("technician"),
+            "Switchboard_Field_Job_Id__c": payload.get("external_id"),
+            "Switchboard_Related_Job_Id__c": payload.get("related_job_id"),
+        }
 
     def _activity(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """LOG_ACTIVITY -> the fields of a completed Task."""
@@ -711,6 +773,15 @@ def _error_codes(answer: Answer) -> str:
 def _amount(amount_minor: int | None, currency: str | None) -> float | None:
     amount = major_units(amount_minor, currency)
     return None if amount is None else float(amount)
+
+
+def _datetime(value: datetime | int | None) -> str | None:
+    """A WorkOrder date-time: ISO 8601 UTC."""
+    return None if value is None else utc(value).isoformat(timespec="seconds")
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    return None if text is None else text[:limit]
 
 
 def _lines(*lines: str | None) -> str | None:
