@@ -351,6 +351,9 @@ def test_a_finished_job_is_surveyed_at_ten_the_next_morning_by_email() -> None:
 def test_an_installation_gets_its_inspection_task() -> None:
     result = run(JOB, [job("boiler_installation")])
     assert tasks(result) == ["Follow-up inspection for job J-7 (boiler_installation)"]
+    # ...and the task schedules an inspection job (records.scheduled_job_outputs).
+    [task] = [t for t in result.effects() if isinstance(t, Task)]
+    assert (task.job_type, task.related_job_id) == ("inspection", "J-7")
     assert exited(result, JOB) == "inspection-booked"
 
 
