@@ -112,6 +112,7 @@ def test_payment_closes_the_deal_won_and_a_completed_job_is_invoiced_once(
         "UPDATE_DEAL_STAGE": 1,
         "CREATE_TASK": 1,
         "LOG_ACTIVITY": 1,  # the payment, on the contact's timeline (once, despite the replay)
+        "UPSERT_JOB": 2,  # the payment's job, then that job completed
     }
     # The survey is the job-completed workflow's, which does not run here.
     assert [n for n in notices if n["template"] == "satisfaction_survey"] == []
