@@ -53,7 +53,7 @@ class JobRef(BaseModel):
 
 
 # Job records a contact keeps (the newest); an older job's later update makes a new record.
-JOBS_KEPT = 20
+JOBS_KEPT = 10
 
 
 def kept_jobs(jobs: dict[str, JobRef]) -> dict[str, JobRef]:
