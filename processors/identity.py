@@ -30,8 +30,8 @@ from processors.state import (
     TASKS_KEPT,
     ContactState,
     bounded_identifiers,
-    kept_bookings,
     kept_jobs,
+    kept_meetings,
     kept_untimed,
 )
 
@@ -112,7 +112,7 @@ def merge_states(survivor: ContactState, loser: ContactState) -> ContactState:
         *(t for t in loser.pending_tasks if t.task_id not in held),
     ][-PENDING_TASKS:]
     merged.tags = [*survivor.tags, *(t for t in loser.tags if t not in survivor.tags)]
-    merged.bookings = kept_bookings(loser.bookings | survivor.bookings)
+    merged.meetings = kept_meetings(loser.meetings | survivor.meetings)
     mine = {t.task_id for t in survivor.tasks}
     merged.tasks = sorted(
         [*survivor.tasks, *(t for t in loser.tasks if t.task_id not in mine)], key=lambda t: t.at

@@ -142,7 +142,14 @@ def _status_changed(
     }
     if created:
         fields["title"] = f"{p['job_type']} for {state.who()}"[:500]
-    ref = JobRef(job_type=p["job_type"], status=status, updated_at=at, external_id=external)
+    ref = JobRef(
+        job_type=p["job_type"],
+        status=status,
+        updated_at=at,
+        external_id=external,
+        scheduled_for=p.get("scheduled_for") or (before.scheduled_for if before else None),
+        technician=p.get("technician") or (before.technician if before else None),
+    )
     after = state.model_copy(update={"jobs": kept_jobs({**state.jobs, job_id: ref})})
     previous = f" (was {before.status})" if before is not None else ""
     reason = f"{event['source_system']} job {external} {status}{previous}: {how}"

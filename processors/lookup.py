@@ -91,15 +91,8 @@ def caller_card(state: dict[str, Any], reps: dict[str, Rep], now: datetime) -> d
         return next((i[len(prefix) :] for i in identifiers if i.startswith(prefix)), None)
 
     name = " ".join(filter(None, (profile.get("first_name"), profile.get("last_name"))))
-    bookings = sorted(
-        (state.get("bookings") or {}).values(),
-        key=lambda b: b.get("starts_at") or b["updated_at"],
-    )
-    upcoming = [
-        b
-        for b in bookings
-        if b["status"] not in ("completed", "cancelled") and _ahead(b.get("starts_at"), now)
-    ]
+    bookings = sorted(_bookings(state), key=lambda b: b["starts_at"] or b["updated_at"])
+    upcoming = [b for b in bookings if b["status"] not in _DONE and _ahead(b["starts_at"], now)]
     touches = {
         channel: {"inbound": state.get("last_inbound", {}).get(channel)}
         for channel in state.get("last_inbound") or {}
@@ -152,11 +145,42 @@ def caller_card(state: dict[str, Any], reps: dict[str, Rep], now: datetime) -> d
     }
 
 
+_DONE = {"completed", "cancelled", "canceled"}
+
+
+def _bookings(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The contact's meetings and field-service jobs, in one shape."""
+    found = [
+        {
+            "kind": "meeting",
+            "ref": meeting_id,
+            "title": m["title"],
+            "status": m["status"],
+            "starts_at": m.get("starts_at"),
+            "who": m.get("host"),
+            "location": m.get("location"),
+            "updated_at": m["updated_at"],
+        }
+        for meeting_id, m in (state.get("meetings") or {}).items()
+    ]
+    found += [
+        {
+            "kind": "job",
+            "ref": j.get("external_id") or job_id,
+            "title": j["job_type"],
+            "status": j["status"],
+            "starts_at": j.get("scheduled_for"),
+            "who": j.get("technician"),
+            "location": None,
+            "updated_at": j["updated_at"],
+        }
+        for job_id, j in (state.get("jobs") or {}).items()
+    ]
+    return found
+
+
 def _booking(booking: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: booking.get(k)
-        for k in ("kind", "ref", "title", "status", "starts_at", "who", "location")
-    }
+    return {k: v for k, v in booking.items() if k != "updated_at"}
 
 
 def identifier_of(params: dict[str, str]) -> str:

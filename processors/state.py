@@ -50,6 +50,8 @@ class JobRef(BaseModel):
     status: str
     updated_at: datetime
     external_id: str | None = None  # the field system's job id, once it named one
+    scheduled_for: datetime | None = None  # for the caller lookup's next job
+    technician: str | None = None
 
 
 # Job records a contact keeps (the newest); an older job's later update makes a new record.
@@ -97,15 +99,13 @@ class LastCall(BaseModel):
     handled_by: str | None = None
 
 
-class Booking(BaseModel):
-    """A meeting booked with the contact, or a field-service job for them."""
+class Meeting(BaseModel):
+    """A meeting booked with the contact (their jobs are ``jobs``)."""
 
-    kind: str  # meeting or job
-    ref: str
     title: str
-    status: str  # scheduled, completed, cancelled; a job's own statuses
+    status: str  # scheduled, completed, cancelled
     starts_at: datetime | None = None
-    who: str | None = None  # the meeting's host, the job's technician
+    host: str | None = None
     location: str | None = None
     updated_at: datetime
 
@@ -119,8 +119,8 @@ class OwnerTask(BaseModel):
     at: datetime
 
 
-# The bookings and tasks a contact keeps: the newest, enough for a caller lookup.
-BOOKINGS_KEPT = 10
+# The meetings and tasks a contact keeps: the newest, enough for a caller lookup.
+MEETINGS_KEPT = 10
 TASKS_KEPT = 10
 
 
@@ -166,7 +166,7 @@ class ContactState(PlainModel):
     pending_tasks: list[NextStep] = Field(default_factory=list)  # until routing answers
     tasks: list[OwnerTask] = Field(default_factory=list)  # created for the owner, newest last
     last_call: LastCall | None = None
-    bookings: dict[str, Booking] = Field(default_factory=dict)  # "meeting:<id>", "job:<id>"
+    meetings: dict[str, Meeting] = Field(default_factory=dict)  # by meeting id
     recent_event_ids: list[str] = Field(default_factory=list)
     # Event ids of UNTIMED_SOURCES and when they arrived, for REPLAY_WINDOW.
     untimed_event_ids: dict[str, datetime] = Field(default_factory=dict)
@@ -346,8 +346,8 @@ def apply_event(state: ContactState, event: dict[str, Any]) -> ContactState:
                 summary=payload.get("transcript_summary"),
                 handled_by=payload.get("handled_by"),
             )
-    elif kind in _BOOKING_STATUS or kind == "JOB_STATUS_CHANGED":
-        new.bookings = kept_bookings(_booked(new.bookings, kind, payload, at))
+    elif kind in _MEETING_STATUS:
+        new.meetings = kept_meetings(_met(new.meetings, kind, payload, at))
     elif kind == "EMAIL_UNSUBSCRIBED":
         new.consent.email_opt_out = True
     elif kind == "EMAIL_BOUNCED" and payload["bounce_type"] == "hard":
@@ -355,56 +355,40 @@ def apply_event(state: ContactState, event: dict[str, Any]) -> ContactState:
     return new
 
 
-_BOOKING_STATUS = {
+_MEETING_STATUS = {
     "MEETING_BOOKED": "scheduled",
     "MEETING_COMPLETED": "completed",
     "MEETING_CANCELLED": "cancelled",
 }
 
 
-def _booked(
-    bookings: dict[str, Booking], kind: str, payload: dict[str, Any], at: datetime
-) -> dict[str, Booking]:
-    """``bookings`` with the meeting or job of the event brought up to date."""
-    if kind == "JOB_STATUS_CHANGED":
-        ref = payload["job_id"]
-        known = bookings.get(f"job:{ref}")
-        booking = Booking(
-            kind="job",
-            ref=ref,
-            title=payload.get("job_type") or "job",
-            status=payload.get("status") or "created",
-            starts_at=payload.get("scheduled_for") or (known.starts_at if known else None),
-            who=payload.get("technician") or (known.who if known else None),
-            updated_at=at,
-        )
-        return {**bookings, f"job:{ref}": booking}
-    ref = payload["meeting_id"]
-    known = bookings.get(f"meeting:{ref}")
+def _met(
+    meetings: dict[str, Meeting], kind: str, payload: dict[str, Any], at: datetime
+) -> dict[str, Meeting]:
+    """``meetings`` with the event's meeting brought up to date."""
+    meeting_id = payload["meeting_id"]
+    known = meetings.get(meeting_id)
     if kind == "MEETING_BOOKED":
-        booking = Booking(
-            kind="meeting",
-            ref=ref,
+        meeting = Meeting(
             title=payload.get("title") or "meeting",
             status="scheduled",
             starts_at=payload.get("starts_at"),
-            who=payload.get("host"),
+            host=payload.get("host"),
             location=payload.get("location"),
             updated_at=at,
         )
     elif known is not None:
-        booking = known.model_copy(update={"status": _BOOKING_STATUS[kind], "updated_at": at})
+        meeting = known.model_copy(update={"status": _MEETING_STATUS[kind], "updated_at": at})
     else:
-        return bookings  # held or cancelled before we heard it was booked: nothing to show
-    return {**bookings, f"meeting:{ref}": booking}
+        return meetings  # held or cancelled before we heard it was booked: nothing to show
+    return {**meetings, meeting_id: meeting}
 
 
-def kept_bookings(bookings: dict[str, Booking]) -> dict[str, Booking]:
-    """The BOOKINGS_KEPT most recently changed."""
-    if len(bookings) <= BOOKINGS_KEPT:
-        return bookings
-    newest = sorted(bookings.items(), key=lambda item: item[1].updated_at)[-BOOKINGS_KEPT:]
-    return dict(newest)
+def kept_meetings(meetings: dict[str, Meeting]) -> dict[str, Meeting]:
+    """The MEETINGS_KEPT most recently changed."""
+    if len(meetings) <= MEETINGS_KEPT:
+        return meetings
+    return dict(sorted(meetings.items(), key=lambda item: item[1].updated_at)[-MEETINGS_KEPT:])
 
 
 def kept_tasks(tasks: list[OwnerTask], task: OwnerTask) -> list[OwnerTask]:

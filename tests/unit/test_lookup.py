@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
+from processors.jobs import JOB_EVENTS
+from processors.jobs import decide as decide_job
 from processors.lookup import caller_card, identifier_of
 from processors.routing import Rep
-from processors.state import BOOKINGS_KEPT, ContactState, apply_event
+from processors.state import MEETINGS_KEPT, ContactState, apply_event
 
 NOW = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
 
@@ -38,6 +40,8 @@ def card_of(*events: dict[str, Any], reps: dict[str, Rep] | None = None) -> dict
     state = ContactState(contact_id="c-1", owner_id="rep-1")
     for each in events:
         state = apply_event(state, each)
+        if each["event_type"] in JOB_EVENTS:  # jobs are the job records' (processors.jobs)
+            state, _ = decide_job(state, each)
     return caller_card(json.loads(state.model_dump_json()), reps or {}, NOW)
 
 
@@ -48,21 +52,35 @@ def test_the_card_shows_the_next_booking_not_a_cancelled_or_past_one() -> None:
         event(3, "MEETING_CANCELLED", {"meeting_id": "cancelled"}),
         booked(4, "later", NOW + timedelta(days=3)),
         booked(5, "next", NOW + timedelta(days=1)),
-        event(6, "JOB_STATUS_CHANGED", {"job_id": "j1", "job_type": "install", "status": "done"}),
+        event(6, "JOB_STATUS_CHANGED", job("j1", "completed", NOW - timedelta(hours=9))),
+        event(7, "JOB_STATUS_CHANGED", job("j2", "scheduled", NOW + timedelta(hours=20))),
     )
-    assert card["next_booking"]["ref"] == "next"
+    assert card["next_booking"]["ref"] == "j2"
+    assert card["next_booking"]["kind"] == "job"
+    assert card["next_booking"]["who"] == "Sam"
     statuses = {b["ref"]: b["status"] for b in card["recent_bookings"]}
     assert statuses["cancelled"] == "cancelled"
-    assert statuses["j1"] == "done"
+    assert statuses["j1"] == "completed"
+    assert statuses["next"] == "scheduled"
 
 
-def test_a_contact_keeps_only_its_newest_bookings() -> None:
-    events = [booked(n, f"m{n}", NOW + timedelta(days=n)) for n in range(BOOKINGS_KEPT + 5)]
+def job(job_id: str, status: str, scheduled: datetime) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "job_type": "install",
+        "status": status,
+        "technician": "Sam",
+        "scheduled_for": scheduled,
+    }
+
+
+def test_a_contact_keeps_only_its_newest_meetings() -> None:
+    events = [booked(n, f"m{n}", NOW + timedelta(days=n)) for n in range(MEETINGS_KEPT + 5)]
     state = ContactState(contact_id="c-1")
     for each in events:
         state = apply_event(state, each)
-    assert len(state.bookings) == BOOKINGS_KEPT
-    assert "meeting:m0" not in state.bookings
+    assert len(state.meetings) == MEETINGS_KEPT
+    assert "m0" not in state.meetings
 
 
 def test_the_owner_shows_whether_they_can_take_the_call_now() -> None:
