@@ -35,8 +35,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from processors.durations import Duration, parse_duration
-from processors.hours import Weekday, known_zone
+from processors.durations import Duration, format_duration, parse_duration
+from processors.hours import WEEKDAYS, Weekday, known_zone
 from processors.matching import EventMatch, payload_matches
 from processors.state import ContactState
 from streams import rules as rule_files
@@ -267,6 +267,8 @@ class Branch(RuleModel):
 StepKind = Literal[
     "send", "notify", "task", "update", "wait", "wait_until", "wait_for", "branch", "exit"
 ]
+# The kinds of step a run can stay at; the others are taken at once.
+WAITING_KINDS: tuple[StepKind, ...] = ("send", "wait", "wait_until", "wait_for")
 ACTIONS: tuple[StepKind, ...] = (
     "send",
     "notify",
@@ -299,6 +301,11 @@ class Step(RuleModel):
     otherwise: str | None = None
     exit: str | None = None
     next: str | None = None
+    expected: Duration | None = Field(
+        None,
+        description="How long a run is expected to stay at this step; a run waiting longer "
+        "is stalled (`switchboard journeys`). Default: the step's own wait (see expected_time).",
+    )
 
     @property
     def kind(self) -> StepKind:
@@ -336,7 +343,25 @@ class Step(RuleModel):
             )
         if kind == "wait" and self.wait is not None and self.wait <= timedelta(0):
             raise ValueError("a wait must be longer than zero")
+        if self.expected is not None:
+            self._check_expected(kind, self.expected)
         return self
+
+    def _check_expected(self, kind: StepKind, expected: timedelta) -> None:
+        if kind not in WAITING_KINDS:
+            raise ValueError(
+                f"expected: a {kind} step is taken at once, so no run stays at it: expected "
+                "belongs to wait, wait_until, wait_for and send steps (a send may wait out "
+                "quiet hours); remove it"
+            )
+        if expected <= timedelta(0):
+            raise ValueError("expected must be longer than zero (like 2d), or left out")
+        if kind == "wait" and self.wait is not None and expected < self.wait:
+            raise ValueError(
+                f"expected {format_duration(expected)} is shorter than the step's wait "
+                f"{format_duration(self.wait)}: every run would stall; give at least "
+                f"{format_duration(self.wait)}, or leave expected out"
+            )
 
     def targets(self) -> list[tuple[tuple[Any, ...], str]]:
         """The steps this one names, each with its location in the step."""
@@ -640,6 +665,31 @@ class QuietHours(RuleModel):
         return value
 
 
+def expected_time(step: Step, quiet: QuietHours | None) -> timedelta | None:
+    """How long a run is expected to stay at ``step`` before it is stalled: the step's
+    ``expected``, else what its own wait allows: a ``wait`` its duration, a ``wait_for`` its
+    timeout, a ``wait_until`` the longest gap between the days it may end on (1d on any
+    day), a ``send`` the quiet hours it may wait out; None for steps taken at once."""
+    if step.expected is not None:
+        return step.expected
+    if step.wait is not None:
+        return step.wait
+    if step.wait_for is not None:
+        return step.timeout
+    if step.wait_until is not None:
+        days = step.wait_until.days
+        if not days:
+            return timedelta(days=1)
+        on = sorted({WEEKDAYS.index(d) for d in days})
+        gaps = [(b - a) % 7 or 7 for a, b in zip(on, on[1:] + on[:1], strict=True)]
+        return timedelta(days=max(gaps))
+    if step.send is not None and quiet is not None:
+        start = timedelta(hours=quiet.start.hour, minutes=quiet.start.minute)
+        end = timedelta(hours=quiet.end.hour, minutes=quiet.end.minute)
+        return (end - start) % timedelta(days=1) or None
+    return None
+
+
 # HubSpot's lifecycle stages, in order: a workflow never moves a contact back along them.
 LIFECYCLE_STAGES = [
     "subscriber",
@@ -695,6 +745,11 @@ class Library:
         """The definition a run (anything with workflow and version) is on, else the
         current version of its workflow."""
         return self.version(run.workflow, run.version) or self.current(run.workflow)
+
+    def expected(self, workflow: Workflow, step_id: str) -> timedelta | None:
+        """How long a run is expected to stay at a step of ``workflow`` (expected_time)."""
+        step = workflow.step(step_id)
+        return None if step is None else expected_time(step, self.policies.quiet_hours)
 
     def workflows(self) -> list[Workflow]:
         """The current version of each workflow, highest priority first, then by name."""
