@@ -36,11 +36,13 @@ from pydantic import BaseModel, Field
 from processors.durations import format_duration
 from processors.hours import WEEKDAYS, known_zone
 from processors.ids import decision_id
+from processors.journeys import CONVERTED, DIVERTED, FINISHED, OPT_OUTS, PROGRESSED, UNSUBSCRIBED
 from processors.matching import scalars
 from processors.pipeline import PipelineRules, current_deal
 from processors.sla import EPOCH, to_ms, whole_ms
 from processors.state import CLOSED_STAGES, ContactState, PlainModel
 from processors.workflow import (
+    BUILTIN_EXITS,
     MERGED,
     PREEMPTED,
     VERSION_REMOVED,
@@ -71,6 +73,9 @@ class Run(BaseModel):
     entered_at: datetime
     cause: str  # the event that started it
     waiting_until: datetime | None = None
+    # When the run began to wait at its step (a wait, or a send held for quiet hours):
+    # its time in the step when it moves on (journey KPIs).
+    since: datetime | None = None
     # The triggering event's scalar payload fields: branch conditions (`trigger:`) and
     # message templates read them.
     trigger: dict[str, str] = Field(default_factory=dict)
@@ -292,7 +297,14 @@ class Engine:
                     theirs,
                     "workflow_exited",
                     f"{name}: {MERGED}: {state.contact_id} was already in it",
-                    {"exit": MERGED, "from": retired_id},
+                    {
+                        "exit": MERGED,
+                        "from": retired_id,
+                        "step": theirs.step,
+                        "outcome": DIVERTED,
+                        "why": MERGED,
+                        **run.in_step(theirs),
+                    },
                 )
                 continue
             if ours is not None:
@@ -565,6 +577,7 @@ class _Pass:
                         "event": event["event_type"],
                         "waited_s": int(waited.total_seconds()),
                         "goto": listen.goto,
+                        **self.left(run, UNSUBSCRIBED if event["event_type"] in OPT_OUTS else None),
                     },
                 )
                 run.waiting_until = None
@@ -592,7 +605,13 @@ class _Pass:
                 "workflow_branch",
                 f"{run.workflow}: {step.id}: nothing within {format_duration(step.timeout)} -> "
                 f"{step.on_timeout}",
-                {"step": step.id, "timed_out": True, "goto": step.on_timeout, **late},
+                {
+                    "step": step.id,
+                    "timed_out": True,
+                    "goto": step.on_timeout,
+                    **late,
+                    **self.left(run),
+                },
             )
             assert step.on_timeout is not None
             run.step = step.on_timeout
@@ -601,7 +620,7 @@ class _Pass:
                 run,
                 "workflow_waited",
                 f"{run.workflow}: {step.id}: wait over",
-                {"step": step.id, **late},
+                {"step": step.id, **late, **self.left(run)},
             )
             following = workflow.successor(step.id)
             assert following is not None
@@ -623,16 +642,53 @@ class _Pass:
         for _ in range(len(workflow.steps) + 1):
             if run.workflow not in self.book.runs or self.book.runs[run.workflow] is not run:
                 return  # it exited (preempted by a hand-off it made, say)
+            # A send held for quiet hours is tried again: the same stay at the step.
+            arriving = run.since is None
+            start = len(self.effects)
             if self._check_goal_state(run, workflow):
+                self._mark(run, run.step, start, arriving, False)
                 return
             step = workflow.step(run.step)
             assert step is not None
             run.seq += 1
             following = self.take(run, workflow, step)
+            self._mark(run, step.id, start, arriving, following is not None)
             if following is None:
                 return
             run.step = following
         raise RuntimeError(f"{workflow.name}: steps loop (lint should have refused it)")
+
+    def _mark(self, run: Run, step: str, start: int, arriving: bool, moved_on: bool) -> None:
+        """Mark the audit entries of a stay at ``step`` written since ``start``: the first
+        ``arrived``; the last, when the run moved on, with how (journey KPIs)."""
+        mine = [
+            e
+            for e in self.effects[start:]
+            if isinstance(e, Audit)
+            and e.inputs.get("run_id") == run.run_id
+            and e.inputs.get("step") == step
+        ]
+        if not mine:
+            return  # unreachable: every step writes an entry (an update without change too)
+        if arriving:
+            mine[0].inputs["arrived"] = "true"
+        if moved_on:
+            suppressed = next((e.suppressed for e in mine if e.suppressed), None)
+            mine[-1].inputs.update(self.left(run, suppressed))
+
+    def left(self, run: Run, diverted: str | None = None) -> dict[str, Any]:
+        """The marks of the entry with which the run leaves its step along its path:
+        ``diverted`` (why) when it was taken off it (an unsubscribe, a suppressed action)."""
+        marks: dict[str, Any] = {"outcome": PROGRESSED}
+        if diverted is not None:
+            marks = {"outcome": DIVERTED, "why": diverted}
+        return marks | self.in_step(run)
+
+    def in_step(self, run: Run) -> dict[str, Any]:
+        """How long the run waited at its step (nothing when it did not wait); its stay
+        there ends."""
+        since, run.since = run.since, None
+        return {} if since is None else {"in_step_s": int((self.now - since).total_seconds())}
 
     def take(self, run: Run, workflow: Workflow, step: Step) -> str | None:
         """Take one step; the next step, or None when the run now waits or has exited."""
@@ -671,7 +727,15 @@ class _Pass:
             )
         elif kind == "update":
             assert step.update is not None
+            before = len(self.effects)
             self.update(run, step.update, step.id)
+            if len(self.effects) == before:  # an entry all the same: the step was taken
+                self.audit_for(
+                    run,
+                    "workflow_step",
+                    f"{name}: {step.id}: nothing to change (the contact is there already)",
+                    {"step": step.id, "action": "update", "changed": False},
+                )
         elif kind == "wait":
             assert step.wait is not None
             self.wait(run, step, whole_ms(self.now + step.wait))
@@ -696,14 +760,25 @@ class _Pass:
 
     def wait(self, run: Run, step: Step, until: datetime) -> None:
         run.waiting_until = until
+        run.since = self.now
         what = ", ".join(dict.fromkeys(m.event for m in step.wait_for or []))
         self.audit_for(
             run,
             "workflow_waiting",
             f"{run.workflow}: {step.id}: waits until {until:%Y-%m-%d %H:%M}Z"
             + (f" for {what}" if what else ""),
-            {"step": step.id, "until": until.isoformat()},
+            {
+                "step": step.id,
+                "until": until.isoformat(),
+                **({"waits_for": what} if what else {}),
+                **self.expected(run, step),
+            },
         )
+
+    def expected(self, run: Run, step: Step) -> dict[str, Any]:
+        workflow = self.library.of(run)
+        limit = self.library.expected(workflow, step.id) if workflow else None
+        return {} if limit is None else {"expected_s": int(limit.total_seconds())}
 
     def branch(self, run: Run, step: Step) -> str:
         running = set(self.book.runs)
@@ -770,12 +845,13 @@ class _Pass:
             until = quiet_until(self.now, quiet, zone)
             if until is not None:
                 run.waiting_until = until
+                run.since = run.since or self.now
                 self.audit_for(
                     run,
                     "workflow_deferred",
                     f"{name}: {step.id}: quiet hours on the contact's clock ({zone}); "
                     f"sends at {until:%Y-%m-%d %H:%M}Z",
-                    {**inputs, "until": until.isoformat()},
+                    {**inputs, "until": until.isoformat(), **self.expected(run, step)},
                 )
                 return False
         cap = self.policies.frequency_caps.get(send.channel)
@@ -932,6 +1008,12 @@ class _Pass:
         history.last_exit, history.exited_at = exit_name, self.now
         workflow = self.library.of(run)
         state = workflow.exits.get(exit_name) if workflow else None
+        if workflow is not None and exit_name == workflow.goal.exit:
+            marks: dict[str, Any] = {"outcome": CONVERTED}
+        elif exit_name in BUILTIN_EXITS:
+            marks = {"outcome": DIVERTED, "why": exit_name}
+        else:
+            marks = {"outcome": FINISHED}
         self.audit_for(
             run,
             "workflow_exited",
@@ -940,6 +1022,8 @@ class _Pass:
                 "exit": exit_name,
                 "step": run.step,
                 "took_s": int((self.now - run.entered_at).total_seconds()),
+                **marks,
+                **self.in_step(run),
             },
         )
         if state is None:
