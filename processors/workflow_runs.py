@@ -15,9 +15,10 @@ from datetime import datetime
 from typing import Any, get_args
 
 from processors import timers
+from processors.journeys import DIVERTED, OPT_OUTS, OUTCOMES, UNSUBSCRIBED
 from processors.records import workflow_outputs
 from processors.state import ContactState
-from processors.workflow import Library
+from processors.workflow import BUILTIN_EXITS, WAITING_KINDS, Library
 from processors.workflow_engine import (
     TIMER_PREFIX,
     Audit,
@@ -156,6 +157,8 @@ def _count(outcome: Outcome) -> None:
         if not isinstance(effect, Audit):
             continue
         workflow = effect.workflow
+        if "arrived" in effect.inputs or "outcome" in effect.inputs:
+            _count_journey(workflow, effect.inputs)
         if effect.decision == "workflow_entered":
             metrics.labelled(metrics.WORKFLOW_ENROLMENTS, workflow).inc()
         elif effect.decision == "workflow_exited":
@@ -164,6 +167,36 @@ def _count(outcome: Outcome) -> None:
             metrics.labelled(metrics.WORKFLOW_SUPPRESSIONS, workflow, effect.suppressed).inc()
         elif effect.decision in ("workflow_sent", "workflow_step", "workflow_branch"):
             metrics.labelled(metrics.WORKFLOW_STEPS, workflow, effect.decision).inc()
+
+
+# What may take a run off its path at a step of a kind, besides the engine's own exits
+# at the steps a run waits at.
+_DIVERSIONS: dict[str, tuple[str, ...]] = {
+    "send": ("consent", "frequency_cap"),
+    "notify": ("no_recipient",),
+    "update": ("backwards",),
+}
+# (workflow, step) -> seconds a run is expected to stay there, of the loaded workflows.
+_EXPECTED: dict[tuple[str, str], float] = {}
+
+
+def _count_journey(workflow: str, inputs: dict[str, Any]) -> None:
+    """The journey marks of an audit entry (processors.journeys) as metrics."""
+    step = str(inputs.get("step"))
+    if "arrived" in inputs:
+        metrics.labelled(metrics.JOURNEY_STEPS, workflow, step, "entered").inc()
+    done = inputs.get("outcome")
+    if done is None:
+        return
+    metrics.labelled(metrics.JOURNEY_STEPS, workflow, step, done).inc()
+    if done == DIVERTED:
+        metrics.labelled(metrics.JOURNEY_DIVERSIONS, workflow, step, inputs["why"]).inc()
+    waited = inputs.get("in_step_s")
+    if waited is not None:
+        metrics.labelled(metrics.JOURNEY_STEP_SECONDS, workflow, step).observe(waited)
+        limit = _EXPECTED.get((workflow, step))
+        if limit is not None and waited > limit:
+            metrics.labelled(metrics.JOURNEY_STEPS, workflow, step, "stalled").inc()
 
 
 def declare_workflows(library: Library) -> None:
@@ -177,3 +210,17 @@ def declare_workflows(library: Library) -> None:
         metrics.declare(metrics.WORKFLOW_SUPPRESSIONS, ({**name, "reason": r} for r in reasons))
         for timer in (metrics.TIMERS_FIRED, metrics.TIMER_LATENESS):
             metrics.declare(timer, [{"policy": timer_key(flow.name)}])
+        for step in flow.steps:
+            at = {**name, "step": step.id}
+            outcomes = ("entered", *OUTCOMES, "stalled")
+            metrics.declare(metrics.JOURNEY_STEPS, ({**at, "outcome": o} for o in outcomes))
+            reasons = _DIVERSIONS.get(step.kind, ())
+            if step.kind in WAITING_KINDS:
+                reasons += BUILTIN_EXITS
+            if any(m.event in OPT_OUTS for m in step.wait_for or []):
+                reasons += (UNSUBSCRIBED,)
+            metrics.declare(metrics.JOURNEY_DIVERSIONS, ({**at, "reason": r} for r in reasons))
+            limit = library.expected(flow, step.id)
+            if limit is not None:
+                _EXPECTED[(flow.name, step.id)] = limit.total_seconds()
+                metrics.declare(metrics.JOURNEY_STEP_SECONDS, [at])

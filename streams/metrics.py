@@ -246,6 +246,28 @@ WORKFLOW_SUPPRESSIONS = Counter(
     "group, reentry, consent, frequency_cap, backwards, ...).",
     ["workflow", "reason"],
 )
+JOURNEY_STEPS = Counter(
+    "switchboard_journey_steps_total",
+    "Workflow runs at a step, by workflow, step and what they did there: entered (arrived "
+    "at it), progressed (moved on along the path), diverted (taken off it), converted "
+    "(ended in the workflow's goal exit), finished (ended in another exit), stalled (moved "
+    "on or ended later than the step's expected time).",
+    ["workflow", "step", "outcome"],
+)
+JOURNEY_DIVERSIONS = Counter(
+    "switchboard_journey_diversions_total",
+    "Workflow runs taken off their path at a step, by reason: a suppressed action "
+    "(consent, frequency_cap, no_recipient, backwards), unsubscribed, or an exit the engine "
+    "forced (preempted, merged, version_removed).",
+    ["workflow", "step", "reason"],
+)
+JOURNEY_STEP_SECONDS = Histogram(
+    "switchboard_journey_step_seconds",
+    "How long a workflow run waited at a step (a wait, a wait for events, quiet hours) "
+    "before it moved on or ended.",
+    ["workflow", "step"],
+    buckets=(60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 2 * 86400, 3 * 86400, 7 * 86400),
+)
 
 
 _CHILDREN: dict[tuple[int, tuple[str, ...]], object] = {}

@@ -44,6 +44,7 @@ BOUNDED_LABELS = {
     "table",
     "band",
     "rep",
+    "step",
 }
 # Added by Prometheus itself, not by any exporter.
 SYNTHETIC = {"up"}
