@@ -474,6 +474,61 @@ def workflows_simulate(
     click.echo(render(result))
 
 
+@main.command()
+@click.argument("workflow", required=False)
+@click.option(
+    "--since",
+    default="7d",
+    show_default=True,
+    help="How far back to read the audit topic (a duration: 12h, 7d, 2w).",
+)
+@click.option("--top", "top_n", default=5, show_default=True, help="Reasons shown of each kind.")
+def journeys(workflow: str | None, since: str, top_n: int) -> None:
+    """Where contacts progress, stall or divert: per workflow (or WORKFLOW) and step, the
+    runs that entered, progressed, stalled, were diverted or converted, and their time in
+    the step, from the audit topic since --since; then the top reasons for stalls and
+    diversions. Stalled: still waiting at a step, longer than its expected time, now."""
+    from datetime import UTC, datetime
+
+    from processors.durations import parse_duration
+    from processors.journeys import funnels, render
+    from processors.workflow import load_library
+    from streams.kafka import read_topic
+    from streams.serde import AvroSerde
+    from streams.topics import AUDIT
+
+    try:
+        window = parse_duration(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    settings = _settings()
+    try:
+        library = load_library(settings.workflows) if settings.workflows else load_library()
+    except RuleFileError as exc:
+        raise click.ClickException(f"workflows rejected:\n{exc}") from None
+    if workflow is not None and library.current(workflow) is None:
+        known = ", ".join(sorted(library.versions))
+        raise click.BadParameter(f"no workflow {workflow!r} (known: {known})")
+    now = datetime.now(UTC)
+    topic = AUDIT.full_name(settings)
+    serde = AvroSerde(registry_client(settings.schema_registry_url), AUDIT.schema, topic)
+    since_ms = int((now - window).timestamp() * 1000)
+    messages = read_topic(settings, topic, since_ms=since_ms)
+    # A run's entries are on one partition, in offset order; a stable sort by time keeps
+    # that order and puts a merged contact's run (on another partition) in its place.
+    entries = sorted((serde.decode(m.value()) for m in messages), key=lambda e: e["recorded_at"])
+    if workflow is not None:
+        entries = [e for e in entries if e["inputs"].get("workflow") == workflow]
+    expected = {
+        (flow.name, step.id): library.expected(flow, step.id)
+        for flow in library.workflows()
+        for step in flow.steps
+    }
+    order = {flow.name: [s.id for s in flow.steps] for flow in library.workflows()}
+    click.echo(f"audit entries since {now - window:%Y-%m-%d %H:%M}Z: {len(entries)}", err=True)
+    click.echo(render(funnels(entries, now, expected), order, top_n))
+
+
 @main.group()
 def dlq() -> None:
     """Inspect and replay the dead-letter topic."""

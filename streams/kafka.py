@@ -61,8 +61,11 @@ def partition_of(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[Message]:
-    """Every committed message now in ``topic``, by partition assignment (no consumer group).
+def read_topic(
+    settings: Settings, topic: str, timeout: float = 30.0, since_ms: int | None = None
+) -> list[Message]:
+    """Every committed message now in ``topic``, by partition assignment (no consumer group);
+    with ``since_ms``, those from the first with a timestamp at or after it (Unix ms).
 
     Done when the position reaches each partition's end as it was at the start; positions,
     unlike message offsets, move past transaction markers."""
@@ -77,7 +80,16 @@ def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[Me
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ends = {p: watermarks(consumer, TopicPartition(topic, p))[1] for p in partitions}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        starts = {p: OFFSET_BEGINNING for p in partitions}
+        if since_ms is not None:
+            asked = [TopicPartition(topic, p, since_ms) for p in partitions]
+            for tp in consumer.offsets_for_times(asked, timeout=10):
+                # -1: nothing that recent; the partition is read from its end (nothing).
+                starts[tp.partition] = tp.offset if tp.offset >= 0 else ends[tp.partition]
+            partitions = {p: v for p, v in partitions.items() if starts[p] < ends[p]}
+            if not partitions:
+                return []
+        consumer.assign([TopicPartition(topic, p, starts[p]) for p in partitions])
         found: list[Message] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
