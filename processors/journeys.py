@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from processors.durations import format_duration
-
 PROGRESSED = "progressed"
 DIVERTED = "diverted"
 CONVERTED = "converted"
@@ -97,7 +95,11 @@ def funnels(
 ) -> dict[str, Funnel]:
     """The funnel of every workflow from audit ``entries`` in the order they were written
     (a run's entries are on one partition, in offset order). ``expected`` is each
-    (workflow, step)'s expected time for entries that do not carry ``expected_s``."""
+    (workflow, step)'s expected time for entries that do not carry ``expected_s``.
+
+    Over the whole topic, each run that entered a step is in one of its other columns.
+    Over a window, a stay that began before it counts in how it ended (or as waiting or
+    stalled, judged from its first entry in the window), not in entered."""
     found: dict[str, Funnel] = {}
     open_stays: dict[str, _Stay] = {}
     ended: set[str] = set()  # runs that exited: what follows is their exit state's actions
@@ -133,8 +135,13 @@ def funnels(
         step = inputs.get("step")
         if step is None:
             continue
-        if stay is None or stay.step != step or inputs.get("arrived") == "true":
+        if inputs.get("arrived") == "true" or (stay is not None and stay.step != step):
+            # (a step changed without the mark: an entry written before the marks)
             funnel(name).step(step).entered += 1
+            stay = open_stays[run_id] = _Stay(name, step, entry["recorded_at"])
+        elif stay is None:
+            # It arrived before the window: counted in how it leaves, not in entered; still
+            # there, it has been there at least since this entry.
             stay = open_stays[run_id] = _Stay(name, step, entry["recorded_at"])
         if "expected_s" in inputs:
             stay.expected_s = float(inputs["expected_s"])
@@ -185,9 +192,13 @@ def stall_reason(stay: _Stay, now: datetime) -> str:
 
 
 def _seconds(value: float | None) -> str:
+    """A time in a step, short: 45s, 12m, 25h, 3.5d."""
     if value is None:
         return "-"
-    return format_duration(timedelta(seconds=round(value)))
+    for unit, size, below in (("s", 1, 60), ("m", 60, 3600), ("h", 3600, 2 * 86400)):
+        if value < below:
+            return f"{value / size:.1f}".removesuffix(".0") + unit
+    return f"{value / 86400:.1f}".removesuffix(".0") + "d"
 
 
 def render(

@@ -488,11 +488,10 @@ def journeys(workflow: str | None, since: str, top_n: int) -> None:
     runs that entered, progressed, stalled, were diverted or converted, and their time in
     the step, from the audit topic since --since; then the top reasons for stalls and
     diversions. Stalled: still waiting at a step, longer than its expected time, now."""
-    from datetime import UTC, datetime
-
     from processors.durations import parse_duration
     from processors.journeys import funnels, render
     from processors.workflow import load_library
+    from streams.clock import clock_from_setting
     from streams.kafka import read_topic
     from streams.serde import AvroSerde
     from streams.topics import AUDIT
@@ -509,14 +508,21 @@ def journeys(workflow: str | None, since: str, top_n: int) -> None:
     if workflow is not None and library.current(workflow) is None:
         known = ", ".join(sorted(library.versions))
         raise click.BadParameter(f"no workflow {workflow!r} (known: {known})")
-    now = datetime.now(UTC)
+    # The pipeline's clock, as the workers keep it: what "now" is for a stall.
+    now = clock_from_setting(settings.clock).now()
     topic = AUDIT.full_name(settings)
     serde = AvroSerde(registry_client(settings.schema_registry_url), AUDIT.schema, topic)
-    since_ms = int((now - window).timestamp() * 1000)
+    # Kafka's timestamps are when the entries were written (the wall clock): the offsets
+    # to start at. Their recorded_at is the pipeline's clock, which is the wall clock but
+    # in tests and simulations: the window itself.
+    since_ms = int((time.time() - window.total_seconds()) * 1000)
     messages = read_topic(settings, topic, since_ms=since_ms)
+    decoded = (serde.decode(m.value()) for m in messages)
     # A run's entries are on one partition, in offset order; a stable sort by time keeps
     # that order and puts a merged contact's run (on another partition) in its place.
-    entries = sorted((serde.decode(m.value()) for m in messages), key=lambda e: e["recorded_at"])
+    entries = sorted(
+        (e for e in decoded if e["recorded_at"] >= now - window), key=lambda e: e["recorded_at"]
+    )
     if workflow is not None:
         entries = [e for e in entries if e["inputs"].get("workflow") == workflow]
     expected = {
