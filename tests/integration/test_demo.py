@@ -1,6 +1,7 @@
 """`make run` as a user runs it (infra/run.sh): the demo comes up on the native broker and
 registry, the load generator's stories reach the CRM store, the live view and
-`switchboard explain` work against it, and Ctrl-C leaves no process behind."""
+`switchboard explain` work against it, Ctrl-C leaves no process behind, and
+`switchboard journeys` prints the funnels its audit topic holds."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from processors.workflow import load_library
+from streams.kafka import read_topic
+from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
+from streams.topics import AUDIT
 from tests.conftest import ROOT, Infra, free_port
+from tests.integration.test_journeys import from_audit, tables
 from tests.kafka_helpers import get, settings_env, wait_for
 
 pytestmark = pytest.mark.integration
@@ -112,3 +119,16 @@ def test_make_run_shows_the_pipeline_working_and_ctrl_c_leaves_nothing_behind(
         finally:
             log.close()
     wait_for(lambda: not in_session(demo.pid), "every process of the demo to end", 30)
+
+    # `switchboard journeys` on the feed prints the funnels the audit topic holds (both
+    # read after Ctrl-C, so the same settled topic).
+    printed = switchboard(settings, "journeys", "--since", "1d")
+    assert printed.returncode == 0, printed.stderr
+    topic = AUDIT.full_name(settings)
+    serde = AvroSerde(registry_client(settings.schema_registry_url), AUDIT.schema, topic)
+    audit = [serde.decode(m.value()) for m in read_topic(settings, topic)]
+    workflow = [a for a in audit if a["stage"] == "workflow"]
+    printed_funnels = {name: steps for name, steps in tables(printed.stdout).items() if steps}
+    assert printed_funnels, printed.stdout
+    counted = from_audit(workflow, datetime.now(UTC), load_library())
+    assert printed_funnels == counted, f"{printed.stdout}\n{counted}"
