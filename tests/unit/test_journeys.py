@@ -281,3 +281,65 @@ def test_the_worker_counts_the_same_funnel_as_metrics(tmp_path: Path) -> None:
     assert sample("switchboard_journey_step_seconds_sum", **labels) == sum(
         funnel.steps["wait-for-reply"].times
     )
+
+
+STAGE_UP = """
+name: stage-up
+version: 1
+purpose: Make the contact a lead, pause, nudge them once.
+owner: ops@example.com
+trigger: {event: FORM_SUBMITTED}
+entry: {everyone: true}
+goal: {state: {lifecycle_stage_in: [customer]}, exit: won}
+steps:
+  - {id: to-lead, update: {lifecycle_stage: lead}}
+  - {id: pause, wait: 7h}
+  - id: nudge
+    send: {channel: EMAIL, template: nudge}
+  - {id: done, exit: done}
+exits:
+  won: {tag: won}
+  done: {tag: done}
+"""
+
+
+def marks(entries: list[dict[str, Any]], contact_id: str) -> list[tuple[str, ...]]:
+    """The journey marks on a contact's entries at steps (not its exit state's actions)."""
+    keys = ("arrived", "outcome", "in_step_s")
+    return [
+        (e["decision"], e["inputs"]["step"], *(e["inputs"].get(k, "") for k in keys))
+        for e in entries
+        if e["contact_id"] == contact_id
+        and not e["inputs"].get("step", "exit-").startswith("exit-")
+    ]
+
+
+def test_every_stay_is_marked_once_at_arrival_and_once_when_it_ends(tmp_path: Path) -> None:
+    j = Journeys(library(tmp_path, STAGE_UP))
+    j.contact("quiet")
+    j.contact("won")
+    for c in ("quiet", "won"):
+        j.states[c] = j.states[c].model_copy(update={"lifecycle_stage": "lead"})
+        j.event(c, "FORM_SUBMITTED", T0)  # Monday 15:00 UTC
+    j.wait_over("quiet", "stage-up")  # 22:00: quiet hours until 08:00
+    j.wait_over("quiet", "stage-up")  # 08:00: sent
+    j.states["won"] = j.states["won"].model_copy(update={"lifecycle_stage": "customer"})
+    j.wait_over("won", "stage-up")
+    # Already a lead: the update step changes nothing, and still says it was taken.
+    # The send held for quiet hours is one stay of ten hours, ended by the send.
+    assert marks(j.entries, "quiet") == [
+        ("workflow_step", "to-lead", "true", "progressed", ""),
+        ("workflow_waiting", "pause", "true", "", ""),
+        ("workflow_waited", "pause", "", "progressed", str(7 * 3600)),
+        ("workflow_deferred", "nudge", "true", "", ""),
+        ("workflow_sent", "nudge", "", "progressed", str(10 * 3600)),
+        ("workflow_exited", "done", "true", "finished", ""),
+    ]
+    # The goal holds as the run reaches nudge: it arrived there, and converted there.
+    assert marks(j.entries, "won")[-2:] == [
+        ("workflow_waited", "pause", "", "progressed", str(7 * 3600)),
+        ("workflow_exited", "nudge", "true", "converted", ""),
+    ]
+    [funnel] = funnels(j.entries, T0 + timedelta(days=1)).values()
+    assert funnel.steps["nudge"].times == [10 * 3600]
+    assert (funnel.steps["nudge"].progressed, funnel.steps["nudge"].converted) == (1, 1)
