@@ -170,3 +170,29 @@ def test_every_panel_says_what_it_answers_and_alerts_name_a_dashboard() -> None:
     for rule in alert_rules():
         assert rule["annotations"]["dashboard"] in uids, rule["alert"]
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+
+
+def test_the_journeys_dashboard_shows_every_outcome_the_worker_counts_from_zero() -> None:
+    from prometheus_client import REGISTRY
+
+    from processors.journeys import OUTCOMES
+    from processors.workflow import load_library
+    from processors.workflow_runs import declare_workflows
+
+    board = dashboards()["journeys.json"]
+    read = " ".join(t["expr"] for p in panels(board) for t in p.get("targets", []))
+    outcomes = ("entered", *OUTCOMES, "stalled")
+    for outcome in outcomes:
+        assert f'outcome="{outcome}"' in read, outcome
+    assert "switchboard_journey_diversions_total" in read
+    assert "switchboard_journey_step_seconds_bucket" in read
+    # Every step of the shipped workflows exports each outcome at zero from the start, so
+    # the funnel's first increase is seen (streams.metrics).
+    library = load_library()
+    declare_workflows(library)
+    for flow in library.workflows():
+        for step in flow.steps:
+            for outcome in outcomes:
+                labels = {"workflow": flow.name, "step": step.id, "outcome": outcome}
+                value = REGISTRY.get_sample_value("switchboard_journey_steps_total", labels)
+                assert value is not None, labels
