@@ -729,6 +729,9 @@ class Library:
     policies: Policies
     versions: dict[str, dict[int, Workflow]] = field(default_factory=dict)
     files: dict[tuple[str, int], Path] = field(default_factory=dict)
+    _expected: dict[tuple[str, int, str], timedelta | None] = field(
+        default_factory=dict, init=False
+    )
 
     def __repr__(self) -> str:
         loaded = ", ".join(f"{n} v{sorted(v)}" for n, v in sorted(self.versions.items()))
@@ -747,9 +750,14 @@ class Library:
         return self.version(run.workflow, run.version) or self.current(run.workflow)
 
     def expected(self, workflow: Workflow, step_id: str) -> timedelta | None:
-        """How long a run is expected to stay at a step of ``workflow`` (expected_time)."""
-        step = workflow.step(step_id)
-        return None if step is None else expected_time(step, self.policies.quiet_hours)
+        """How long a run is expected to stay at a step of ``workflow`` (expected_time);
+        asked at every wait, so kept."""
+        key = (workflow.name, workflow.version, step_id)
+        if key not in self._expected:
+            step = workflow.step(step_id)
+            quiet = self.policies.quiet_hours
+            self._expected[key] = None if step is None else expected_time(step, quiet)
+        return self._expected[key]
 
     def workflows(self) -> list[Workflow]:
         """The current version of each workflow, highest priority first, then by name."""

@@ -661,20 +661,22 @@ class _Pass:
     def _mark(self, run: Run, step: str, start: int, arriving: bool, moved_on: bool) -> None:
         """Mark the audit entries of a stay at ``step`` written since ``start``: the first
         ``arrived``; the last, when the run moved on, with how (journey KPIs)."""
-        mine = [
-            e
-            for e in self.effects[start:]
-            if isinstance(e, Audit)
-            and e.inputs.get("run_id") == run.run_id
-            and e.inputs.get("step") == step
-        ]
-        if not mine:
+        first: Audit | None = None
+        last: Audit | None = None
+        suppressed: str | None = None
+        for effect in self.effects[start:]:  # the few this step wrote
+            if not isinstance(effect, Audit):
+                continue
+            if effect.inputs.get("step") == step and effect.inputs.get("run_id") == run.run_id:
+                first = first or effect
+                last = effect
+                suppressed = suppressed or effect.suppressed
+        if first is None or last is None:
             return  # unreachable: every step writes an entry (an update without change too)
         if arriving:
-            mine[0].inputs["arrived"] = "true"
+            first.inputs["arrived"] = "true"
         if moved_on:
-            suppressed = next((e.suppressed for e in mine if e.suppressed), None)
-            mine[-1].inputs.update(self.left(run, suppressed))
+            last.inputs.update(self.left(run, suppressed))
 
     def left(self, run: Run, diverted: str | None = None) -> dict[str, Any]:
         """The marks of the entry with which the run leaves its step along its path:
@@ -762,23 +764,25 @@ class _Pass:
         run.waiting_until = until
         run.since = self.now
         what = ", ".join(dict.fromkeys(m.event for m in step.wait_for or []))
+        inputs: dict[str, Any] = {"step": step.id, "until": until.isoformat()}
+        if what:
+            inputs["waits_for"] = what
+        self.expected(run, step, inputs)
         self.audit_for(
             run,
             "workflow_waiting",
             f"{run.workflow}: {step.id}: waits until {until:%Y-%m-%d %H:%M}Z"
             + (f" for {what}" if what else ""),
-            {
-                "step": step.id,
-                "until": until.isoformat(),
-                **({"waits_for": what} if what else {}),
-                **self.expected(run, step),
-            },
+            inputs,
         )
 
-    def expected(self, run: Run, step: Step) -> dict[str, Any]:
+    def expected(self, run: Run, step: Step, inputs: dict[str, Any]) -> dict[str, Any]:
+        """``inputs`` with the step's expected time, for a stall to be judged by."""
         workflow = self.library.of(run)
         limit = self.library.expected(workflow, step.id) if workflow else None
-        return {} if limit is None else {"expected_s": int(limit.total_seconds())}
+        if limit is not None:
+            inputs["expected_s"] = int(limit.total_seconds())
+        return inputs
 
     def branch(self, run: Run, step: Step) -> str:
         running = set(self.book.runs)
@@ -851,7 +855,7 @@ class _Pass:
                     "workflow_deferred",
                     f"{name}: {step.id}: quiet hours on the contact's clock ({zone}); "
                     f"sends at {until:%Y-%m-%d %H:%M}Z",
-                    {**inputs, "until": until.isoformat(), **self.expected(run, step)},
+                    self.expected(run, step, {**inputs, "until": until.isoformat()}),
                 )
                 return False
         cap = self.policies.frequency_caps.get(send.channel)
