@@ -50,6 +50,10 @@ LOOKUP_SECONDS = Histogram(
     "Time to answer a caller lookup, from the view.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
+# At zero from the start: the dashboard shows 0, not "No data", and increase() sees the
+# first one.
+for _outcome in ("found", "unknown", "bad_request", "warming_up"):
+    LOOKUPS.labels(outcome=_outcome)
 VIEW_READY = Gauge(
     "switchboard_lookup_ready", "1 once the lookup's view has read the changelogs to their end."
 )
@@ -341,10 +345,11 @@ def _serve(settings: Settings, view: CallerView, token: str) -> None:
         token,
         queries={PATH: view.lookup},
         token_secret=TOKEN_SECRET,
+        ready=view.ready.is_set,
     )
     print(
         f"lookup: http://{settings.lookup_bind}:{settings.lookup_port}{PATH}?phone=|email= "
-        "(Bearer token); /metrics",
+        "(Bearer token); /metrics, /healthz",
         flush=True,
     )
     stop = threading.Event()

@@ -4,7 +4,8 @@ their own: a worker's tables, the caller lookup's view.
 
 The views hold contacts' personal data: each request must carry ``Authorization: Bearer
 <token>`` (a worker's from SWITCHBOARD_SECRET_VIEWS_TOKEN); without a token configured
-the views are off. ``/metrics`` holds no personal data and stays open to the scraper."""
+the views are off. ``/metrics`` holds no personal data and stays open to the scraper, as
+does ``/healthz`` for a process that says when it is ready (the orchestrator's probe)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,10 @@ def serve(
     token: str | None,
     queries: Mapping[str, Query] | None = None,
     token_secret: str = TOKEN_SECRET,
+    ready: Callable[[], bool] | None = None,
 ) -> ThreadingHTTPServer:
+    """``ready``, when given, answers ``/healthz``: 200 once it is true, 503 before (a
+    readiness probe keeps the pod out of its Service until then)."""
     expected = f"Bearer {token}".encode() if token else None
     routes: Mapping[str, Query] = queries or {}
 
@@ -54,6 +58,10 @@ def serve(
             url = urllib.parse.urlsplit(self.path)
             if url.path == "/metrics":
                 self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                return
+            if url.path == "/healthz" and ready is not None:
+                up = ready()
+                self._json(200 if up else 503, {"ready": up})
                 return
             query = routes.get(url.path)
             name, _, key = url.path.strip("/").partition("/")

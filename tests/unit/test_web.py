@@ -1,9 +1,11 @@
 """The worker's web port on loopback (issue 20, item 15): the contact views answer only a
-request with the bearer token; /metrics stays open to the scraper."""
+request with the bearer token; /metrics stays open to the scraper, and so does /healthz
+where the process says when it is ready (the caller lookup)."""
 
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -72,3 +74,22 @@ def test_a_worker_without_a_token_serves_no_view() -> None:
 def test_an_unknown_path_is_404_with_or_without_the_token(port: int) -> None:
     assert fetch(port, "/contacts/", TOKEN)[0] == 404
     assert fetch(port, "/secrets/x")[0] == 404
+
+
+def test_healthz_is_503_until_ready_then_200_without_a_token() -> None:
+    port = free_port()
+    ready = threading.Event()
+    server = serve("127.0.0.1", port, {}, TOKEN, ready=ready.is_set)
+    try:
+        status, _, body = fetch(port, "/healthz")
+        assert (status, json.loads(body)) == (503, {"ready": False})
+        ready.set()
+        status, _, body = fetch(port, "/healthz")
+        assert (status, json.loads(body)) == (200, {"ready": True})
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_process_that_says_nothing_of_readiness_has_no_healthz(port: int) -> None:
+    assert fetch(port, "/healthz", TOKEN)[0] == 404
