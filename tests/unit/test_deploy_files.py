@@ -238,6 +238,7 @@ def test_every_container_runs_a_real_switchboard_command() -> None:
         "gateway",
         "sink crm",
         "sink notify",
+        "sink billing",
         "topics create",
         "schemas register",
     }
