@@ -146,15 +146,16 @@ LOOKUP_TOKEN = "test-lookup-token-0c41"
 def running_lookup(
     settings: Settings, log_path: Path, ready_timeout: float = 60.0
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``switchboard lookup`` process whose view has read the changelogs."""
+    """A real ``switchboard lookup`` process whose view has read the changelogs (its
+    readiness probe, /healthz, answers 200; 503 before)."""
     env = settings_env(settings) | {secret_env(LOOKUP_TOKEN_SECRET): LOOKUP_TOKEN}
 
     def ready() -> bool:
         try:
-            page = get(f"http://127.0.0.1:{settings.lookup_port}/metrics", timeout=1)
+            get(f"http://127.0.0.1:{settings.lookup_port}/healthz", timeout=1)
         except OSError:
             return False
-        return "switchboard_lookup_ready 1.0" in page
+        return True
 
     with _running(["lookup"], env, log_path, ready, ready_timeout) as process:
         yield process

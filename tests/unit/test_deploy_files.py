@@ -49,6 +49,7 @@ SECRET_NAME = re.compile(r"SWITCHBOARD_SECRET_[A-Z0-9_]+")
 # What each scrape job must find, by the pods' app.kubernetes.io/component label.
 JOB_OF_COMPONENT = {
     "gateway": "switchboard-gateway",
+    "lookup": "switchboard-lookup",
     "worker": "switchboard-worker",
     "sink": "switchboard-sink",
 }
@@ -236,6 +237,7 @@ def test_every_container_runs_a_real_switchboard_command() -> None:
     assert seen == {
         "worker",
         "gateway",
+        "lookup",
         "sink crm",
         "sink notify",
         "sink billing",
@@ -253,9 +255,13 @@ def test_the_command_line_check_refuses_what_switchboard_refuses() -> None:
 
 
 def test_ports_and_probes_are_the_settings_defaults() -> None:
-    expected = {
-        "worker": (default("web_port"), "/metrics"),
-        "gateway": (default("gateway_port"), "/healthz"),
+    # The port, and the path each probe asks for (any probe not named: the first).
+    expected: dict[str, tuple[int, dict[str, str]]] = {
+        "worker": (default("web_port"), {"": "/metrics"}),
+        "gateway": (default("gateway_port"), {"": "/healthz"}),
+        # Ready once the view has read the changelogs; alive while it answers at all, so
+        # that a long first read is not killed and started over.
+        "lookup": (default("lookup_port"), {"": "/healthz", "livenessProbe": "/metrics"}),
     }
     sink_port = default("metrics_port")
     for workload in workloads():
@@ -271,23 +277,29 @@ def test_ports_and_probes_are_the_settings_defaults() -> None:
         assert annotations["prometheus.io/path"] == "/metrics"
         assert int(annotations["prometheus.io/port"]) == port
         assert container["readinessProbe"] and container["livenessProbe"]
-        probes = [
-            container[k]
+        probes = {
+            k: container[k]
             for k in ("startupProbe", "readinessProbe", "livenessProbe")
             if k in container
-        ]
+        }
         if role == "sink":
             assert port == sink_port
-            for probe in probes:
+            for probe in probes.values():
                 command = " ".join(probe["exec"]["command"])
                 assert f"http://127.0.0.1:{sink_port}/metrics" in command
         else:
-            want_port, want_path = expected[role]
+            want_port, paths = expected[role]
             assert port == want_port, workload["metadata"]["name"]
-            for probe in probes:
-                assert probe["httpGet"] == {"path": want_path, "port": port_name}
+            for kind, probe in probes.items():
+                want_path = paths.get(kind, paths[""])
+                assert probe["httpGet"] == {"path": want_path, "port": port_name}, kind
     exposed = {int(port) for rest in instruction("EXPOSE") for port in rest.split()}
-    assert exposed == {default("web_port"), default("gateway_port"), sink_port}
+    assert exposed == {
+        default("web_port"),
+        default("gateway_port"),
+        default("lookup_port"),
+        sink_port,
+    }
 
 
 def test_the_gateway_serves_the_paths_its_probes_and_scrapes_ask_for() -> None:
@@ -314,6 +326,43 @@ def test_services_point_at_the_pods_ports() -> None:
             assert port["port"] == ports[port["targetPort"]], service["metadata"]["name"]
 
 
+def selected(selector: dict[str, Any]) -> list[str]:
+    """The components whose pods a label selector (matchLabels) picks."""
+    return [
+        component(w)
+        for w in workloads()
+        if selector["matchLabels"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+    ]
+
+
+def test_the_gateway_asks_the_lookup_at_its_service() -> None:
+    url = configmap()["SWITCHBOARD_LOOKUP_URL"]
+    service = named("Service", "switchboard-lookup")
+    assert selected({"matchLabels": service["spec"]["selector"]}) == ["lookup"]
+    ((port,),) = [[p["port"] for p in service["spec"]["ports"]]]
+    assert url == f"http://{service['metadata']['name']}:{port}"
+    assert Settings(lookup_url=url).lookup_url == url
+
+
+def test_only_the_gateway_and_the_monitoring_namespace_reach_the_lookup() -> None:
+    policies = {o["metadata"]["name"]: o["spec"] for o in applied() if o["kind"] == "NetworkPolicy"}
+    for name, spec in policies.items():
+        # Each policy guards one component, on ports its container names.
+        (guarded,) = selected(spec["podSelector"])
+        (workload,) = [w for w in workloads() if component(w) == guarded]
+        names = {p["name"] for p in only_container(workload)["ports"]}
+        for rule in spec["ingress"]:
+            assert {p["port"] for p in rule["ports"]} <= names, name
+    lookup = policies["switchboard-lookup"]
+    assert selected(lookup["podSelector"]) == ["lookup"]
+    assert lookup["policyTypes"] == ["Ingress"]
+    ((rule,),) = [lookup["ingress"]]
+    pods = [peer["podSelector"] for peer in rule["from"] if "podSelector" in peer]
+    namespaces = [peer["namespaceSelector"] for peer in rule["from"] if "namespaceSelector" in peer]
+    assert [selected(pod) for pod in pods] == [["gateway"]]
+    assert namespaces == [{"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}]
+
+
 def test_every_variable_is_a_setting_a_secret_or_named() -> None:
     settings = {"SWITCHBOARD_" + name.upper() for name in Settings.model_fields}
 
@@ -337,6 +386,7 @@ def test_the_image_listens_on_every_interface() -> None:
     env = dockerfile_env()
     assert env["SWITCHBOARD_WEB_BIND"] == "0.0.0.0"
     assert env["SWITCHBOARD_GATEWAY_BIND"] == "0.0.0.0"
+    assert env["SWITCHBOARD_LOOKUP_BIND"] == "0.0.0.0"
 
 
 def test_the_settings_the_pods_get_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -386,11 +436,14 @@ def test_the_secret_template_names_every_secret_and_holds_none() -> None:
         ]
         assert refs == {
             "gateway": ["switchboard-gateway-secrets"],
+            "lookup": ["switchboard-lookup-secrets"],
             "sink": ["switchboard-sink-secrets"],
             "worker": ["switchboard-worker-secrets"],
         }.get(component(workload), []), workload["metadata"]["name"]
     worker = named("Secret", "switchboard-worker-secrets")["stringData"]
     assert worker == {secret_env(TOKEN_SECRET): ""}
+    # The lookup's token, the one the gateway carries to it.
+    assert named("Secret", "switchboard-lookup-secrets")["stringData"] == {lookup: ""}
 
 
 QUANTITY = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?")

@@ -105,7 +105,12 @@ def test_the_scrape_configurations_are_valid_and_the_same_but_for_the_host() -> 
         native.replace("127.0.0.1", "host.docker.internal")
     )
     jobs = {job["job_name"] for job in yaml.safe_load(native)["scrape_configs"]}
-    assert jobs == {"switchboard-gateway", "switchboard-worker", "switchboard-sink"}
+    assert jobs == {
+        "switchboard-gateway",
+        "switchboard-lookup",
+        "switchboard-worker",
+        "switchboard-sink",
+    }
 
 
 def test_every_metric_a_dashboard_or_an_alert_reads_is_exported_by_the_code() -> None:
