@@ -1,8 +1,8 @@
 """The proof of the dashboards and alerts: a real Prometheus (Debian's package) scrapes a
-running pipeline (gateway, two workers, CRM and notification sinks) that the load
-generator feeds, with the shipped scrape jobs and alert rules. Every query of every dashboard and
-every alert's expression then goes through Prometheus's HTTP API, and must be valid and
-return series."""
+running pipeline (gateway, two workers, the caller lookup, CRM and notification sinks)
+that the load generator feeds, with the shipped scrape jobs and alert rules. Every query
+of every dashboard and every alert's expression then goes through Prometheus's HTTP API,
+and must be valid and return series."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -30,9 +32,11 @@ from streams.settings import Settings
 from streams.topics import CONTACT_EVENTS, ensure_topics
 from tests.conftest import ROOT, free_port
 from tests.kafka_helpers import (
+    LOOKUP_TOKEN,
     get,
     producer,
     running_gateway,
+    running_lookup,
     running_sink,
     running_worker,
     settings_env,
@@ -154,9 +158,12 @@ def test_every_dashboard_and_alert_query_returns_series_from_a_live_pipeline(
     clock = tmp_path / "clock"
     start = datetime.now(UTC).replace(microsecond=0)
     FileClock.write(clock, start)
+    lookup_port = free_port()
     settings = settings.model_copy(
         update={
             "gateway_port": free_port(),
+            "lookup_port": lookup_port,
+            "lookup_url": f"http://127.0.0.1:{lookup_port}",
             "clock": f"file:{clock}",
             "crm_database_url": f"sqlite:///{tmp_path / 'crm.db'}",
             "sink_ledger_url": f"sqlite:///{tmp_path / 'ledger.db'}",
@@ -175,6 +182,7 @@ def test_every_dashboard_and_alert_query_returns_series_from_a_live_pipeline(
     local = "127.0.0.1"
     targets: dict[str, list[tuple[str, dict[str, str]]]] = {
         "switchboard-gateway": [(f"{local}:{settings.gateway_port}", {})],
+        "switchboard-lookup": [(f"{local}:{settings.lookup_port}", {})],
         "switchboard-worker": [
             (f"{local}:{settings.web_port}", {}),
             (f"{local}:{second.web_port}", {}),
@@ -190,12 +198,22 @@ def test_every_dashboard_and_alert_query_returns_series_from_a_live_pipeline(
         running_gateway(settings, tmp_path / "gateway.log", SECRETS),
         running_worker(settings, tmp_path / "worker.log"),
         running_worker(second, tmp_path / "second-worker.log"),
+        running_lookup(settings, tmp_path / "lookup.log"),
         running_sink(crm, "crm", tmp_path / "sink-crm.log"),
         running_sink(notify, "notify", tmp_path / "sink-notify.log"),
         running_prometheus(targets, tmp_path) as prometheus,
     ):
         report = asyncio.run(run_load(settings, rate=40, duration=15, seed=8, secrets=secrets))
         assert report.statuses == {"200": report.sent}
+        # A stranger and a malformed number: the lookup's outcomes and answer time.
+        for query, status in (("phone=%2B14155550199", 404), ("phone=12345", 400)):
+            asked = urllib.request.Request(
+                f"http://{local}:{settings.lookup_port}/v1/contacts/lookup?{query}",
+                headers={"Authorization": f"Bearer {LOOKUP_TOKEN}"},
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(asked, timeout=5)
+            assert refused.value.code == status
         # Three days on: the SLA clocks breach and the workflow waits fire.
         FileClock.write(clock, start + timedelta(days=3))
         # One record no stage can read: the dead-letter alert must catch the first one.
@@ -212,7 +230,7 @@ def test_every_dashboard_and_alert_query_returns_series_from_a_live_pipeline(
                 for a in alerts
             )
 
-        wait_for(lambda: prometheus.value('sum(up{job=~"switchboard-.*"})') == 5, "5 targets up")
+        wait_for(lambda: prometheus.value('sum(up{job=~"switchboard-.*"})') == 6, "6 targets up")
         wait_for(lambda: prometheus.value("sum(switchboard_sla_breaches_total)") > 0, "breaches")
         wait_for(alert_firing, "SwitchboardDeadLetters to fire on the poison record", 60)
 
@@ -226,6 +244,8 @@ def test_every_dashboard_and_alert_query_returns_series_from_a_live_pipeline(
             "deliveries": 'sum(switchboard_sink_deliveries_total{outcome="delivered"})',
             "records sent": "sum(switchboard_records_sent_total)",
             "measured lag": "count(switchboard_consumer_lag_records)",
+            "lookups answered": 'sum(switchboard_lookups_total{outcome="unknown"})',
+            "lookup ready": "sum(switchboard_lookup_ready)",
         }
         idle = [what for what, expr in flowing.items() if prometheus.value(expr) <= 0]
         assert not idle, f"nothing measured for: {idle}"

@@ -15,6 +15,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
+from processors import lookup
 from streams import metrics
 from tests.observability import (
     ALERTS,
@@ -31,11 +32,13 @@ from tests.observability import (
     panels,
 )
 
-# What a worker's /metrics serves: Switchboard's metrics (the runtime's among them) and
-# the process collector.
+# What the processes' /metrics serve: Switchboard's metrics (the runtime's among them),
+# the caller lookup's (processors/lookup.py, served by its own process) and the process
+# collector.
 EXPOSITION = """
 from prometheus_client import REGISTRY, generate_latest
 import processors.worker
+import processors.lookup
 print(generate_latest(REGISTRY).decode())
 """
 # Labels that every series has from Prometheus (job, instance) or from its histogram (le).
@@ -73,7 +76,12 @@ def exported() -> dict[str, str]:
 
 
 def switchboard_metrics() -> list[MetricWrapperBase]:
-    return [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+    return [
+        m
+        for module in (metrics, lookup)
+        for m in vars(module).values()
+        if isinstance(m, MetricWrapperBase)
+    ]
 
 
 def test_the_rules_pass_promtool_check() -> None:
