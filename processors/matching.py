@@ -34,6 +34,7 @@ EventType = Literal[
     "NOTE_LOGGED",
     "CALLBACK_REQUESTED",
     "DETAILS_CORRECTED",
+    "CONTACT_ENRICHED",
 ]
 
 # Not an event from a source: the router assigned the contact an owner. Its payload has
