@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from processors.area import ServiceAreas, check
 from processors.scoring import ScoreDecision, ScoringModel, score
 from processors.state import ContactState, apply_event
 
@@ -16,10 +17,17 @@ class Outcome:
     score: ScoreDecision | None  # None when the event was a duplicate
 
 
-def advance(state: ContactState, event: dict[str, Any], model: ScoringModel) -> Outcome:
+def advance(
+    state: ContactState,
+    event: dict[str, Any],
+    model: ScoringModel,
+    areas: ServiceAreas | None = None,
+) -> Outcome:
     if state.has_seen(event["event_id"]):
         return Outcome(state, None)
     state = apply_event(state, event)
+    if areas is not None:
+        state = placed(state, areas)
     history, decision = score(state, event, model)
     state = state.model_copy(
         update={
@@ -30,3 +38,15 @@ def advance(state: ContactState, event: dict[str, Any], model: ScoringModel) -> 
         }
     )
     return Outcome(state, decision)
+
+
+def placed(state: ContactState, areas: ServiceAreas) -> ContactState:
+    """The state with its service-area check, done again only when the postcode or the
+    country changed (a string compare on every other event, a dict lookup on those)."""
+    postcode = state.profile.get("postcode")
+    where = (postcode, state.profile.get("country"))
+    if state.area is not None and (state.area.postcode, state.area.country) == where:
+        return state
+    if postcode is None and state.area is None:
+        return state
+    return state.model_copy(update={"area": check(state.profile, areas)})

@@ -9,7 +9,9 @@ overwrites a stronger one:
   edit in a system of record (a rep correcting the CRM) are the best we get;
 - ``voice_ai`` (30): what the caller told the assistant, as its analysis transcribed it;
 - ``billing`` (20): the payer's details, which may be a partner's or a company card's;
-- ``caller_id`` (10): the phone network's name for the number.
+- ``caller_id`` (10): the phone network's name for the number;
+- ``enrichment`` (5): what a data provider says of the e-mail and its company's domain,
+  the weakest word: it fills blanks and never corrects what a person said.
 
 A value stored before origins were kept ranks 0: anything replaces it."""
 
@@ -17,7 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-RANKS = {"self": 40, "crm": 40, "voice_ai": 30, "billing": 20, "caller_id": 10}
+RANKS = {
+    "self": 40,
+    "crm": 40,
+    "voice_ai": 30,
+    "billing": 20,
+    "caller_id": 10,
+    "enrichment": 5,
+}
 
 # The profile fields the CRM contact shows besides its name, company and title (in the
 # UPSERT_CONTACT command's properties).
@@ -32,6 +41,8 @@ CRM_PROPERTIES = (
     "qualification",
     "industry",
     "company_size",
+    "annual_revenue",
+    "seniority",
 )
 
 

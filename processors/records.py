@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from processors.area import facts as area_facts
 from processors.ids import decision_id
 from processors.jobs import INSPECTION, JobChange, Operations, address_of, inspection_job_id
 from processors.matching import SLA_BREACHED
@@ -105,8 +106,16 @@ def contact_fields(state: ContactState) -> dict[str, Any]:
         "properties": {
             **{k: state.profile[k] for k in CRM_PROPERTIES if k in state.profile},
             **({"lead_band": state.band} if state.band else {}),
+            **area_properties(state),
         },
     }
+
+
+def area_properties(state: ContactState) -> dict[str, str]:
+    """The service-area check as CRM properties: service_area (in, out, unknown),
+    service_branch, distance_km."""
+    found = area_facts(state.area)
+    return {("service_branch" if k == "branch" else k): v for k, v in found.items()}
 
 
 def upsert_contact(

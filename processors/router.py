@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from processors.area import facts as area_facts
 from processors.ids import decision_id
 from processors.records import ROUTER_KEY, audit_entry, crm_command, notification
 from processors.routing import Assignment, Rep, RoutingRules, rep_from_record, route
@@ -125,6 +126,13 @@ def handle(
         "band": contact.band or "",
         "country": contact.profile.get("country", ""),
         "industry": contact.profile.get("industry", ""),
+    }
+    # What the decision could see of the service area and of enrichment (for explain).
+    inputs |= {f"area.{k}": v for k, v in area_facts(contact.area).items()}
+    inputs |= {
+        f"profile.{field}": contact.profile[field]
+        for field in ("company_size", "annual_revenue", "seniority")
+        if field in contact.profile
     }
     causes = [cause] if cause else []
     audit = audit_entry(contact_id, "routing", outcome, decision.reason, inputs, causes, at)

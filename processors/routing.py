@@ -23,6 +23,8 @@ from processors.state import ContactState
 from streams import rules as rule_files
 from streams.rules import RuleModel, unique_names
 
+AreaStatus = Literal["in", "out", "unknown"]
+
 
 class WorkingHours(RuleModel):
     start: time = time(9, 0)
@@ -72,6 +74,10 @@ class Conditions(RuleModel):
     deal_size_max: float | None = None
     min_score: float | None = None
     named_account: bool | None = None
+    service_area_in: list[AreaStatus] | None = Field(
+        None, description="in, out or unknown (processors/area.py)."
+    )
+    max_distance_km: float | None = Field(None, gt=0)
 
     def match(self, contact: ContactState, roster: dict[str, Rep]) -> bool:
         profile = {k: v.lower() for k, v in contact.profile.items()}
@@ -96,16 +102,26 @@ class Conditions(RuleModel):
             return False
         if self.min_score is not None and contact.score < self.min_score:
             return False
+        if self.service_area_in is not None and area_status(contact) not in self.service_area_in:
+            return False
+        if self.max_distance_km is not None:
+            distance = contact.area.distance_km if contact.area else None
+            if distance is None or distance > self.max_distance_km:
+                return False
         if self.named_account is not None:
             return (account_owner(contact, roster) is not None) == self.named_account
         return True
 
 
 class Rule(RuleModel):
+    """``assign``: ``named_account_owner``; ``branch_team``, the team of the branch that
+    serves the contact's area (processors/area.py); or ``nobody``, a declared decision
+    not to assign (an out-of-area lead)."""
+
     name: str
     when: Conditions = Field(default_factory=Conditions)
     team: str | None = None
-    assign: Literal["named_account_owner"] | None = None
+    assign: Literal["named_account_owner", "branch_team", "nobody"] | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> Rule:
@@ -143,6 +159,13 @@ def deal_size(contact: ContactState) -> float | None:
         return float(contact.profile["deal_size"])
     except (KeyError, ValueError):
         return None
+
+
+def area_status(contact: ContactState) -> AreaStatus:
+    area = contact.area
+    if area is None or area.in_area is None:
+        return "unknown"
+    return "in" if area.in_area else "out"
 
 
 def account_owner(contact: ContactState, roster: dict[str, Rep]) -> Rep | None:
@@ -190,11 +213,25 @@ def route(
                 considered=[owner.rep_id],
                 reason=f"{contact.profile.get('email_domain')} is a named account of {owner.name}",
             )
-        members = [rep for rep in roster.values() if rule.team in rep.teams]
+        if rule.assign == "nobody":
+            return rotation, Assignment(
+                rep_id=None,
+                rule=rule.name,
+                reason=f"rule {rule.name}: no rep is assigned"
+                + (f"; {contact.area.reason}" if contact.area else ""),
+            )
+        team, branch_note = rule.team, ""
+        if rule.assign == "branch_team":
+            team = contact.area.team if contact.area and contact.area.in_area else None
+            if team is None:
+                continue
+            assert contact.area is not None
+            branch_note = f" ({contact.area.reason})"
+        members = [rep for rep in roster.values() if team in rep.teams]
         available = [rep for rep in members if not rep.out_of_office and rep.has_room()]
         working = [rep for rep in available if rep.working_at(now)]
         candidates = working
-        why = f"team {rule.team}, working now"
+        why = f"team {team}" + branch_note + ", working now"
         if not working and available:
             if rules.after_hours == "hold":
                 return rotation, Assignment(
@@ -202,9 +239,9 @@ def route(
                     rule=rule.name,
                     held=True,
                     considered=sorted(r.rep_id for r in available),
-                    reason=f"nobody in team {rule.team} is working now; held until someone is",
+                    reason=f"nobody in team {team} is working now; held until someone is",
                 )
-            candidates, why = available, f"team {rule.team}, nobody working now, assigned anyway"
+            candidates, why = available, f"team {team}, nobody working now, assigned anyway"
         if not candidates:
             continue
         chosen, rotation = smooth_weighted_pick(candidates, rotation)

@@ -167,7 +167,8 @@ def score(
     state: ContactState, event: dict[str, Any], model: ScoringModel
 ) -> tuple[ScoringState, ScoreDecision]:
     """The scoring history after ``event`` and the score as of the event's time.
-    ``state`` is the contact after the event (its profile feeds firmographics)."""
+    ``state`` is the contact after the event (its profile and service area feed
+    firmographics)."""
     now: datetime = event["event_time"]
     history = state.scoring.model_copy(deep=True)
     fired = []
@@ -191,7 +192,7 @@ def score(
         for a in history.awards
         if not a.decays or abs(decayed(a, now, model.half_life_days)) >= 0.01
     ]
-    components = components_at(history, state.profile, model, now)
+    components = components_at(history, state.facts(), model, now)
     new_score = total(components, model)
     return history, ScoreDecision(
         score=new_score,

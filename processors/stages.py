@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from processors import sla
+from processors.area import ServiceAreas
 from processors.contact import advance
 from processors.identity import claim, merge_states, resolve
 from processors.ids import decision_id
@@ -101,6 +102,7 @@ class Rules:
     sla: sla.SlaPolicies
     pipeline: PipelineRules
     workflows: Library
+    areas: ServiceAreas | None = None  # None: no service-area check
 
 
 def observe_age(stage: str, event: dict[str, Any]) -> None:
@@ -117,7 +119,7 @@ def register(
         engine.table("contacts"), ContactState.model_validate_json, ContactState.model_dump_json
     )
     aliases = engine.table("aliases")
-    model, routing_rules = rules.scoring, rules.routing
+    model, routing_rules, areas = rules.scoring, rules.routing, rules.areas
     metrics.declare(metrics.BAND_ENTRIES, ({"band": band.name} for band in model.bands))
     metrics.declare(
         metrics.PIPELINE_MOVES,
@@ -200,7 +202,7 @@ def register(
         if survivor is not None:  # retired by a merge: its survivor takes the event
             return [("by_contact", survivor, {**event, "contact_id": survivor})]
         before = contacts.get(contact_id)
-        outcome = advance(before or ContactState(contact_id=contact_id), event, model)
+        outcome = advance(before or ContactState(contact_id=contact_id), event, model, areas)
         decision = outcome.score
         if decision is None:
             return []  # seen before: nothing changes, nothing is sent again
@@ -382,7 +384,7 @@ def register(
         merged = merge_states(current, retired) if retired else current
         if merged.last_event_time is not None:
             components = components_at(
-                merged.scoring, merged.profile, model, merged.last_event_time
+                merged.scoring, merged.facts(), model, merged.last_event_time
             )
             merged = merged.model_copy(
                 update={

@@ -10,6 +10,7 @@ from typing import Any, Self
 from pydantic import BaseModel, Field
 
 from processors import profile as profiles
+from processors.area import AreaCheck, facts
 
 RECENT_EVENT_IDS = 500  # enough to ignore any redelivery Kafka can produce
 # Sources whose webhook signatures carry no time (Twilio, Typeform, Vapi): a captured
@@ -167,6 +168,8 @@ class ContactState(PlainModel):
     tasks: list[OwnerTask] = Field(default_factory=list)  # created for the owner, newest last
     last_call: LastCall | None = None
     meetings: dict[str, Meeting] = Field(default_factory=dict)  # by meeting id
+    # Where the contact is against the service areas (processors.area), when it has a postcode.
+    area: AreaCheck | None = None
     recent_event_ids: list[str] = Field(default_factory=list)
     # Event ids of UNTIMED_SOURCES and when they arrived, for REPLAY_WINDOW.
     untimed_event_ids: dict[str, datetime] = Field(default_factory=dict)
@@ -175,6 +178,13 @@ class ContactState(PlainModel):
 
     def has_seen(self, event_id: str) -> bool:
         return event_id in self.recent_event_ids or event_id in self.untimed_event_ids
+
+    def facts(self) -> dict[str, str]:
+        """The profile, and the service-area check as the fields service_area, branch and
+        distance_km: what firmographic scoring rules and workflow filters test."""
+        if self.area is None:
+            return self.profile
+        return {**self.profile, **facts(self.area)}
 
     def identifier(self, kind: str) -> str | None:
         """The strongest identifier of a kind (email, phone, crm), without its prefix."""
@@ -418,3 +428,9 @@ _PROFILE_FIELDS = {
     "service",
     "deal_size",
 }
+
+# What an enrichment provider may tell (connectors/sources/enrichment.py), ranked below
+# everything the person or a person said (processors/profile.py).
+ENRICHED_FIELDS = frozenset(
+    {"company", "industry", "company_size", "annual_revenue", "country", "title", "seniority"}
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from processors import router, stages
+from processors.area import load_areas
 from processors.pipeline import load_rules as load_pipeline
 from processors.routing import load_rules
 from processors.scoring import load_model
@@ -40,6 +41,7 @@ def build(settings: Settings) -> tuple[Engine, stages.Views]:
             load_pipeline(settings.pipeline_rules) if settings.pipeline_rules else load_pipeline()
         ),
         workflows=load_library(settings.workflows) if settings.workflows else load_library(),
+        areas=load_areas(settings.service_areas) if settings.service_areas else load_areas(),
     )
     registry = registry_client(settings.schema_registry_url)
 

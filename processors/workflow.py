@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from processors.area import facts as area_facts
 from processors.durations import Duration, format_duration, parse_duration
 from processors.hours import WEEKDAYS, Weekday, known_zone
 from processors.matching import EventMatch, payload_matches
@@ -85,6 +86,9 @@ class Condition(RuleModel):
     has_run: list[str] | None = Field(None, description="Went through any of these before.")
     has_not_run: list[str] | None = Field(None, description="Never entered any of these.")
     profile: dict[str, str | list[str]] | None = None
+    service_area_in: list[Literal["in", "out", "unknown"]] | None = Field(
+        None, description="Where the contact is against the service areas (processors/area.py)."
+    )
     trigger: dict[str, str | list[str]] | None = Field(
         None, description="Conditions on the payload of the event that started the run."
     )
@@ -176,6 +180,10 @@ class Condition(RuleModel):
             for key in self.profile:
                 seen[f"profile.{key}"] = str(state.profile.get(key))
             held = held and payload_matches(state.profile, self.profile)
+        if self.service_area_in is not None:
+            where = area_facts(state.area).get("service_area", "unknown")
+            shown = where + (f" ({state.area.reason})" if state.area else "")
+            check("service_area", shown, where in self.service_area_in)
         if self.trigger is not None:
             for key in self.trigger:
                 seen[f"trigger.{key}"] = str(trigger.get(key))

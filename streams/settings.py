@@ -23,6 +23,34 @@ CONFIG_ENV = "SWITCHBOARD_CONFIG"
 DEAD_LETTER_HEADROOM_BYTES = 16_384
 # Field-service systems a jobs webhook may name (besides "fieldservice", the default).
 DEFAULT_JOB_SYSTEMS = ("servicetitan", "jobber", "housecall_pro", "fieldedge")
+# Mailbox providers: their domain names no company, so enrichment never looks it up.
+FREE_MAIL_DOMAINS = (
+    "gmail.com",
+    "googlemail.com",
+    "yahoo.com",
+    "ymail.com",
+    "hotmail.com",
+    "outlook.com",
+    "live.com",
+    "msn.com",
+    "icloud.com",
+    "me.com",
+    "mac.com",
+    "aol.com",
+    "proton.me",
+    "protonmail.com",
+    "gmx.com",
+    "gmx.net",
+    "mail.com",
+    "zoho.com",
+    "yandex.com",
+    "fastmail.com",
+    "hey.com",
+    "comcast.net",
+    "verizon.net",
+    "att.net",
+    "sbcglobal.net",
+)
 
 
 def secret_env(name: str) -> str:
@@ -105,6 +133,9 @@ class Settings(BaseSettings):
     workflows: Path | None = Field(
         None,
         description="Workflow directory (*.yaml and policies.yaml); the packaged ones when unset.",
+    )
+    service_areas: Path | None = Field(
+        None, description="Service areas (YAML); the packaged ones when unset."
     )
     clock: str = Field(
         "system",
@@ -278,6 +309,27 @@ class Settings(BaseSettings):
     )
     billing_days_until_due: int = Field(
         30, ge=0, le=365, description="Days to pay a sent invoice (send_invoice only)."
+    )
+
+    # `switchboard enrich` (connectors/sources/enrichment.py). Token:
+    # SWITCHBOARD_SECRET_ENRICHMENT_TOKEN.
+    enrichment_url: str | None = Field(
+        None,
+        description="Base URL of the enrichment provider (GET /v2/companies/find?domain= and "
+        "/v2/people/find?email=); `switchboard enrich` refuses to start without it.",
+    )
+    enrichment_provider: str = Field("enrichment", description="The provider's name in events.")
+    enrichment_rate_per_s: float = Field(5.0, gt=0, description="Calls a second at most.")
+    enrichment_timeout_s: float = Field(5.0, gt=0, description="One call to the provider.")
+    enrichment_attempts: int = Field(
+        5, ge=1, description="Calls per lookup before the command is dead-lettered."
+    )
+    enrichment_cache_size: int = Field(
+        10_000, ge=1, description="Domains and e-mails whose answers are kept in memory."
+    )
+    enrichment_free_domains: list[str] = Field(
+        default_factory=lambda: list(FREE_MAIL_DOMAINS),
+        description="Mailbox providers: an address there is a person, never a company.",
     )
 
     @field_validator("kafka_bootstrap")

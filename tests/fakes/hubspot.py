@@ -52,6 +52,9 @@ PROPERTIES: dict[str, set[str]] = {
         "switchboard_qualification", "switchboard_timezone", "switchboard_company_size",
         "switchboard_workflow_tags", "switchboard_sla_breach", "switchboard_sla_breached_at",
         "switchboard_onboarding",
+        # enrichment and the service area (qualification)
+        "switchboard_annual_revenue", "switchboard_seniority", "switchboard_service_area",
+        "switchboard_service_branch", "switchboard_distance_km",
     },
     "deals": {
         "dealname", "dealstage", "pipeline", "amount", "deal_currency_code", "closedate",

@@ -52,6 +52,9 @@ FIELDS: dict[str, set[str]] = {
         "Switchboard_Company_Size__c", "Switchboard_Workflow_Tags__c",
         "Switchboard_Sla_Breach__c", "Switchboard_Sla_Breached_At__c",
         "Switchboard_Lifecycle_Stage__c", "Switchboard_Onboarding__c",
+        "Switchboard_Annual_Revenue__c", "Switchboard_Seniority__c",
+        "Switchboard_Service_Area__c", "Switchboard_Service_Branch__c",
+        "Switchboard_Distance_Km__c",
     },
     "Opportunity": {
         "Switchboard_Deal_Id__c", "Name", "StageName", "CloseDate", "Amount", "Description",

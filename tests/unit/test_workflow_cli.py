@@ -34,6 +34,7 @@ def test_lint_passes_the_packaged_workflows_and_lists_them() -> None:
         "job-completed",
         "missed-call-text-back",
         "new-web-lead",
+        "out-of-service-area",
         "payment-onboarding",
         "stale-deal-re-engagement",
         "voice-ai-qualified",

@@ -241,6 +241,7 @@ def test_the_packaged_workflows_load() -> None:
         "job-completed",
         "missed-call-text-back",
         "new-web-lead",
+        "out-of-service-area",
         "payment-onboarding",
         "stale-deal-re-engagement",
         "voice-ai-qualified",

@@ -37,12 +37,15 @@ each run of characters other than letters and digits made one underscore. The po
 create them (single-line text; not unique): today ``switchboard_lead_score``,
 ``switchboard_lead_band``, ``switchboard_service``, ``switchboard_qualification``,
 ``switchboard_timezone``, ``switchboard_company_size``, ``switchboard_workflow_tags``,
-``switchboard_sla_breach``, ``switchboard_sla_breached_at`` and, from the bundled
-payment-onboarding workflow, ``switchboard_onboarding``; a key a workflow adds tomorrow
-follows the same rule. Two defaults are deliberately not used: ``hs_timezone`` is a
-dropdown of HubSpot's own codes (``america_slash_new_york``) that lacks some IANA names (no
-``UTC``; ``Europe/Kiev`` but not ``Europe/Kyiv``), and ``numemployees`` a dropdown of ranges
-(``25-50``): a value outside either would refuse the whole contact. A key already spelled
+``switchboard_sla_breach``, ``switchboard_sla_breached_at``, from enrichment and the
+service area ``switchboard_annual_revenue``, ``switchboard_seniority``,
+``switchboard_service_area``, ``switchboard_service_branch``, ``switchboard_distance_km``
+and, from the bundled payment-onboarding workflow, ``switchboard_onboarding``; a key a
+workflow adds tomorrow follows the same rule. Two defaults are deliberately not used:
+``hs_timezone`` is a dropdown of HubSpot's own codes (``america_slash_new_york``) that
+lacks some IANA names (no ``UTC``; ``Europe/Kiev`` but not ``Europe/Kyiv``), and
+``numemployees`` a dropdown of ranges (``25-50``): a value outside either would refuse the
+whole contact. A key already spelled
 as a HubSpot name (``hs_...``, ``switchboard_...``) is passed as it is.
 
 MERGE_CONTACTS uses HubSpot's own merge (``POST /crm/v3/objects/contacts/merge``): HubSpot

@@ -40,7 +40,10 @@ the fields (Text, 255) like ``Switchboard_Contact_Id__c``: today
 ``Switchboard_Qualification__c``, ``Switchboard_Timezone__c``, ``Switchboard_Industry__c``,
 ``Switchboard_Company_Size__c``, ``Switchboard_Workflow_Tags__c``,
 ``Switchboard_Sla_Breach__c``, ``Switchboard_Sla_Breached_At__c``,
-``Switchboard_Lifecycle_Stage__c`` and, from the bundled payment-onboarding workflow,
+``Switchboard_Lifecycle_Stage__c``, from enrichment and the service area
+``Switchboard_Annual_Revenue__c``, ``Switchboard_Seniority__c``,
+``Switchboard_Service_Area__c``, ``Switchboard_Service_Branch__c``,
+``Switchboard_Distance_Km__c`` and, from the bundled payment-onboarding workflow,
 ``Switchboard_Onboarding__c``; a key a workflow adds tomorrow follows the same rule.
 Contact has no industry, size or time zone field (Industry and NumberOfEmployees belong to
 Account and Lead). A key already spelled as a Salesforce field name (``LeadSource``,

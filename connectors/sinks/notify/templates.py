@@ -150,6 +150,17 @@ TEMPLATES: dict[str, NotificationTemplate] = {
         sms="Hi ${first_name}, thanks for getting in touch! Reply with a good time to talk.",
         slack_text="Welcome e-mail sent to web lead *${who}*.",
     ),
+    "out_of_area_reply": NotificationTemplate(
+        subject="About your request",
+        text=(
+            "Hi ${first_name},\n\nThank you for getting in touch. We are sorry: your address "
+            "is outside the area our teams cover, so we cannot take on this job. We would "
+            "rather tell you now than keep you waiting.\n"
+        ),
+        sms="Hi ${first_name}, thanks for getting in touch. Sorry, your address is outside "
+        "the area we cover, so we can't take on this job.",
+        slack_text="Out-of-area reply sent to web lead *${who}*.",
+    ),
     "web_lead_follow_up": NotificationTemplate(
         subject="Following up",
         text=(
