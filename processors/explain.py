@@ -10,6 +10,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from processors.scoring import ScoringModel, load_model
 from processors.state import ContactState
 from streams.kafka import read_topic
 from streams.serde import AvroSerde, registry_client
@@ -74,7 +75,47 @@ def decisions(settings: Settings, contact_ids: set[str]) -> list[dict[str, Any]]
     )
 
 
-def render(state: ContactState, path: list[str], entries: list[dict[str, Any]]) -> str:
+def qualification(state: ContactState, model: ScoringModel | None) -> list[str]:
+    """Which enrichment fields and which distance feed the score and the assignment: the
+    service-area check, the fields a provider gave, and the firmographic rules that match
+    now, each with the value it saw and where that value came from."""
+    lines = []
+    area = state.area
+    if area is not None:
+        where = {True: "in area", False: "OUT of area", None: "area unknown"}[area.in_area]
+        lines.append(f"  service area: {where}; {area.reason}")
+    enriched = {
+        k: v for k, v in state.profile.items() if state.profile_origin.get(k) == "enrichment"
+    }
+    if enriched:
+        lines.append("  enriched: " + ", ".join(f"{k}={v}" for k, v in sorted(enriched.items())))
+    if model is not None:
+        facts = state.facts()
+        for rule in model.firmographic:
+            if rule.matches(facts):
+                origin = (
+                    "service area"
+                    if rule.field in ("service_area", "branch", "distance_km")
+                    else state.profile_origin.get(rule.field, "derived")
+                )
+                lines.append(
+                    f"  firmographic {rule.name}: {rule.field}={facts[rule.field]} "
+                    f"({origin}) {rule.points:+g}"
+                )
+    return lines
+
+
+# Audit inputs worth showing beside a decision: what routing saw of the area and of the
+# enrichment, and what an enrichment or area check found.
+_SHOWN_INPUTS = ("area.", "profile.", "enriched.", "distance_km", "service_area", "branch")
+
+
+def render(
+    state: ContactState,
+    path: list[str],
+    entries: list[dict[str, Any]],
+    model: ScoringModel | None = None,
+) -> str:
     merged_from = sorted(
         {e["inputs"].get("retired", "") for e in entries if e["decision"] == "merged"} - {""}
     )
@@ -100,6 +141,7 @@ def render(state: ContactState, path: list[str], entries: list[dict[str, Any]]) 
         f"  workflows: {running or 'none running'}",
         f"  tags: {', '.join(state.tags) or 'none'}",
         f"  profile: {json.dumps(state.profile, sort_keys=True)}",
+        *qualification(state, model),
         "Decisions:",
     ]
     for entry in entries:
@@ -108,6 +150,10 @@ def render(state: ContactState, path: list[str], entries: list[dict[str, Any]]) 
             f"  {entry['recorded_at']:%Y-%m-%d %H:%M:%S} {entry['stage']:8} "
             f"{entry['decision']:16} {entry['reason']}" + (f"  [{causes}]" if causes else "")
         )
+        if entry["stage"] in ("routing", "enrichment", "area"):
+            shown = {k: v for k, v in entry["inputs"].items() if k.startswith(_SHOWN_INPUTS)}
+            if shown:
+                lines.append("      saw " + ", ".join(f"{k}={v}" for k, v in sorted(shown.items())))
     return "\n".join(lines)
 
 
@@ -120,4 +166,5 @@ def explain(settings: Settings, who: str, worker_url: str | None = None) -> str:
     retired = {e["inputs"].get("retired") for e in entries if e["decision"] == "merged"} - {None}
     if retired - ids:
         entries = decisions(settings, ids | {r for r in retired if r})
-    return render(state, path, entries)
+    model = load_model(settings.scoring_model) if settings.scoring_model else load_model()
+    return render(state, path, entries, model)

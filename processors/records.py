@@ -118,6 +118,61 @@ def area_properties(state: ContactState) -> dict[str, str]:
     return {("service_branch" if k == "branch" else k): v for k, v in found.items()}
 
 
+def qualification_audit(
+    before: ContactState | None, state: ContactState, event: dict[str, Any]
+) -> list[Output]:
+    """Audit entries for what qualification learnt: an enrichment provider's answer (the
+    fields it gave), and a new service-area check (in area, branch, distance). Most events
+    are neither: one string compare and one identity test."""
+    out: list[Output] = []
+    contact_id, at, causes = state.contact_id, event["event_time"], [event["event_id"]]
+    if event["event_type"] == "CONTACT_ENRICHED":
+        p = event["payload"]
+        fields = p.get("fields") or {}
+        reason = (
+            f"{p['provider']} knows "
+            + " and ".join(
+                w
+                for w, on in (
+                    ("the company", p["company_found"]),
+                    ("the person", p["person_found"]),
+                )
+                if on
+            )
+            if p["status"] == "found"
+            else f"{p['provider']} knows neither {p.get('domain') or 'the domain'} nor the e-mail"
+        )
+        inputs = {
+            "domain": p.get("domain") or "",
+            **{f"enriched.{k}": v for k, v in fields.items()},
+        }
+        decision = "enriched" if p["status"] == "found" else "not_enriched"
+        out.append(
+            (
+                "audit",
+                contact_id,
+                audit_entry(contact_id, "enrichment", decision, reason, inputs, causes, at),
+            )
+        )
+    area = state.area
+    previous = before.area if before is not None else None
+    if area is not None and (
+        previous is None or (previous.postcode, previous.country) != (area.postcode, area.country)
+    ):
+        inputs = {"postcode": area.postcode, **area_facts(area)}
+        if area.team:
+            inputs["team"] = area.team
+        decision = {True: "in_area", False: "out_of_area", None: "area_unknown"}[area.in_area]
+        out.append(
+            (
+                "audit",
+                contact_id,
+                audit_entry(contact_id, "area", decision, area.reason, inputs, causes, at),
+            )
+        )
+    return out
+
+
 def upsert_contact(
     state: ContactState, command_id: str, cause: str | None, at: datetime, **properties: str
 ) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from processors.records import (
     next_step,
     next_step_outputs,
     pipeline_outputs,
+    qualification_audit,
     route_request,
     stage_change_triggers,
     upsert_contact,
@@ -238,6 +239,7 @@ def register(
             state, job = decide_job(state, event)
             if job is not None:
                 out += job_outputs(state, job, operations)
+        out += qualification_audit(before, state, event)
         if is_meaningful(decision, model):
             inputs = {
                 "previous": decision.previous,

@@ -198,6 +198,38 @@ def sink(which: str) -> None:
     asyncio.run(main_loop())
 
 
+@main.command()
+def enrich() -> None:
+    """Run the enrichment connector until SIGINT/SIGTERM: new contacts' e-mails and
+    company domains are looked up at the provider in enrichment_url (token:
+    SWITCHBOARD_SECRET_ENRICHMENT_TOKEN) and published back as CONTACT_ENRICHED events."""
+    import asyncio
+    import signal
+
+    from connectors.sources.enrichment import EnrichmentConfigError
+    from connectors.sources.enrichment import run as run_enrichment
+    from streams import metrics
+
+    settings = _settings()
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("switchboard").setLevel(settings.log_level.upper())
+    metrics.serve(settings.metrics_port, settings.metrics_bind)
+
+    async def main_loop() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_enrichment(settings, stop)
+
+    try:
+        asyncio.run(main_loop())
+    except EnrichmentConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--source", required=True, help="contacts (CSV) or a webhook source (JSONL).")

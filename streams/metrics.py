@@ -148,6 +148,23 @@ ASSIGNMENTS = Counter(
     ["rep"],
 )
 
+ENRICHMENTS = Counter(
+    "switchboard_enrichments_total",
+    "Contacts the enrichment connector published a CONTACT_ENRICHED event for, by status "
+    "(found, not_found).",
+    ["status"],
+)
+ENRICHMENT_CALLS = Counter(
+    "switchboard_enrichment_calls_total",
+    "Calls to the enrichment provider, by kind (companies, people) and HTTP status (retry: "
+    "a retryable failure to be tried again).",
+    ["kind", "status"],
+)
+ENRICHMENT_CACHE = Counter(
+    "switchboard_enrichment_cache_total",
+    "Enrichment lookups answered from the cache (hit) or by a call (miss), by kind.",
+    ["kind", "outcome"],
+)
 SINK_DELIVERIES = Counter(
     "switchboard_sink_deliveries_total",
     "Records a sink settled, by destination and outcome (delivered, duplicate: already "
