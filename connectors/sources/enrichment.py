@@ -279,11 +279,15 @@ async def enrich(provider: Provider, email: str, free_domains: frozenset[str]) -
 
 
 def enriched_event(
-    contact_id: str, found: Enrichment, provider_name: str, now: datetime
+    contact_id: str, found: Enrichment, provider_name: str, at: datetime, now: datetime
 ) -> tuple[bytes, Event]:
     """The CONTACT_ENRICHED event (keyed by the e-mail, as a source keys by the strongest
     identifier it has) for what the provider said. Its id depends on the contact, the
-    e-mail and the answer only, so enriching again after a restart is the same event."""
+    e-mail and the answer only, so enriching again after a restart is the same event.
+
+    Its event time is ``at``, when the contact was as the command showed it: enrichment
+    describes the contact, it is nothing the person did, so it must not age the score's
+    behavioural points (scoring decays in event time); ``now`` is when it was received."""
     fields = found.fields()
     answer = json.dumps(
         [contact_id, found.email, found.status, sorted(fields.items())], separators=(",", ":")
@@ -293,7 +297,7 @@ def enriched_event(
         "event_id": f"{SYSTEM}:{digest}",
         "event_type": "CONTACT_ENRICHED",
         "source_system": SYSTEM,
-        "event_time": now,
+        "event_time": min(at, now),
         "received_time": now,
         "identity": {"email": found.email, "phone": None, "crm_id": None, "external_ids": {}},
         "contact_id": None,
@@ -357,9 +361,9 @@ class Connector:
         except ProviderRejected as exc:
             await self._dead_letter(message, exc, "Rejected", 1)
             return
-        key, event = enriched_event(
-            contact_id, found, self.settings.enrichment_provider, datetime.now(UTC)
-        )
+        provider = self.settings.enrichment_provider
+        now = datetime.now(UTC)
+        key, event = enriched_event(contact_id, found, provider, command["issued_at"], now)
         await self.publisher.publish_events([(key, event)])
         self.done.put(f"{contact_id}|{email}", True)
         self.enriched += 1

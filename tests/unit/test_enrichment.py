@@ -201,12 +201,14 @@ def test_the_event_id_is_the_contact_and_the_answer() -> None:
         person=None,
     )
     at = datetime(2026, 11, 21, 16, 0, tzinfo=UTC)
-    key, event = enriched_event("c-1", found, "clearbit", at)
-    _, again = enriched_event("c-1", found, "clearbit", datetime(2026, 11, 22, tzinfo=UTC))
+    later = datetime(2026, 11, 22, tzinfo=UTC)
+    key, event = enriched_event("c-1", found, "clearbit", at, at)
+    _, again = enriched_event("c-1", found, "clearbit", at, later)  # after a restart
     changed = Enrichment(found.email, found.domain, {"industry": "fintech"}, None)
-    _, other = enriched_event("c-1", changed, "clearbit", at)
+    _, other = enriched_event("c-1", changed, "clearbit", at, at)
     assert key == b"email:ana@acme.example"
     assert event["event_id"] == again["event_id"] != other["event_id"]
+    assert (again["event_time"], again["received_time"]) == (at, later)
     assert event["profile"]["industry"] == {"value": "saas", "origin": "enrichment"}
     assert event["payload"]["status"] == "found" and event["payload"]["company_found"]
 
@@ -231,7 +233,8 @@ def test_enrichment_fills_blanks_never_overrides_the_person_and_rescores() -> No
         {"industry": "saas", "company_size": "250"},
         {"title": "VP Operations", "seniority": "vp"},
     )
-    _, event = enriched_event("c-1", found, "clearbit", datetime(2026, 11, 21, 16, tzinfo=UTC))
+    at = datetime(2026, 11, 21, 16, tzinfo=UTC)
+    _, event = enriched_event("c-1", found, "clearbit", at, at)
     after = advance(state, event, model)
     assert after.score is not None
     assert after.state.profile["title"] == "Office manager"  # the person's own answer stands
