@@ -92,6 +92,13 @@ def _centroids() -> dict[str, tuple[float, float]]:
     }
 
 
+def warm(areas: ServiceAreas) -> None:
+    """Build the ZIP index now (seconds on a busy machine) if a branch needs it, so a
+    worker pays for it at start, not on the first contact with a postcode."""
+    if any(b.centre is not None for b in areas.branches):
+        _centroids()
+
+
 def geocode(postcode: str, country: str) -> tuple[float, float] | None:
     """The centroid of a postcode, or None when the bundled data has no such place."""
     if country.upper() != "US":

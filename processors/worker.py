@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from processors import router, stages
-from processors.area import load_areas
+from processors.area import load_areas, warm
 from processors.pipeline import load_rules as load_pipeline
 from processors.routing import load_rules
 from processors.scoring import load_model
@@ -43,6 +43,8 @@ def build(settings: Settings) -> tuple[Engine, stages.Views]:
         workflows=load_library(settings.workflows) if settings.workflows else load_library(),
         areas=load_areas(settings.service_areas) if settings.service_areas else load_areas(),
     )
+    if rules.areas is not None:
+        warm(rules.areas)
     registry = registry_client(settings.schema_registry_url)
 
     def topic(spec: TopicSpec) -> tuple[str, AvroSerde]:
