@@ -279,7 +279,7 @@ def register(
         out += clocks.on_triggers(state, [event, *stage_change_triggers(moved, event)], partition)
         state, sent = runs.on_event(state, event, partition)
         out += sent
-        if routable(state):
+        if routable(state, event):
             state = state.model_copy(update={"routing": "requested"})
             out.append(route_request(state, event["event_id"], at))
         task = next_step(state, event)
@@ -295,8 +295,13 @@ def register(
         contacts[contact_id] = state  # once, whatever changed it
         return out
 
-    def routable(state: ContactState) -> bool:
-        if state.owner_id is not None or state.routing is not None:
+    def routable(state: ContactState, event: dict[str, Any]) -> bool:
+        if state.owner_id is not None:
+            return False
+        # A lead the router could place with nobody is asked about again when enrichment
+        # brings what its rules look at (industry, size, country): it may match one now.
+        again = state.routing == "unassigned" and event["event_type"] == "CONTACT_ENRICHED"
+        if state.routing is not None and not again:
             return False
         wanted = routing_rules.route_from_band
         return wanted is None or model.band_rank(state.band) >= model.band_rank(wanted)

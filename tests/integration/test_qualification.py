@@ -51,11 +51,18 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 18, 15, 0, tzinfo=UTC)
 KEY = "sk_test_enrichment_it_77"
 ANA, BEN = "ana.silva@acme.example", "ben.ode@bigco.example"
+CARA = "cara.lim@healthco.example"
 COMPANIES = {
     "acme.example": {
         "name": "Acme Robotics",
         "category": {"industry": "SaaS"},
         "metrics": {"employees": 250, "annualRevenue": 40_000_000},
+        "geo": {"countryCode": "US"},
+    },
+    "healthco.example": {
+        "name": "Healthco Clinics",
+        "category": {"industry": "Healthcare"},
+        "metrics": {"employees": 40},
         "geo": {"countryCode": "US"},
     },
     "bigco.example": {
@@ -90,11 +97,22 @@ def rep(rep_id: str, team: str) -> dict[str, Any]:
     }
 
 
-REPS = [rep("rep-sam", "sf-metro"), rep("rep-eve", "east-bay"), rep("rep-ivy", "inbound")]
+# Nobody in South Bay's team nor in inbound: a South Bay lead finds no rep until
+# enrichment tells the healthcare rule about it.
+REPS = [rep("rep-sam", "sf-metro"), rep("rep-eve", "east-bay"), rep("rep-hana", "healthcare")]
 
 
-def typeform(event_id: str, token: str, name: str, email: str, postcode: str, minute: int) -> bytes:
-    """A form_response webhook as Typeform sends it (see tests/fixtures/webhooks)."""
+def typeform(
+    event_id: str,
+    token: str,
+    name: str,
+    email: str,
+    postcode: str,
+    minute: int,
+    **more: str,
+) -> bytes:
+    """A form_response webhook as Typeform sends it (see tests/fixtures/webhooks); ``more``
+    are short-text answers by their field's ref."""
     at = (T0 + timedelta(minutes=minute)).isoformat().replace("+00:00", "Z")
     fields = [
         ("AbC1", "name", "short_text"),
@@ -120,6 +138,15 @@ def typeform(event_id: str, token: str, name: str, email: str, postcode: str, mi
             "field": {"id": "AbC4", "type": "multiple_choice", "ref": "service"},
         },
     ]
+    for n, (ref, text) in enumerate(more.items()):
+        fields.append((f"XtR{n}", ref, "short_text"))
+        answers.append(
+            {
+                "type": "text",
+                "text": text,
+                "field": {"id": f"XtR{n}", "type": "short_text", "ref": ref},
+            }
+        )
     return json.dumps(
         {
             "event_id": event_id,
@@ -217,11 +244,18 @@ def test_a_known_lead_inside_the_area_and_one_outside_it(
     settings, store = pipeline.settings, pipeline.store
     deliver(settings, typeform("01JQUAL0ANA", "tok-ana-21", "Ana Silva", ANA, "94110", 1))
     deliver(settings, typeform("01JQUAL0BEN", "tok-ben-21", "Ben Ode", BEN, "10001", 2))
+    # Cara says she owns the practice: MQL on the form alone, routed at once, to nobody.
+    cara_form = typeform(
+        "01JQUAL0CARA", "tok-cara-21", "Cara Lim", CARA, "95112", 3, title="Owner", region="CA"
+    )
+    deliver(settings, cara_form)
 
     def settled() -> bool:
-        ana, ben = by_email(store, ANA), by_email(store, BEN)
+        ana, ben, cara = by_email(store, ANA), by_email(store, BEN), by_email(store, CARA)
         return (
-            ana is not None
+            cara is not None
+            and cara["owner_id"] == "rep-hana"
+            and ana is not None
             and ana["owner_id"] == "rep-sam"
             and ben is not None
             and "out-of-service-area" in ben["properties"].get("workflow_tags", "")
@@ -270,7 +304,11 @@ def test_a_known_lead_inside_the_area_and_one_outside_it(
 
     # One company call per domain, the 429 (the first call) waited out.
     provider = pipeline.provider
-    assert sorted(provider.looked_up("companies")) == ["acme.example", "bigco.example"]
+    assert sorted(provider.looked_up("companies")) == [
+        "acme.example",
+        "bigco.example",
+        "healthco.example",
+    ]
     assert len(provider.requests) == len(provider.lookups) + 1
 
     # A connector that starts over (a new consumer group reads every command again) asks
@@ -281,7 +319,7 @@ def test_a_known_lead_inside_the_area_and_one_outside_it(
     env = settings_env(again) | {"SWITCHBOARD_LOG_LEVEL": "info", secret_env(TOKEN_SECRET): KEY}
     log = pipeline.tmp_path / "enrich-again.log"
     with _running(["enrich"], env, log, lambda: b"consuming" in log.read_bytes(), 30):
-        wait_for(lambda: log.read_text().count("enriched c-") == 2, "the second enrichment", 60)
+        wait_for(lambda: log.read_text().count("enriched c-") == 3, "the second enrichment", 60)
     events = AvroSerde(
         registry,
         CONTACT_EVENTS.schema,
@@ -293,10 +331,10 @@ def test_a_known_lead_inside_the_area_and_one_outside_it(
         for e in (events.decode(m.value()) for m in read_all(settings, events.topic))
         if e["event_type"] == "CONTACT_ENRICHED"
     ]
-    assert sorted(e["identity"]["email"] for e in enriched) == [ANA, ANA, BEN, BEN]
-    assert len({e["event_id"] for e in enriched}) == 2
+    assert sorted(e["identity"]["email"] for e in enriched) == [ANA, ANA, BEN, BEN, CARA, CARA]
+    assert len({e["event_id"] for e in enriched}) == 3
     seen = 'switchboard_events_total{event_type="CONTACT_ENRICHED"'
-    wait_for(lambda: worker_metric(settings, seen) == 4, "the worker to take all four", 60)
+    wait_for(lambda: worker_metric(settings, seen) == 6, "the worker to take all six", 60)
     time.sleep(2)  # identity forwards them to the contact stage within a checkpoint or two
 
     # The audit tells why: the area checks, the enrichment, the router's two decisions.
@@ -308,11 +346,27 @@ def test_a_known_lead_inside_the_area_and_one_outside_it(
     assert (ben_id, "area", "out_of_area") in decisions
     assert (ana_id, "enrichment", "enriched") in decisions
     enrichments = [e for e in entries if e["stage"] == "enrichment"]
-    assert sorted(e["contact_id"] for e in enrichments) == sorted([ana_id, ben_id])  # once each
-    assert {e["inputs"]["enriched.industry"] for e in enrichments} == {"saas", "fintech"}
+    assert len(enrichments) == 3  # once each
+    assert {e["inputs"]["enriched.industry"] for e in enrichments} == {
+        "saas",
+        "fintech",
+        "healthcare",
+    }
     [ana_routed] = [e for e in entries if e["contact_id"] == ana_id and e["stage"] == "routing"]
     assert (ana_routed["decision"], ana_routed["inputs"]["rule"]) == ("assigned", "nearest-branch")
     assert ana_routed["inputs"]["area.branch"] == "San Francisco"
     assert ana_routed["inputs"]["profile.company_size"] == "250"
     [ben_routed] = [e for e in entries if e["contact_id"] == ben_id and e["stage"] == "routing"]
     assert (ben_routed["decision"], ben_routed["inputs"]["rule"]) == ("unassigned", "out-of-area")
+
+    # Cara: no rep on the form alone; enrichment (healthcare, US) routes her again.
+    cara = by_email(store, CARA)
+    assert cara is not None and cara["owner_id"] == "rep-hana"
+    assert cara["properties"]["service_branch"] == "South Bay"
+    assert "distance_km" not in cara["properties"]  # a postcode list has no centre
+    cara_routed = [
+        (e["decision"], e["inputs"]["rule"])
+        for e in sorted(entries, key=lambda e: e["recorded_at"])
+        if e["contact_id"] == cara["contact_id"] and e["stage"] == "routing"
+    ]
+    assert cara_routed == [("unassigned", ""), ("assigned", "west-coast-healthcare")]
