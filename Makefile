@@ -86,6 +86,7 @@ bench: install infra-up
 	$(BIN)/python -m tests.bench.bench_sinks
 	$(BIN)/python -m tests.bench.bench_e2e
 	$(BIN)/python -m tests.bench.bench_lookup
+	$(BIN)/python -m tests.bench.bench_qualification
 
 clean:
 	-@bash infra/prometheus/prometheus.sh stop
