@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -103,6 +104,21 @@ def read_topic(
         return found
     finally:
         consumer.close()
+
+
+def commit_batch(consumer: Consumer, messages: Sequence[Message]) -> None:
+    """Commit the offsets past ``messages``, synchronously. A commit refused because the
+    partitions moved in a rebalance is only logged: their new owner handles the batch
+    again, which its consumers' idempotency (keys, event ids) makes harmless."""
+    ends: dict[tuple[str, int], int] = {}
+    for m in messages:
+        tp = (str(m.topic()), int(m.partition() or 0))
+        ends[tp] = max(ends.get(tp, -1), int(m.offset() or 0) + 1)
+    offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
+    try:
+        consumer.commit(offsets=offsets, asynchronous=False)
+    except KafkaException as exc:
+        log.warning("commit of %d offsets failed: %s", len(offsets), exc)
 
 
 def watermarks(reader: Consumer, tp: TopicPartition) -> tuple[int, int]:

@@ -31,7 +31,7 @@ from connectors.sinks.delivery import DeliveryError, Destination, Outcome, Rejec
 from connectors.sinks.policy import Backoff, BreakerState, CircuitBreaker, Gate, RateLimiter
 from streams import metrics
 from streams.dlq import message_dead_letter
-from streams.kafka import producer_config
+from streams.kafka import commit_batch, producer_config
 from streams.lag import GroupLag
 from streams.serde import AvroSerde, UndecodableMessage
 from streams.settings import Settings
@@ -182,7 +182,7 @@ class Sink:
                     consumer.resume(consumer.assignment())
                 await delivering
                 delivered = time.perf_counter()
-                await asyncio.to_thread(self._commit, consumer, messages)
+                await asyncio.to_thread(commit_batch, consumer, messages)
                 log.debug(
                     "batch of %d: delivered in %.1f ms, committed in %.1f ms",
                     len(messages),
@@ -375,19 +375,6 @@ class Sink:
         left = self._producer.flush(30)
         if left:
             raise KafkaException(f"{left} dead letters not acknowledged by Kafka in 30 s")
-
-    def _commit(self, consumer: Consumer, messages: Sequence[Message]) -> None:
-        ends: dict[tuple[str, int], int] = {}
-        for m in messages:
-            tp = (str(m.topic()), int(m.partition() or 0))
-            ends[tp] = max(ends.get(tp, -1), int(m.offset() or 0) + 1)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            # Lost the partitions in a rebalance: their new owner delivers the batch again,
-            # which the idempotency keys make harmless.
-            log.warning("commit of %d offsets failed: %s", len(offsets), exc)
 
 
 def declare_destinations(sink: str, destinations: list[str]) -> None:

@@ -46,7 +46,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import aiohttp
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, Message
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.sinks.delivery import Rejected, Retryable
@@ -56,6 +56,7 @@ from connectors.sources.base import Event
 from connectors.sources.publisher import Publisher
 from streams import metrics
 from streams.dlq import message_dead_letter
+from streams.kafka import commit_batch
 from streams.serde import AvroSerde, SerdeError, registry_client
 from streams.settings import Settings, secret, secret_env
 from streams.topics import CRM_COMMANDS
@@ -397,23 +398,9 @@ class Connector:
                 for message in good:
                     await self.handle(message)  # published before its offset is committed
                 if good:
-                    await asyncio.to_thread(_commit, consumer, good)
+                    await asyncio.to_thread(commit_batch, consumer, good)
         finally:
             consumer.close()
-
-
-def _commit(consumer: Consumer, messages: list[Message]) -> None:
-    ends: dict[tuple[str, int], int] = {}
-    for m in messages:
-        tp = (str(m.topic()), int(m.partition() or 0))
-        ends[tp] = max(ends.get(tp, -1), int(m.offset() or 0) + 1)
-    offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
-    try:
-        consumer.commit(offsets=offsets, asynchronous=False)
-    except KafkaException as exc:
-        # Lost the partitions in a rebalance: their new owner enriches the batch again,
-        # and the events' ids make that harmless.
-        log.warning("commit of %d offsets failed: %s", len(offsets), exc)
 
 
 def build(settings: Settings, session: aiohttp.ClientSession) -> Connector:
