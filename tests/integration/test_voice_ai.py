@@ -228,6 +228,17 @@ def test_the_voice_ai_looks_the_caller_up_and_writes_during_the_call(pipeline: P
         90,
     )
 
+    # The lookup reads the workers' changelogs, the CRM sink their commands: each at its
+    # own pace, within a moment of the other.
+    wait_for(
+        lambda: (
+            (pipeline.lookup(f"phone=%2B{PHONE[1:]}")[1].get("contact") or {}).get("owner")
+            is not None
+        ),
+        "the lookup to see the owner the CRM shows",
+        5,
+    )
+
     # During the call: who is this?
     answer = pipeline.send("vapi", tool_calls(call("tc-look-1", "lookup_caller", {})))
     assert answer.status == 200, answer
