@@ -57,7 +57,11 @@ def serve(
         def do_GET(self) -> None:
             url = urllib.parse.urlsplit(self.path)
             if url.path == "/metrics":
-                self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                # ?name[]=... as prometheus_client's own handler: only those series (a
+                # frequent reader of one counter does not make the worker render all).
+                names = urllib.parse.parse_qs(url.query).get("name[]")
+                registry = REGISTRY.restricted_registry(names) if names else REGISTRY
+                self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
                 return
             if url.path == "/healthz" and ready is not None:
                 up = ready()

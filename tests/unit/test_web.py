@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from streams import metrics
 from streams.web import serve
 from tests.conftest import free_port
 
@@ -62,6 +63,16 @@ def test_metrics_need_no_token(port: int) -> None:
     status, headers, body = fetch(port, "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     assert b"ana@example.com" not in body
+
+
+def test_metrics_can_be_asked_for_one_metrics_series_only(port: int) -> None:
+    metrics.EVENTS.labels(stage="web-test", event_type="FORM_SUBMITTED", source="forms").inc()
+    status, _, body = fetch(port, "/metrics?name[]=switchboard_events_total")
+    samples = [line for line in body.decode().splitlines() if not line.startswith("#")]
+    assert status == 200 and samples
+    assert all(line.startswith("switchboard_events_total{") for line in samples)
+    _, _, everything = fetch(port, "/metrics")
+    assert b"switchboard_dead_letters_total" in everything
 
 
 def test_a_worker_without_a_token_serves_no_view() -> None:
