@@ -17,7 +17,7 @@ from processors.matching import SLA_BREACHED
 from processors.pipeline import PipelineOutcome
 from processors.profile import CRM_PROPERTIES
 from processors.sla import Firing, Timer, TimerChange
-from processors.state import ContactState, NextStep
+from processors.state import ContactState, NextStep, OwnerTask, kept_tasks
 from processors.workflow_engine import Audit, Effect, Message, Task, Upsert
 from streams.engine import Output
 
@@ -932,3 +932,17 @@ def scheduled_job_outputs(state: ContactState, task: Task, now: datetime) -> lis
         now,
     )
     return [command, ("audit", contact_id, entry)]
+
+
+def with_tasks(state: ContactState, outputs: list[Output]) -> ContactState:
+    """``state`` remembering the tasks ``outputs`` create for the owner (a pipeline
+    rule's, a workflow's, an SLA escalation's, a call's next step), for the caller lookup."""
+    tasks = state.tasks
+    for topic, _, record in outputs:
+        if topic == "commands" and record["command_type"] == "CREATE_TASK":
+            p = record["payload"]
+            made = OwnerTask(
+                task_id=p["task_id"], title=p["title"], due_at=p["due_at"], at=record["issued_at"]
+            )
+            tasks = kept_tasks(tasks, made)
+    return state if tasks is state.tasks else state.model_copy(update={"tasks": tasks})

@@ -48,6 +48,7 @@ from processors.records import (
     route_request,
     stage_change_triggers,
     upsert_contact,
+    with_tasks,
 )
 from processors.routing import RoutingRules
 from processors.scoring import ScoringModel, components_at, is_meaningful, total
@@ -292,7 +293,7 @@ def register(
                 state = state.model_copy(update={"pending_tasks": held})
             else:
                 out += next_step_outputs(contact_id, task, state.owner_id)
-        contacts[contact_id] = state  # once, whatever changed it
+        contacts[contact_id] = with_tasks(state, out)  # once, whatever changed it
         return out
 
     def routable(state: ContactState, event: dict[str, Any]) -> bool:
@@ -337,7 +338,7 @@ def register(
             out += clocks.on_triggers(assigned, [trigger], partition)
             assigned, sent = runs.on_event(assigned, trigger, partition)
             out += sent
-        contacts[contact_id] = assigned
+        contacts[contact_id] = with_tasks(assigned, out)
         return out
 
     def on_merge_step(contact_id: str, step: dict[str, Any], partition: int) -> list[Output]:
@@ -430,6 +431,7 @@ def register(
             if state is None:
                 return []
             after, sent = runs.on_due(contact_id, notice, partition, state)
+            after = with_tasks(after, sent)
             if after is not state:
                 contacts[contact_id] = after
             return sent
@@ -438,6 +440,7 @@ def register(
         if firing is not None and state is not None:
             after, sent = runs.on_event(state, breach_trigger(contact_id, firing), partition)
             out += sent
+            after = with_tasks(after, out)
             if after is not state:
                 contacts[contact_id] = after
         return out

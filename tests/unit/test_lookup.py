@@ -12,6 +12,7 @@ import pytest
 from processors.jobs import JOB_EVENTS
 from processors.jobs import decide as decide_job
 from processors.lookup import caller_card, identifier_of
+from processors.records import crm_command, with_tasks
 from processors.routing import Rep
 from processors.state import MEETINGS_KEPT, ContactState, apply_event
 
@@ -146,3 +147,21 @@ def test_a_lookup_asks_for_one_normalised_identifier(
 def test_a_bad_lookup_is_refused_naming_what_is_wrong(params: dict[str, str], named: str) -> None:
     with pytest.raises(ValueError, match=named):
         identifier_of(params)
+
+
+def test_every_task_made_for_the_owner_is_remembered_once_for_the_card() -> None:
+    state = ContactState(contact_id="c-1", owner_id="rep-1")
+    due = NOW + timedelta(days=1)
+    payload = {"task_id": "t-workflow", "title": "Follow up the quote", "due_at": due}
+    made = [
+        crm_command("c-1", "CREATE_TASK", "t-workflow", payload, NOW, "e1"),
+        crm_command("c-1", "ADD_NOTE", "n-1", {"note_id": "n-1", "body": "hi"}, NOW, "e1"),
+        ("audit", "c-1", {"decision": "task_created"}),
+    ]
+    remembered = with_tasks(with_tasks(state, made), made)  # a redelivery adds nothing
+    assert [(t.task_id, t.title, t.due_at) for t in remembered.tasks] == [
+        ("t-workflow", "Follow up the quote", due)
+    ]
+    assert with_tasks(state, made[1:]) is state
+    card = caller_card(json.loads(remembered.model_dump_json()), {}, NOW)
+    assert [t["title"] for t in card["open_tasks"]] == ["Follow up the quote"]
