@@ -89,6 +89,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.sql.elements import ColumnElement
 
 from connectors.sinks.crm.migrations import (
+    Upsert,
     UtcDateTime,
     create_sql_engine,
     error_answer,
@@ -771,12 +772,23 @@ _CONTACT_FIELDS = [name for name in UpsertContact.model_fields if name != "prope
 
 def _upsert_contacts(connection: Connection, steps: list[_Step]) -> None:
     stmt = insert_or(connection, CONTACTS)
-    changed: dict[str, Any] = {
-        name: func.coalesce(stmt.excluded[name], CONTACTS.c[name]) for name in _CONTACT_FIELDS
-    }
+    changed = _kept_unless_given(stmt, CONTACTS, _CONTACT_FIELDS)
     changed["properties"] = _merge_json(connection, CONTACTS.c.properties, stmt.excluded.properties)
     changed["updated_at"] = stmt.excluded.updated_at
-    rows = [
+    connection.execute(
+        stmt.on_conflict_do_update(index_elements=["contact_id"], set_=changed), _rows(steps)
+    )
+
+
+def _kept_unless_given(stmt: Upsert, table: Table, names: list[str]) -> dict[str, Any]:
+    """An update's SET for ``names``: the command's value, or the stored one where the
+    command has none."""
+    return {name: func.coalesce(stmt.excluded[name], table.c[name]) for name in names}
+
+
+def _rows(steps: list[_Step]) -> list[dict[str, Any]]:
+    """The row each step's payload describes, for its contact, as of its command."""
+    return [
         {
             "contact_id": s.contact,
             **s.payload.model_dump(),
@@ -785,9 +797,6 @@ def _upsert_contacts(connection: Connection, steps: list[_Step]) -> None:
         }
         for s in steps
     ]
-    connection.execute(
-        stmt.on_conflict_do_update(index_elements=["contact_id"], set_=changed), rows
-    )
 
 
 # UPSERT_JOB's fields that a null leaves as they are stored (all but the id).
@@ -798,20 +807,11 @@ def _upsert_jobs(connection: Connection, steps: list[_Step]) -> None:
     """UPSERT_JOB: the job made, or changed by what the command knows (a status change
     carries no amount, a payment no technician: a null keeps the stored value)."""
     stmt = insert_or(connection, JOBS)
-    changed: dict[str, Any] = {
-        name: func.coalesce(stmt.excluded[name], JOBS.c[name]) for name in _JOB_FIELDS
-    }
+    changed = _kept_unless_given(stmt, JOBS, _JOB_FIELDS)
     changed["updated_at"] = stmt.excluded.updated_at
-    rows = [
-        {
-            "contact_id": s.contact,
-            **s.payload.model_dump(),
-            "created_at": s.command.issued_at,
-            "updated_at": s.command.issued_at,
-        }
-        for s in steps
-    ]
-    connection.execute(stmt.on_conflict_do_update(index_elements=["job_id"], set_=changed), rows)
+    connection.execute(
+        stmt.on_conflict_do_update(index_elements=["job_id"], set_=changed), _rows(steps)
+    )
 
 
 def _set_owners(connection: Connection, steps: list[_Step]) -> None:
@@ -944,18 +944,10 @@ def _key_column(table: Table) -> Column[Any]:
 
 def _upsert_rows(connection: Connection, table: Table, steps: list[_Step]) -> None:
     """Insert or update, by its own id, the record each step's payload describes."""
-    rows = []
-    for s in steps:
-        at = s.command.issued_at
-        row = {
-            "contact_id": s.contact,
-            **s.payload.model_dump(),
-            "created_at": at,
-            "updated_at": at,
-        }
-        if table is DEALS:
-            row["stage_changed_at"] = at
-        rows.append(row)
+    rows = _rows(steps)
+    if table is DEALS:
+        for row in rows:
+            row["stage_changed_at"] = row["created_at"]
     stmt = insert_or(connection, table)
     key = _key_column(table).name
     kept = {key, "contact_id", "created_at"}  # never changed by an update
