@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -162,6 +164,29 @@ def lookup() -> None:
     run_lookup(_settings())
 
 
+def _own_logs_at(level: str) -> None:
+    """Switchboard's own records at ``level``; libraries' (HTTP clients) only when they
+    warn."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("switchboard").setLevel(level.upper())
+
+
+def _until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``run(stop)`` until it returns; SIGINT or SIGTERM sets ``stop``, so what is in
+    flight finishes first."""
+
+    async def main_loop() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(stop)
+
+    asyncio.run(main_loop())
+
+
 @main.command()
 @click.argument("which", type=click.Choice(["crm", "notify", "billing"]))
 def sink(which: str) -> None:
@@ -169,33 +194,18 @@ def sink(which: str) -> None:
     (crm_backend: sql, hubspot, salesforce), ``notify`` sends notifications through the
     configured channels, ``billing`` invoices completed jobs in the billing system
     (billing_backend: stripe). The batch in flight finishes before it stops."""
-    import asyncio
-    import signal
 
     from connectors.sinks.factory import SinkConfigError, SinkName, build_sink
     from streams import metrics
 
     settings = _settings()
-    # Switchboard's own records at the configured level; libraries' (HTTP clients) only
-    # when they warn.
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("switchboard").setLevel(settings.log_level.upper())
+    _own_logs_at(settings.log_level)
     try:
         runner = build_sink(settings, cast(SinkName, which))
     except SinkConfigError as exc:
         raise click.ClickException(str(exc)) from None
     metrics.serve(settings.metrics_port, settings.metrics_bind)
-
-    async def main_loop() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await runner.run(stop)
-
-    asyncio.run(main_loop())
+    _until_signalled(runner.run)
 
 
 @main.command()
@@ -203,29 +213,16 @@ def enrich() -> None:
     """Run the enrichment connector until SIGINT/SIGTERM: new contacts' e-mails and
     company domains are looked up at the provider in enrichment_url (token:
     SWITCHBOARD_SECRET_ENRICHMENT_TOKEN) and published back as CONTACT_ENRICHED events."""
-    import asyncio
-    import signal
 
     from connectors.sources.enrichment import EnrichmentConfigError
     from connectors.sources.enrichment import run as run_enrichment
     from streams import metrics
 
     settings = _settings()
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("switchboard").setLevel(settings.log_level.upper())
+    _own_logs_at(settings.log_level)
     metrics.serve(settings.metrics_port, settings.metrics_bind)
-
-    async def main_loop() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_enrichment(settings, stop)
-
     try:
-        asyncio.run(main_loop())
+        _until_signalled(lambda stop: run_enrichment(settings, stop))
     except EnrichmentConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
