@@ -40,6 +40,19 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     } | overrides
 
 
+def group_consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    """A consumer in ``group_id`` that reads only committed records (an aborted
+    transaction's are none), from the earliest when the group has no offsets, and commits
+    its offsets itself once what it read is handled (commit_batch)."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+    } | overrides
+
+
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2, unsigned (the Java client's partitioner; librdkafka's
     ``murmur2_random`` for keyed records)."""

@@ -31,7 +31,7 @@ from connectors.sinks.delivery import DeliveryError, Destination, Outcome, Rejec
 from connectors.sinks.policy import Backoff, BreakerState, CircuitBreaker, Gate, RateLimiter
 from streams import metrics
 from streams.dlq import message_dead_letter
-from streams.kafka import commit_batch, producer_config
+from streams.kafka import commit_batch, group_consumer_config, producer_config
 from streams.lag import GroupLag
 from streams.serde import AvroSerde, UndecodableMessage
 from streams.settings import Settings
@@ -133,17 +133,7 @@ class Sink:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume and deliver until ``stop`` is set; the batch in flight then finishes
         and commits first."""
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": self.group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                # Only what the processors committed: an aborted transaction is no command.
-                "isolation.level": "read_committed",
-                "log_level": 4,
-            }
-        )
+        consumer = Consumer(group_consumer_config(self.settings, self.group_id, log_level=4))
         loop = asyncio.get_running_loop()
 
         def on_assign(_consumer: Consumer, _partitions: list[TopicPartition]) -> None:

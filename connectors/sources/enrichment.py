@@ -56,7 +56,7 @@ from connectors.sources.base import Event
 from connectors.sources.publisher import Publisher
 from streams import metrics
 from streams.dlq import message_dead_letter
-from streams.kafka import commit_batch
+from streams.kafka import commit_batch, group_consumer_config
 from streams.serde import AvroSerde, SerdeError, registry_client
 from streams.settings import Settings, secret, secret_env
 from streams.topics import CRM_COMMANDS
@@ -380,15 +380,7 @@ class Connector:
         await self.publisher.publish_dead_letter(message.key(), letter)
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": self.group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-            }
-        )
+        consumer = Consumer(group_consumer_config(self.settings, self.group_id))
         consumer.subscribe([self.commands.topic])
         log.info("enrichment: consuming %s as group %s", self.commands.topic, self.group_id)
         try:
