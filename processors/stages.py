@@ -285,12 +285,15 @@ def register(
             out.append(route_request(state, event["event_id"], at))
         task = next_step(state, event)
         if task is not None:
-            made = OwnerTask(task_id=task.task_id, title=task.title, due_at=task.due_at, at=task.at)
-            state = state.model_copy(update={"tasks": kept_tasks(state.tasks, made)})
             if state.owner_id is None and state.routing == "requested":
                 # The router answers in moments: the task waits for the owner it names.
+                # The caller lookup shows it meanwhile (a callback the caller just asked for).
                 held = [*state.pending_tasks, task][-PENDING_TASKS:]
-                state = state.model_copy(update={"pending_tasks": held})
+                made = OwnerTask(
+                    task_id=task.task_id, title=task.title, due_at=task.due_at, at=task.at
+                )
+                tasks = kept_tasks(state.tasks, made)
+                state = state.model_copy(update={"pending_tasks": held, "tasks": tasks})
             else:
                 out += next_step_outputs(contact_id, task, state.owner_id)
         contacts[contact_id] = with_tasks(state, out)  # once, whatever changed it
