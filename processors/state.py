@@ -290,7 +290,19 @@ def apply_event(state: ContactState, event: dict[str, Any]) -> ContactState:
     """The state after ``event``. An event already seen changes nothing (invariant 2)."""
     if state.has_seen(event["event_id"]):
         return state
-    new = state.model_copy(deep=True)
+    # A new value, sharing with ``state`` only what this function replaces rather than
+    # changes in place (a deep copy was a twentieth of a worker's time).
+    new = state.model_copy(
+        update={
+            "identifiers": list(state.identifiers),
+            "profile": dict(state.profile),
+            "profile_origin": dict(state.profile_origin),
+            "last_inbound": dict(state.last_inbound),
+            "last_outbound": dict(state.last_outbound),
+            "open_deals": dict(state.open_deals),
+            "consent": state.consent.model_copy(),
+        }
+    )
     at: datetime = event["event_time"]
     payload: dict[str, Any] = event["payload"]
     kind: str = event["event_type"]

@@ -81,3 +81,55 @@ def test_a_replayed_call_is_seen_however_many_events_came_between() -> None:
     )
     assert not state.has_seen("twilio:CA-1")  # past the window: forgotten
     assert list(state.untimed_event_ids) == ["vapi:call-2"]
+
+
+def test_an_event_leaves_the_state_it_was_given_as_it_was() -> None:
+    """apply_event copies only what it changes in place: the state before an event (the
+    contact stage compares it with the one after, and caches it) must not move."""
+    at = contact_event()["event_time"]
+    state = apply_event(ContactState(contact_id="c-1"), contact_event())
+    state = apply_event(
+        state,
+        contact_event(
+            event_id="crm:deal-1",
+            event_type="DEAL_STAGE_CHANGED",
+            source_system="hubspot",
+            event_time=at + timedelta(minutes=1),
+            payload={"deal_id": "d-1", "stage": "qualified"},
+        ),
+    )
+    events = [
+        contact_event(
+            event_id="typeform:resp-2",
+            event_time=at + timedelta(minutes=2),
+            identity={**contact_event()["identity"], "phone": "+14155550132"},
+            profile={"company": {"value": "Whitfield Bakery", "origin": "self"}},
+        ),
+        contact_event(
+            event_id="crm:deal-2",
+            event_type="DEAL_STAGE_CHANGED",
+            source_system="hubspot",
+            event_time=at + timedelta(minutes=3),
+            payload={"deal_id": "d-1", "stage": "closedwon"},
+        ),
+        contact_event(
+            event_id="mailgun:unsub-1",
+            event_type="EMAIL_UNSUBSCRIBED",
+            source_system="mailgun",
+            event_time=at + timedelta(minutes=4),
+            payload={},
+        ),
+        contact_event(
+            event_id="mailgun:sent-1",
+            event_type="EMAIL_SENT",
+            source_system="mailgun",
+            event_time=at + timedelta(minutes=5),
+            payload={},
+        ),
+    ]
+    for event in events:
+        before = state.model_dump()
+        after = apply_event(state, event)
+        assert after.model_dump() != before
+        assert state.model_dump() == before, event["event_type"]
+        state = after
