@@ -167,7 +167,9 @@ class Engine:
         self._transaction_started = 0.0
         self._records = 0
         self._written: dict[tuple[str, int], int] = {}
-        self._sent: dict[str, Any] = {}
+        # Records written per topic in the open transaction: counted into RECORDS_SENT
+        # when it commits (a metric update per record was a measurable part of a worker).
+        self._sent: dict[str, int] = {}
         self._abandoned: list[Producer] = []  # stuck in a call: kept, never closed
         self._stopping = False
         self._ready = False
@@ -447,10 +449,7 @@ class Engine:
                 break
             except BufferError:
                 self.producer.poll(0.05)
-        sent = self._sent.get(topic)
-        if sent is None:  # labels() is a lookup under a lock: once per topic
-            sent = self._sent[topic] = metrics.RECORDS_SENT.labels(topic=topic)
-        sent.inc()
+        self._sent[topic] = self._sent.get(topic, 0) + 1
 
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is None:
@@ -507,6 +506,9 @@ class Engine:
             table.dirty.clear()
         metrics.CHECKPOINT_SECONDS.observe(time.monotonic() - started)
         metrics.CHECKPOINT_RECORDS.observe(self._records)
+        for topic, sent in self._sent.items():
+            metrics.labelled(metrics.RECORDS_SENT, topic).inc(sent)
+        self._sent.clear()
         self._positions.clear()
         self._starts.clear()
         self._in_transaction = False
@@ -619,6 +621,7 @@ class Engine:
         self._in_transaction = False
         self._doomed = False
         self._positions.clear()
+        self._sent.clear()
         for table in self.tables:
             table.dirty.clear()
             table.drop()

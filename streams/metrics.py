@@ -100,7 +100,8 @@ TABLE_KEYS = Gauge(
 )
 RECORDS_SENT = Counter(
     "switchboard_records_sent_total",
-    "Records a worker wrote in its transactions (outputs, changelogs, dead letters), by topic.",
+    "Records a worker wrote in its committed transactions (outputs, changelogs, dead letters), "
+    "by topic.",
     ["topic"],
 )
 CHECKPOINT_SECONDS = Histogram(

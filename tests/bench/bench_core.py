@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 import uuid
@@ -68,6 +69,13 @@ def wait_drained(workers: list[Settings], total: int, timeout: float) -> tuple[f
     return time.perf_counter() - start, total - already
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used: on a shared machine, steadier than its
+    wall-clock throughput."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fresh(run: str, partitions: int) -> Settings:
     (Path(".run/bench") / run).mkdir(parents=True, exist_ok=True)
     settings = Settings(
@@ -100,10 +108,14 @@ def sustained(backlog: int, partitions: int, workers: int) -> dict[str, Any]:
         for n in range(workers)
     ]
     with ExitStack() as stack:
-        for n, worker in enumerate(each):
-            stack.enter_context(running_worker(worker, Path(".run/bench") / run / f"w{n}.log"))
+        pids = [
+            stack.enter_context(running_worker(w, Path(".run/bench") / run / f"w{n}.log")).pid
+            for n, w in enumerate(each)
+        ]
         # Timed once every worker is ready: what is left of the backlog.
+        cpu_before = sum(cpu_seconds(pid) for pid in pids)
         seconds, timed = wait_drained(each, events, timeout=900)
+        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
     floor_seconds = floor.drain(settings, CONTACT_EVENTS.full_name(settings), events)
     return {
         "events": events,
@@ -112,6 +124,7 @@ def sustained(backlog: int, partitions: int, workers: int) -> dict[str, Any]:
         "events_per_s": timed / seconds,
         "floor_events_per_s": events / floor_seconds,
         "core_to_floor": (timed / seconds) / (events / floor_seconds),
+        "worker_cpu_s_per_100k": cpu / timed * 100_000,
         "partitions": partitions,
         "workers": workers,
     }
@@ -173,7 +186,8 @@ def main() -> None:
                 f"{row['events_per_s']:7,.0f} events/s ({row['timed_events']:.0f} of "
                 f"{row['events']} events in {row['seconds']:.1f}s); floor "
                 f"{row['floor_events_per_s']:,.0f} events/s; core/floor "
-                f"{row['core_to_floor']:.3f}"
+                f"{row['core_to_floor']:.3f}; workers' CPU "
+                f"{row['worker_cpu_s_per_100k']:.1f} s per 100k events"
             )
     for partitions in args.partitions:
         row = latency(args.rate, args.seconds, partitions)
