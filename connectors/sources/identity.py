@@ -1,46 +1,30 @@
-"""Identity normalisation: lower-cased e-mail, E.164 phone, and the strongest identifier
-an event is keyed by (so all of one person's events from one source share a partition
+"""Identity for the sources: e-mail and phone in the contract's canonical forms
+(schemas.identifiers), a bad one refused as Rejected naming its field, and the strongest
+identifier an event is keyed by (so all of one person's events from one source share a partition
 until identity resolution re-keys them by contact id)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import email_validator
-import phonenumbers
-
 from connectors.sources.base import Rejected
+from schemas import identifiers
 
 
 def email(value: str | None, *, field: str = "email") -> str | None:
-    """One address, lower-cased, or Rejected naming ``field``. The address reaches the CRM
-    and an SMTP To: header, so a list (``a@b.c,evil@x.io``), a newline or a NUL is refused
-    by email-validator's RFC 5322 syntax check (no DNS look-up: the gateway stays fast)."""
-    if value is None or not value.strip():
-        return None
+    """One address, lower-cased (schemas.identifiers.email), or Rejected naming ``field``."""
     try:
-        # Spaces around a typed address are harmless; any other whitespace is refused.
-        checked = email_validator.validate_email(value.strip(" "), check_deliverability=False)
-    except email_validator.EmailNotValidError as exc:
-        raise Rejected(
-            f"field {field}: {value!r} is not an e-mail address ({exc})", field=field
-        ) from None
-    return checked.normalized.lower()
+        return identifiers.email(value, field=field)
+    except identifiers.InvalidIdentifier as exc:
+        raise Rejected(str(exc), field=exc.field) from None
 
 
 def phone(value: str | None, *, region: str = "US", field: str = "phone") -> str | None:
-    """E.164 (``+14155550123``). Numbers without a country code are read as ``region``'s."""
-    if value is None or not value.strip():
-        return None
+    """E.164 (schemas.identifiers.phone), or Rejected naming ``field``."""
     try:
-        parsed = phonenumbers.parse(value, region)
-    except phonenumbers.NumberParseException as exc:
-        raise Rejected(
-            f"field {field}: {value!r} is not a phone number ({exc})", field=field
-        ) from None
-    if not phonenumbers.is_possible_number(parsed):
-        raise Rejected(f"field {field}: {value!r} is not a possible phone number", field=field)
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        return identifiers.phone(value, region=region, field=field)
+    except identifiers.InvalidIdentifier as exc:
+        raise Rejected(str(exc), field=exc.field) from None
 
 
 def identity(

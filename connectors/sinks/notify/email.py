@@ -31,7 +31,7 @@ from typing import Any
 from connectors.sinks.delivery import DeliveryError, Outcome, Rejected, Retryable
 from connectors.sinks.notify import deliver_each
 from connectors.sinks.notify.templates import render_text
-from connectors.sources import base, identity
+from schemas import identifiers
 
 NOTIFICATION_ID_HEADER = "X-Switchboard-Notification-Id"
 
@@ -44,8 +44,8 @@ def message_id(notification_id: str, domain: str) -> str:
 
 def address(value: str, field: str = "recipient") -> str:
     try:
-        normalised = identity.email(value, field=field)
-    except base.Rejected as exc:
+        normalised = identifiers.email(value, field=field)
+    except identifiers.InvalidIdentifier as exc:
         raise Rejected(str(exc)) from None
     if normalised is None or any(c.isspace() or ord(c) < 32 for c in normalised):
         raise Rejected(f"field {field}: {value!r} is not an e-mail address")

@@ -24,7 +24,7 @@ from connectors.sinks.delivery import Rejected
 from connectors.sinks.http import raise_for_status
 from connectors.sinks.notify import HttpChannel
 from connectors.sinks.notify.templates import render_sms
-from connectors.sources import base, identity
+from schemas import identifiers
 
 
 def e164(value: str, field: str = "recipient") -> str:
@@ -32,8 +32,8 @@ def e164(value: str, field: str = "recipient") -> str:
     if not value.strip().startswith("+"):
         raise Rejected(f"field {field}: {value!r} is not an E.164 phone number (+CC...)")
     try:
-        normalised = identity.phone(value, region="ZZ", field=field)
-    except base.Rejected as exc:
+        normalised = identifiers.phone(value, region="ZZ", field=field)
+    except identifiers.InvalidIdentifier as exc:
         raise Rejected(str(exc)) from None
     if normalised is None:
         raise Rejected(f"field {field}: empty, an E.164 phone number is needed")
