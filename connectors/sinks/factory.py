@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from connectors.sinks.delivery import Destination
+from connectors.delivery import Destination
 from connectors.sinks.runtime import Limits, Sink
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings, secret, secret_env

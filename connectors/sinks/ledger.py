@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from connectors.delivery import Retryable
 from connectors.sinks.crm.migrations import (
     Migration,
     UtcDateTime,
@@ -28,7 +29,6 @@ from connectors.sinks.crm.migrations import (
     migrate,
     write_transaction,
 )
-from connectors.sinks.delivery import Retryable
 
 P = ParamSpec("P")
 T = TypeVar("T")

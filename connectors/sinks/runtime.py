@@ -10,7 +10,7 @@ confirmed by its destination or dead-lettered.
   that key); for the others the sink keeps a ledger of delivered keys and skips them.
 - Retries with exponential backoff and full jitter, the destination's Retry-After as a
   floor, a rate limit, a concurrency bound and a circuit breaker per destination
-  (connectors.sinks.policy). After ``max_attempts`` the record goes to the dead-letter
+  (connectors.policy). After ``max_attempts`` the record goes to the dead-letter
   topic with the destination's answer, as does a record the destination rejects.
 - While a batch is in flight the consumer is paused but keeps polling, so a long outage
   does not cost the group membership."""
@@ -27,8 +27,8 @@ from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
-from connectors.sinks.delivery import DeliveryError, Destination, Outcome, Rejected, Retryable
-from connectors.sinks.policy import Backoff, BreakerState, CircuitBreaker, Gate, RateLimiter
+from connectors.delivery import DeliveryError, Destination, Outcome, Rejected, Retryable
+from connectors.policy import Backoff, BreakerState, CircuitBreaker, Gate, RateLimiter
 from streams import metrics
 from streams.dlq import message_dead_letter
 from streams.kafka import commit_batch, group_consumer_config, producer_config

@@ -49,9 +49,9 @@ import aiohttp
 from confluent_kafka import Consumer, Message
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from connectors.sinks.delivery import Rejected, Retryable
-from connectors.sinks.http import raise_for_status, request
-from connectors.sinks.policy import Backoff, RateLimiter
+from connectors.delivery import Rejected, Retryable
+from connectors.http import raise_for_status, request
+from connectors.policy import Backoff, RateLimiter
 from connectors.sources.base import Event
 from connectors.sources.publisher import Publisher
 from streams import metrics

@@ -20,10 +20,10 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+from connectors.delivery import Destination, Outcome, Rejected
 from connectors.sinks.crm.hubspot import HubSpotWriter
 from connectors.sinks.crm.salesforce import SalesforceWriter
 from connectors.sinks.crm.sql import open_store
-from connectors.sinks.delivery import Destination, Outcome, Rejected
 from connectors.sinks.ledger import DeliveryLedger
 from connectors.sinks.notify.email import EmailChannel
 from connectors.sinks.notify.slack import SlackChannel

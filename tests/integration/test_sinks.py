@@ -20,8 +20,8 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from sqlalchemy import event
 
+from connectors.delivery import Outcome, Rejected
 from connectors.sinks.crm.sql import TABLES, SqlCrmStore, open_store
-from connectors.sinks.delivery import Outcome, Rejected
 from streams.registry import register_catalog
 from streams.serde import AvroSerde
 from streams.settings import Settings

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from connectors.sinks.delivery import Retryable
-from connectors.sinks.http import MAX_ANSWER_BYTES, Answer, request
+from connectors.delivery import Retryable
+from connectors.http import MAX_ANSWER_BYTES, Answer, request
 from tests.fakes import FakeServer
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from connectors.sinks.delivery import Outcome, Rejected, Retryable
+from connectors.delivery import Outcome, Rejected, Retryable
 from connectors.sinks.notify.email import EmailChannel, message_id
 from tests.sinks.notify_servers import (
     LOOPBACK,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from connectors.sinks.delivery import Outcome, Rejected, Retryable
+from connectors.delivery import Outcome, Rejected, Retryable
 from connectors.sinks.notify.slack import SlackChannel
 from connectors.sinks.notify.templates import render_slack
 from tests.fakes import Scripted

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from connectors.sinks.delivery import Outcome, Rejected, Retryable
+from connectors.delivery import Outcome, Rejected, Retryable
 from connectors.sinks.notify.sms import SmsChannel
 from connectors.sinks.notify.templates import render_sms
 from tests.fakes import Scripted

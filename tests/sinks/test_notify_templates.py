@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from connectors.sinks.delivery import Rejected
+from connectors.delivery import Rejected
 from connectors.sinks.notify.templates import (
     SMS_MAX_CHARS,
     TEMPLATES,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from connectors.sinks.delivery import Outcome, Rejected, Retryable
+from connectors.delivery import Outcome, Rejected, Retryable
 from connectors.sinks.notify.templates import render_webhook
 from connectors.sinks.notify.webhook import WebhookChannel, signature
 from tests.fakes import Scripted

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from connectors.delivery import Outcome, Rejected, Retryable
 from connectors.sinks.crm.salesforce import SalesforceWriter, contact_field
-from connectors.sinks.delivery import Outcome, Rejected, Retryable
 from processors.records import upsert_contact
 from processors.state import ContactState
 from tests.fakes import Scripted

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect, select
 
+from connectors.delivery import Destination, Outcome, Rejected, Retryable
 from connectors.sinks.crm.migrations import (
     CRM_MIGRATIONS,
     SCHEMA_MIGRATIONS,
@@ -22,7 +23,6 @@ from connectors.sinks.crm.migrations import (
     migrate_crm,
 )
 from connectors.sinks.crm.sql import TABLES, SqlCrmStore, open_store
-from connectors.sinks.delivery import Destination, Outcome, Rejected, Retryable
 from connectors.sinks.ledger import DeliveryLedger
 from tests.records import crm_command
 

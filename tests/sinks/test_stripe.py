@@ -11,8 +11,8 @@ from urllib.parse import parse_qs
 
 import pytest
 
+from connectors.delivery import Outcome, Rejected, Retryable
 from connectors.sinks.billing.stripe import StripeInvoicer
-from connectors.sinks.delivery import Outcome, Rejected, Retryable
 from tests.fakes import Received
 from tests.fakes.stripe import FakeStripe
 from tests.records import crm_command

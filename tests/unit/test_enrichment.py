@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
-from connectors.sinks.policy import Backoff
+from connectors.policy import Backoff
 from connectors.sources.enrichment import (
     Enrichment,
     Provider,
@@ -188,7 +188,7 @@ def test_the_rate_limit_spaces_calls(provider_server: FakeEnrichment) -> None:
 
 
 def _limiter(rate: float) -> Any:
-    from connectors.sinks.policy import RateLimiter
+    from connectors.policy import RateLimiter
 
     return RateLimiter(rate, burst=int(rate))
 

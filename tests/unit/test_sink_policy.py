@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.sinks.http import retry_after_seconds
-from connectors.sinks.policy import Backoff, BreakerState, CircuitBreaker, Gate, RateLimiter
+from connectors.http import retry_after_seconds
+from connectors.policy import Backoff, BreakerState, CircuitBreaker, Gate, RateLimiter
 
 
 class FakeClock:

@@ -33,8 +33,8 @@ from typing import Annotated, Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from connectors.sinks.delivery import Outcome, Rejected, Retryable
-from connectors.sinks.http import ANSWER_EXCERPT, Answer, request, retry_after_seconds
+from connectors.delivery import Outcome, Rejected, Retryable
+from connectors.http import ANSWER_EXCERPT, Answer, request, retry_after_seconds
 from connectors.sinks.notify import deliver_each
 
 # The most items Stripe takes on one invoice.

@@ -107,6 +107,8 @@ from typing import Any
 
 import aiohttp
 
+from connectors.delivery import DeliveryError, Outcome, Rejected, Retryable
+from connectors.http import Answer, raise_for_status, request, retry_after_seconds
 from connectors.sinks.crm.values import (
     Merge,
     iso_currency,
@@ -117,8 +119,6 @@ from connectors.sinks.crm.values import (
     task_priority,
     utc,
 )
-from connectors.sinks.delivery import DeliveryError, Outcome, Rejected, Retryable
-from connectors.sinks.http import Answer, raise_for_status, request, retry_after_seconds
 
 BATCH_LIMIT = 100  # inputs per batch call (upsert, read, associate)
 CONTACT_KEY = "switchboard_contact_id"

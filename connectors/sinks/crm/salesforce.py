@@ -109,6 +109,8 @@ from typing import Any
 
 import aiohttp
 
+from connectors.delivery import Outcome, Rejected, Retryable
+from connectors.http import Answer, raise_for_status, request, retry_after_seconds
 from connectors.sinks.crm.values import (
     Merge,
     iso_currency,
@@ -119,8 +121,6 @@ from connectors.sinks.crm.values import (
     task_priority,
     utc,
 )
-from connectors.sinks.delivery import Outcome, Rejected, Retryable
-from connectors.sinks.http import Answer, raise_for_status, request, retry_after_seconds
 
 BATCH_LIMIT = 200  # records per sObject Collections call, merge requests per merge() call
 QUERY_CHUNK = 100  # ids per SOQL IN list (the query travels in the URL)

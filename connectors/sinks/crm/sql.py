@@ -88,6 +88,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.sql.elements import ColumnElement
 
+from connectors.delivery import Outcome, Rejected, Retryable
 from connectors.sinks.crm.migrations import (
     Upsert,
     UtcDateTime,
@@ -98,7 +99,6 @@ from connectors.sinks.crm.migrations import (
     migrate_crm,
     write_transaction,
 )
-from connectors.sinks.delivery import Outcome, Rejected, Retryable
 
 DEFAULT_URL = "sqlite:///.run/crm.db"  # = Settings.crm_database_url
 log = logging.getLogger("switchboard.sql")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from connectors.sinks.delivery import Rejected
+from connectors.delivery import Rejected
 
 # ISO 4217 minor-unit exponents that are not 2 (amount_minor -> major units).
 CURRENCY_EXPONENTS = {

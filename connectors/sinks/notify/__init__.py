@@ -1,6 +1,6 @@
 """Notification channels: Slack incoming webhooks (``slack``), e-mail over SMTP
 (``email``), SMS through Twilio's Messages API (``sms``) and signed generic webhooks
-(``webhook``), each a Destination (connectors.sinks.delivery) that renders the record's
+(``webhook``), each a Destination (connectors.delivery) that renders the record's
 template (``templates``) and delivers it once.
 
 A channel maps one notification to one call and classifies the answer; the delivery
@@ -13,8 +13,8 @@ from typing import Any
 
 import aiohttp
 
-from connectors.sinks.delivery import Outcome, Rejected, Retryable
-from connectors.sinks.http import Answer, request
+from connectors.delivery import Outcome, Rejected, Retryable
+from connectors.http import Answer, request
 
 
 async def deliver_each(

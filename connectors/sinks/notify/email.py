@@ -28,7 +28,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
 
-from connectors.sinks.delivery import DeliveryError, Outcome, Rejected, Retryable
+from connectors.delivery import DeliveryError, Outcome, Rejected, Retryable
 from connectors.sinks.notify import deliver_each
 from connectors.sinks.notify.templates import render_text
 from schemas import identifiers

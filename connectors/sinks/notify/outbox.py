@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from connectors.sinks.delivery import Outcome, Rejected
+from connectors.delivery import Outcome, Rejected
 from connectors.sinks.notify.templates import render_webhook
 
 

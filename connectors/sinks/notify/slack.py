@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from connectors.sinks.http import raise_for_status
+from connectors.http import raise_for_status
 from connectors.sinks.notify import HttpChannel
 from connectors.sinks.notify.templates import render_slack
 

@@ -20,8 +20,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from connectors.sinks.delivery import Rejected
-from connectors.sinks.http import raise_for_status
+from connectors.delivery import Rejected
+from connectors.http import raise_for_status
 from connectors.sinks.notify import HttpChannel
 from connectors.sinks.notify.templates import render_sms
 from schemas import identifiers

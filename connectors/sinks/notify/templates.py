@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from string import Template
 from typing import Any
 
-from connectors.sinks.delivery import Rejected
+from connectors.delivery import Rejected
 
 SMS_MAX_CHARS = 320  # two concatenated GSM-7 segments at most
 SLACK_TEXT_MAX = 3000  # a section block's text limit (Block Kit)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from connectors.sinks.http import raise_for_status
+from connectors.http import raise_for_status
 from connectors.sinks.notify import HttpChannel
 from connectors.sinks.notify.templates import render_webhook
 

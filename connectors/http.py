@@ -1,5 +1,6 @@
-"""HTTP for the destinations that speak it (HubSpot, Salesforce, Slack, Twilio, webhooks):
-one request helper that turns every way a call can fail into Retryable or Rejected."""
+"""HTTP for the connectors that call out (the HubSpot, Salesforce, Slack, Twilio and webhook
+sinks, the enrichment source): one request helper that turns every way a call can fail
+into Retryable or Rejected."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
-from connectors.sinks.delivery import Rejected, Retryable
+from connectors.delivery import Rejected, Retryable
 
 ANSWER_EXCERPT = 2000  # characters of a response body kept for the dead letter
 # The most of an answer a sink reads: far above any batch answer a CRM gives (HubSpot's

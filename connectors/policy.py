@@ -1,5 +1,6 @@
-"""How hard a sink pushes a destination: backoff between attempts, a rate limit, a bound on
-concurrent calls and a circuit breaker. Pure asyncio with the clock injected, so the
+"""How hard a connector pushes an external system (a sink its destination, the enrichment
+source its provider): backoff between attempts, a rate limit, a bound on concurrent calls
+and a circuit breaker. Pure asyncio with the clock injected, so the
 policies unit-test in milliseconds."""
 
 from __future__ import annotations

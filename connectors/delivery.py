@@ -1,4 +1,5 @@
-"""The contract between the delivery runtime and the destinations it delivers to.
+"""The contract between the delivery runtime and the destinations it delivers to, and the
+outcome of a call out (Retryable, Rejected), which the enrichment source shares.
 
 A destination takes decoded records (CRM commands or notifications, as the Avro contract
 decodes them) in batches of at most ``max_batch`` and answers, for each record in order,
