@@ -4,8 +4,8 @@ asks ``seen`` before delivering a batch and ``record``s what its destination con
 a record redelivered after a crash or a rebalance is skipped instead of sent twice.
 
 It lives in SQL like the CRM store (same URL conventions, SQLite by default) and its table
-is made by its own migration in the same runner (connectors.sinks.crm.migrations), so it
-can share the CRM store's database or have its own."""
+is made by its own migration in the same runner (connectors.sinks.migrations), so it can
+share the CRM store's database or have its own."""
 
 from __future__ import annotations
 
@@ -20,15 +20,14 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from connectors.delivery import Retryable
-from connectors.sinks.crm.migrations import (
-    Migration,
+from connectors.sinks.database import (
     UtcDateTime,
     create_sql_engine,
     error_answer,
     insert_or,
-    migrate,
     write_transaction,
 )
+from connectors.sinks.migrations import Migration, migrate
 
 P = ParamSpec("P")
 T = TypeVar("T")

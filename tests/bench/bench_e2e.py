@@ -29,8 +29,8 @@ from typing import Any
 
 from sqlalchemy import select, text
 
-from connectors.sinks.crm.migrations import create_sql_engine
 from connectors.sinks.crm.sql import APPLIED_COMMANDS
+from connectors.sinks.database import create_sql_engine
 from connectors.sources.loadgen import run_load
 from streams.lag import GroupLag
 from streams.serde import AvroSerde, registry_client

@@ -43,8 +43,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 import schemas
-from connectors.sinks.crm.migrations import create_sql_engine
 from connectors.sinks.crm.sql import SqlCrmStore, open_store
+from connectors.sinks.database import create_sql_engine
 from connectors.sources.base import WebhookRequest
 from connectors.sources.identity import strongest_key
 from connectors.sources.loadgen import LoadReport, Stories, run_load

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from connectors.sinks.crm.migrations import create_sql_engine
+from connectors.sinks.database import create_sql_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 POSTGRES_SCRIPT = ROOT / "infra" / "postgres" / "postgres.sh"

@@ -16,14 +16,11 @@ import pytest
 from sqlalchemy import inspect, select
 
 from connectors.delivery import Destination, Outcome, Rejected, Retryable
-from connectors.sinks.crm.migrations import (
-    CRM_MIGRATIONS,
-    SCHEMA_MIGRATIONS,
-    create_sql_engine,
-    migrate_crm,
-)
+from connectors.sinks.crm.migrations import CRM_MIGRATIONS, migrate_crm
 from connectors.sinks.crm.sql import TABLES, SqlCrmStore, open_store
+from connectors.sinks.database import create_sql_engine
 from connectors.sinks.ledger import DeliveryLedger
+from connectors.sinks.migrations import SCHEMA_MIGRATIONS
 from tests.records import crm_command
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -89,14 +89,14 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.sql.elements import ColumnElement
 
 from connectors.delivery import Outcome, Rejected, Retryable
-from connectors.sinks.crm.migrations import (
+from connectors.sinks.crm.migrations import migrate_crm
+from connectors.sinks.database import (
     Upsert,
     UtcDateTime,
     create_sql_engine,
     error_answer,
     insert_or,
     json_type,
-    migrate_crm,
     write_transaction,
 )
 
