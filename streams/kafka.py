@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -14,6 +14,7 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
+    Producer,
     TopicPartition,
 )
 
@@ -73,6 +74,23 @@ def murmur2(data: bytes) -> int:
 def partition_of(key: bytes, partitions: int) -> int:
     """The partition every Switchboard producer (and the Java client) writes ``key`` to."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def publish(
+    settings: Settings,
+    topic: str,
+    records: Iterable[tuple[bytes, bytes | None]],
+    timeout: float = 30.0,
+) -> None:
+    """Write ``(key, value)`` records to ``topic`` (a ``None`` value is a tombstone) and
+    wait until Kafka has acknowledged them all: a ConnectionError when it has not within
+    ``timeout``. For the few records a command writes, not for a stream."""
+    producer = Producer(producer_config(settings))
+    for key, value in records:
+        producer.produce(topic, key=key, value=value)
+    left = producer.flush(timeout)
+    if left:
+        raise ConnectionError(f"{left} records not acknowledged by Kafka within {timeout:g} s")
 
 
 def read_topic(
