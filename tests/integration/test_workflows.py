@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from processors.explain import explain
+from processors.commands.explain import explain
 from streams.clock import FileClock
 from streams.settings import Settings
 from tests.integration.test_sla_timers import T0, Pipeline, lead, with_clock
