@@ -1,16 +1,12 @@
-"""The ``switchboard`` root assembles each layer's commands from its entry point, and the
-spine imports nothing above it."""
+"""The ``switchboard`` root assembles each layer's commands from its entry point
+(tests/unit/test_layers.py keeps the spine free of imports from above)."""
 
 from __future__ import annotations
-
-import ast
-from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
-import streams
 import streams.cli
 from streams.cli import Root, main
 
@@ -34,18 +30,3 @@ def test_without_the_entry_points_the_root_says_how_to_install(
     result = CliRunner().invoke(Root(name="switchboard"), ["--help"])
     assert result.exit_code == 1
     assert "run `make install`" in result.output
-
-
-def test_the_spine_imports_nothing_above_it() -> None:
-    above = {"processors", "connectors"}
-    found = []
-    for path in sorted(Path(streams.__file__).parent.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                continue
-            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in above]
-    assert found == []
