@@ -14,7 +14,8 @@ The workflow engine marks the audit entries it already writes (no record of its 
 The worker counts these marks as metrics (processors.workflow_runs); ``funnels`` counts
 them from the audit topic (``switchboard journeys``), so the two agree by construction.
 A run is *stalled* when its stay is still open ``now`` and began longer ago than the
-step's expected time (the step's ``expected``, else its own wait: workflow.expected_time).
+step's expected time (the step's ``expected``, else its own wait: expected_time in
+processors.workflows.steps).
 """
 
 from __future__ import annotations

@@ -60,9 +60,9 @@ from processors.state import (
     identifiers_of,
     kept_tasks,
 )
-from processors.workflow import Library
 from processors.workflow_engine import Engine as WorkflowEngine
 from processors.workflow_runs import WorkflowRuns
+from processors.workflows.library import Library
 from streams import metrics
 from streams.clock import Clock
 from streams.engine import Decoded, Engine, Forwarded, Output, Refused

@@ -8,7 +8,7 @@ from processors.pipeline import load_rules as load_pipeline
 from processors.routing import load_rules
 from processors.scoring import load_model
 from processors.sla import load_policies
-from processors.workflow import load_library
+from processors.workflows.library import load_library
 from streams.clock import clock_from_setting
 from streams.engine import Engine
 from streams.serde import AvroSerde, registry_client

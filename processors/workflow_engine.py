@@ -41,18 +41,16 @@ from processors.matching import scalars
 from processors.pipeline import PipelineRules, current_deal
 from processors.sla import EPOCH, to_ms, whole_ms
 from processors.state import CLOSED_STAGES, ContactState, PlainModel
-from processors.workflow import (
+from processors.workflows.definitions import (
     BUILTIN_EXITS,
     MERGED,
     PREEMPTED,
     VERSION_REMOVED,
-    Library,
-    Notify,
-    QuietHours,
-    Step,
-    Update,
     Workflow,
 )
+from processors.workflows.library import Library
+from processors.workflows.policies import QuietHours
+from processors.workflows.steps import Notify, Step, Update
 
 TIMER_PREFIX = "workflow/"  # a workflow wait's timer id: workflow/<name> (SLA ids have no /)
 

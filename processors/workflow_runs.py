@@ -18,7 +18,6 @@ from processors import timers
 from processors.journeys import DIVERTED, OPT_OUTS, OUTCOMES, UNSUBSCRIBED
 from processors.records import workflow_outputs
 from processors.state import ContactState
-from processors.workflow import BUILTIN_EXITS, WAITING_KINDS, Library
 from processors.workflow_engine import (
     TIMER_PREFIX,
     Audit,
@@ -28,6 +27,9 @@ from processors.workflow_engine import (
     timer_key,
 )
 from processors.workflow_engine import Engine as WorkflowEngine
+from processors.workflows.definitions import BUILTIN_EXITS
+from processors.workflows.library import Library
+from processors.workflows.steps import WAITING_KINDS
 from streams import metrics
 from streams.clock import Clock
 from streams.engine import Engine, Output

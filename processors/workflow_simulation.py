@@ -21,13 +21,6 @@ from processors.contact import advance
 from processors.pipeline import PipelineRules
 from processors.scoring import ScoringModel
 from processors.state import ContactState
-from processors.workflow import (
-    DEFAULT_LIBRARY,
-    POLICIES_FILE,
-    Library,
-    load_library,
-    load_workflow,
-)
 from processors.workflow_engine import (
     Audit,
     DealStage,
@@ -38,6 +31,8 @@ from processors.workflow_engine import (
     Task,
     Upsert,
 )
+from processors.workflows.library import DEFAULT_LIBRARY, Library, load_library, load_workflow
+from processors.workflows.policies import POLICIES_FILE
 
 MAX_FIRINGS = 10_000  # lint rules out loops; this bounds a mistake in the engine
 

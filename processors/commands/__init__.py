@@ -147,7 +147,7 @@ def workflows_lint(paths: tuple[Path, ...]) -> None:
     """Check workflow files or directories (the configured ones by default) as one set:
     every part declared, every step reachable, every path ending in an exit state, every
     wait bounded, no hand-off cycle."""
-    from processors.workflow import load_library
+    from processors.workflows.library import load_library
 
     if not paths:
         configured = load_settings().workflows
@@ -234,7 +234,7 @@ def journeys(workflow: str | None, since: str, top_n: int) -> None:
     diversions. Stalled: still waiting at a step, longer than its expected time, now."""
     from processors.durations import parse_duration
     from processors.journeys import funnels, render
-    from processors.workflow import load_library
+    from processors.workflows.library import load_library
     from streams.clock import clock_from_setting
     from streams.kafka import read_topic
     from streams.serde import AvroSerde, registry_client

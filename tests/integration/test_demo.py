@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.workflow import load_library
+from processors.workflows.library import load_library
 from streams.kafka import read_topic
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings

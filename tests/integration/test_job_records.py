@@ -21,7 +21,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from connectors.sinks.crm.sql import SqlCrmStore, open_store
 from connectors.sinks.notify.templates import render_slack
 from processors.ids import decision_id
-from processors.workflow import DEFAULT_LIBRARY
+from processors.workflows.library import DEFAULT_LIBRARY
 from streams.clock import FileClock
 from streams.settings import Settings
 from tests.conftest import free_port

@@ -16,7 +16,8 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from processors.journeys import OPT_OUTS
-from processors.workflow import BUILTIN_EXITS, Library, load_library
+from processors.workflows.definitions import BUILTIN_EXITS
+from processors.workflows.library import Library, load_library
 from streams.clock import FileClock
 from streams.settings import Settings
 from tests.integration.test_sla_timers import T0, Pipeline, lead, with_clock

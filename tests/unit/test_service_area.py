@@ -16,7 +16,8 @@ from processors.records import contact_fields, qualification_audit
 from processors.routing import Rep, load_rules, route
 from processors.scoring import load_model
 from processors.state import ContactState
-from processors.workflow import Condition, load_library
+from processors.workflows.conditions import Condition
+from processors.workflows.library import load_library
 from streams.rules import RuleFileError
 
 AREAS = load_areas()

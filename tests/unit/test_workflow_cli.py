@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from processors.workflow import DEFAULT_LIBRARY
+from processors.workflows.library import DEFAULT_LIBRARY
 from streams.cli import main
 
 BROKEN = """name: broken

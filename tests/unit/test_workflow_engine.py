@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from processors.state import ContactState
-from processors.workflow import Library, load_library
 from processors.workflow_engine import Audit, Engine, Message, RunBook
+from processors.workflows.library import Library, load_library
 
 T0 = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)  # a Monday, 10:00 in New York
 

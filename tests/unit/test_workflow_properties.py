@@ -37,7 +37,6 @@ from processors.contact import advance
 from processors.pipeline import load_rules as load_pipeline
 from processors.scoring import load_model
 from processors.state import Consent, ContactState, Deal
-from processors.workflow import BUILTIN_EXITS, Library, Workflow, load_library
 from processors.workflow_engine import (
     Audit,
     Effect,
@@ -47,6 +46,8 @@ from processors.workflow_engine import (
     RunBook,
     Upsert,
 )
+from processors.workflows.definitions import BUILTIN_EXITS, Workflow
+from processors.workflows.library import Library, load_library
 
 MODEL = load_model()
 PIPELINE = load_pipeline()

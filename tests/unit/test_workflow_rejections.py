@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.workflow import load_library
+from processors.workflows.library import load_library
 from streams.rules import RuleFileError
 
 VALID = """\
