@@ -18,7 +18,7 @@ from processors.pipeline import PipelineOutcome
 from processors.profile import CRM_PROPERTIES
 from processors.sla import Firing, Timer, TimerChange
 from processors.state import ContactState, NextStep, OwnerTask, kept_tasks
-from processors.workflow_engine import Audit, Effect, Message, Task, Upsert
+from processors.workflows.effects import Audit, Effect, Message, Task, Upsert
 from streams.engine import Output
 
 # Every routing message goes to one partition, where the router decides in one order.

@@ -60,8 +60,8 @@ from processors.state import (
     identifiers_of,
     kept_tasks,
 )
-from processors.workflow_engine import Engine as WorkflowEngine
 from processors.workflow_runs import WorkflowRuns
+from processors.workflows.engine import Engine as WorkflowEngine
 from processors.workflows.library import Library
 from streams import metrics
 from streams.clock import Clock

@@ -2,7 +2,7 @@
 of their waits, and what the stage does when something happens to a contact, when a wait
 is over, and when two contacts merge.
 
-The engine is pure (processors.workflow_engine); this module keeps its state in the
+The engine is pure (processors.workflows.engine); this module keeps its state in the
 table, keeps the schedule in step with it, and sends what it decides. Waits are durable
 timers like the SLA clocks' (processors.timers): a due notice on the ``timers`` topic,
 fired in the contact stage's own step, ignored when it no longer matches the run."""
@@ -18,17 +18,11 @@ from processors import timers
 from processors.journeys import DIVERTED, OPT_OUTS, OUTCOMES, UNSUBSCRIBED
 from processors.records import workflow_outputs
 from processors.state import ContactState
-from processors.workflow_engine import (
-    TIMER_PREFIX,
-    Audit,
-    Outcome,
-    RunBook,
-    SuppressedBecause,
-    timer_key,
-)
-from processors.workflow_engine import Engine as WorkflowEngine
 from processors.workflows.definitions import BUILTIN_EXITS
+from processors.workflows.effects import Audit, Outcome, SuppressedBecause
+from processors.workflows.engine import Engine as WorkflowEngine
 from processors.workflows.library import Library
+from processors.workflows.runbook import TIMER_PREFIX, RunBook, timer_key
 from processors.workflows.steps import WAITING_KINDS
 from streams import metrics
 from streams.clock import Clock

@@ -21,18 +21,11 @@ from processors.contact import advance
 from processors.pipeline import PipelineRules
 from processors.scoring import ScoringModel
 from processors.state import ContactState
-from processors.workflow_engine import (
-    Audit,
-    DealStage,
-    Effect,
-    Engine,
-    Message,
-    RunBook,
-    Task,
-    Upsert,
-)
+from processors.workflows.effects import Audit, DealStage, Effect, Message, Task, Upsert
+from processors.workflows.engine import Engine
 from processors.workflows.library import DEFAULT_LIBRARY, Library, load_library, load_workflow
 from processors.workflows.policies import POLICIES_FILE
+from processors.workflows.runbook import RunBook
 
 MAX_FIRINGS = 10_000  # lint rules out loops; this bounds a mistake in the engine
 

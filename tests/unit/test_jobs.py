@@ -13,7 +13,7 @@ from processors.ids import decision_id
 from processors.jobs import Operations, decide, inspection_job_id
 from processors.records import job_outputs, workflow_outputs
 from processors.state import JOBS_KEPT, ContactState, JobRef
-from processors.workflow_engine import Task
+from processors.workflows.effects import Task
 
 T0 = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
 OPS = Operations("SLACK", ("#ops",))

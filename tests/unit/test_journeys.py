@@ -16,8 +16,10 @@ from processors import workflow_runs
 from processors.journeys import OUTCOMES, funnels, render
 from processors.records import workflow_outputs
 from processors.state import ContactState
-from processors.workflow_engine import Engine, Outcome, RunBook
+from processors.workflows.effects import Outcome
+from processors.workflows.engine import Engine
 from processors.workflows.library import Library, load_library
+from processors.workflows.runbook import RunBook
 from streams.rules import RuleFileError
 from tests.unit.test_workflow_engine import T0, event
 

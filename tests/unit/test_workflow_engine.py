@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from processors.state import ContactState
-from processors.workflow_engine import Audit, Engine, Message, RunBook
+from processors.workflows.effects import Audit, Message
+from processors.workflows.engine import Engine
 from processors.workflows.library import Library, load_library
+from processors.workflows.runbook import RunBook
 
 T0 = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)  # a Monday, 10:00 in New York
 

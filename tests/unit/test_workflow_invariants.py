@@ -18,10 +18,12 @@ from processors.contact import advance
 from processors.pipeline import load_rules as load_pipeline
 from processors.scoring import load_model
 from processors.state import Consent, ContactState, Deal
-from processors.workflow_engine import Audit, Effect, Engine, Message, RunBook, Upsert
 from processors.workflows.definitions import BUILTIN_EXITS, Workflow
+from processors.workflows.effects import Audit, Effect, Message, Upsert
+from processors.workflows.engine import Engine
 from processors.workflows.library import Library, load_library
 from processors.workflows.policies import Policies
+from processors.workflows.runbook import RunBook
 
 T0 = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
 MODEL = load_model()

@@ -37,17 +37,11 @@ from processors.contact import advance
 from processors.pipeline import load_rules as load_pipeline
 from processors.scoring import load_model
 from processors.state import Consent, ContactState, Deal
-from processors.workflow_engine import (
-    Audit,
-    Effect,
-    Engine,
-    Message,
-    Outcome,
-    RunBook,
-    Upsert,
-)
 from processors.workflows.definitions import BUILTIN_EXITS, Workflow
+from processors.workflows.effects import Audit, Effect, Message, Outcome, Upsert
+from processors.workflows.engine import Engine
 from processors.workflows.library import Library, load_library
+from processors.workflows.runbook import RunBook
 
 MODEL = load_model()
 PIPELINE = load_pipeline()

@@ -128,7 +128,7 @@ TEMPLATES: dict[str, NotificationTemplate] = {
         "How did we do? Reply with a score from 1 to 10.",
         slack_text="Survey sent to *${who}* for ${job_type} job ${job_id}.",
     ),
-    # processors/workflow_engine.py: messages the shipped workflows send to the contact
+    # processors/workflows/actions.py: messages the shipped workflows send to the contact
     # (context: who, first_name, company, contact_id, owner_id, workflow, step, and the
     # triggering event's payload fields).
     "missed_call_text_back": NotificationTemplate(
@@ -213,7 +213,7 @@ TEMPLATES: dict[str, NotificationTemplate] = {
         sms="Hi ${first_name}, still interested? A one-line reply is enough.",
         slack_text="Re-engagement e-mail sent to *${who}*.",
     ),
-    # processors/workflow_engine.py: a person is asked to act on a workflow's contact.
+    # processors/workflows/actions.py: a person is asked to act on a workflow's contact.
     "workflow_attention": NotificationTemplate(
         subject="${who} needs you (${workflow})",
         text=(
@@ -223,7 +223,7 @@ TEMPLATES: dict[str, NotificationTemplate] = {
         sms="${who} needs you: ${workflow} reached ${step}.",
         slack_text="*${who}* needs you: ${workflow} reached ${step}.",
     ),
-    # processors/workflow_engine.py: a workflow run ended; its owner hears how.
+    # processors/workflows/membership.py: a workflow run ended; its owner hears how.
     "workflow_outcome": NotificationTemplate(
         subject="${who}: ${workflow} ended ${exit}",
         text=(
