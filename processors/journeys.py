@@ -11,7 +11,7 @@ The workflow engine marks the audit entries it already writes (no record of its 
   or ``finished`` (ended in another exit of the path); ``in_step_s`` when it waited there;
 - ``expected_s`` and ``waits_for``: on the entry that starts a wait.
 
-The worker counts these marks as metrics (processors.workflow_runs); ``funnels`` counts
+The worker counts these marks as metrics (processors.workflows.runs); ``funnels`` counts
 them from the audit topic (``switchboard journeys``), so the two agree by construction.
 A run is *stalled* when its stay is still open ``now`` and began longer ago than the
 step's expected time (the step's ``expected``, else its own wait: expected_time in

@@ -9,7 +9,7 @@ contact (keyed by contact id)      events-by-contact, contact-merges, assignment
     forwards a retired contact's events to its survivor, moves deals on what happened
     (processors.pipeline), starts and stops SLA clocks and fires their escalation steps
     when due (processors.sla_clocks), runs the contact's workflows and ends their waits
-    (processors.workflow_runs), and writes CRM commands, notifications, routing requests
+    (processors.workflows.runs), and writes CRM commands, notifications, routing requests
     and audit entries (processors.records), and invoices for completed billable jobs
     to the billing sink.
 
@@ -60,9 +60,9 @@ from processors.state import (
     identifiers_of,
     kept_tasks,
 )
-from processors.workflow_runs import WorkflowRuns
 from processors.workflows.engine import Engine as WorkflowEngine
 from processors.workflows.library import Library
+from processors.workflows.runs import WorkflowRuns
 from streams import metrics
 from streams.clock import Clock
 from streams.engine import Decoded, Engine, Forwarded, Output, Refused

@@ -193,7 +193,7 @@ def workflows_simulate(
     and the commands and messages it would send (a dry run)."""
     from processors.pipeline import load_rules as load_pipeline
     from processors.scoring import load_model
-    from processors.workflow_simulation import (
+    from processors.workflows.simulation import (
         ScriptError,
         library_for,
         read_contact,

@@ -29,10 +29,10 @@ from typing import Any
 from processors.pipeline import load_rules as load_pipeline
 from processors.state import ContactState
 from processors.timers import Schedule
-from processors.workflow_runs import stored_waits
 from processors.workflows.engine import Engine
 from processors.workflows.library import load_library
 from processors.workflows.runbook import RunBook
+from processors.workflows.runs import stored_waits
 from streams.clock import FileClock
 from streams.serde import AvroSerde, registry_client
 from streams.topics import CONTACT_EVENTS

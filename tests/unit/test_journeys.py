@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from processors import workflow_runs
 from processors.journeys import OUTCOMES, funnels, render
 from processors.records import workflow_outputs
 from processors.state import ContactState
+from processors.workflows import runs
 from processors.workflows.effects import Outcome
 from processors.workflows.engine import Engine
 from processors.workflows.library import Library, load_library
@@ -234,7 +234,7 @@ def sample(metric: str, **labels: str) -> float:
 def test_the_worker_counts_the_same_funnel_as_metrics(tmp_path: Path) -> None:
     name = "onboard-metrics"  # its own label values: other tests count other workflows
     lib = library(tmp_path, onboard(name))
-    workflow_runs.declare_workflows(lib)
+    runs.declare_workflows(lib)
     flow = lib.current(name)
     assert flow is not None
     outcomes = ("entered", *OUTCOMES, "stalled")
@@ -245,7 +245,7 @@ def test_the_worker_counts_the_same_funnel_as_metrics(tmp_path: Path) -> None:
     }
     j, now = scenario(lib, name)
     for outcome in j.outcomes:
-        workflow_runs._count(outcome)
+        runs._count(outcome)
     [funnel] = funnels(j.entries, now).values()
     for step in flow.steps:
         counted = funnel.steps.get(step.id)

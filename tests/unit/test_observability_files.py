@@ -189,8 +189,8 @@ def test_the_journeys_dashboard_shows_every_outcome_the_worker_counts_from_zero(
     from prometheus_client import REGISTRY
 
     from processors.journeys import OUTCOMES
-    from processors.workflow_runs import declare_workflows
     from processors.workflows.library import load_library
+    from processors.workflows.runs import declare_workflows
 
     board = dashboards()["journeys.json"]
     read = " ".join(t["expr"] for p in panels(board) for t in p.get("targets", []))

@@ -13,11 +13,11 @@ from connectors.sinks.notify.templates import TEMPLATES, render_sms, render_text
 from processors.pipeline import load_rules as load_pipeline
 from processors.scoring import load_model
 from processors.state import Consent, ContactState, Deal
-from processors.workflow_simulation import Simulation, library_for, simulate
 from processors.workflows.effects import Audit, DealStage, Message, Task, Upsert
 from processors.workflows.engine import Engine
 from processors.workflows.library import DEFAULT_LIBRARY, load_library
 from processors.workflows.runbook import RunBook
+from processors.workflows.simulation import Simulation, library_for, simulate
 
 # Monday 2026-11-23 15:00 UTC is 10:00 in New York (the policies' zone): not quiet hours.
 T0 = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
