@@ -36,45 +36,11 @@ class Membership(Actions):
         event: dict[str, Any] | None,
         handed_from: str | None = None,
     ) -> None:
+        """The contact enters ``workflow`` if the trigger's age, its re-entry policy, the
+        entry filter and the group allow; else an audited refusal says which did not."""
+        if not self._may_try(workflow, triggered_at, handed_from):
+            return
         name = workflow.name
-        if handed_from is None and self.now - triggered_at > self.policies.max_trigger_age:
-            self.refuse(
-                workflow,
-                "trigger_too_old",
-                f"the trigger happened at {triggered_at:%Y-%m-%d %H:%M}Z, longer ago "
-                f"than max_trigger_age",
-                {"triggered_at": triggered_at.isoformat()},
-            )
-            return
-        running = self.book.runs.get(name)
-        if running is not None:
-            self.refuse(
-                workflow,
-                "already_in",
-                f"already in it, at {running.step} since {running.entered_at:%Y-%m-%d %H:%M}Z",
-                {"step": running.step},
-            )
-            return
-        history = self.book.history.get(name)
-        if history is not None and history.runs:
-            after = workflow.reentry_after
-            if after is None:
-                self.refuse(
-                    workflow,
-                    "reentry",
-                    "went through it before and reentry is never",
-                    {"last_exit": history.last_exit},
-                )
-                return
-            if history.exited_at is not None and self.now < history.exited_at + after:
-                self.refuse(
-                    workflow,
-                    "reentry",
-                    f"left it at {history.exited_at:%Y-%m-%d %H:%M}Z; may enter again "
-                    f"{workflow.reentry} after",
-                    {"last_exit": history.last_exit},
-                )
-                return
         trigger = scalars(event["payload"]) if event else {}
         held, seen = workflow.entry.evaluate(self.state, set(self.book.runs), trigger, self.ran())
         if not held:
@@ -126,6 +92,50 @@ class Membership(Actions):
         if self.book.runs.get(name) is not run:
             return  # a rival's hand-off took the contact from it in turn
         self.advance(run, workflow)
+
+    def _may_try(self, workflow: Workflow, triggered_at: datetime, handed_from: str | None) -> bool:
+        """Whether the contact may try to enter ``workflow`` now: the trigger is recent (a
+        hand-off always is), it is not in it already, and its re-entry policy allows."""
+        name = workflow.name
+        if handed_from is None and self.now - triggered_at > self.policies.max_trigger_age:
+            self.refuse(
+                workflow,
+                "trigger_too_old",
+                f"the trigger happened at {triggered_at:%Y-%m-%d %H:%M}Z, longer ago "
+                f"than max_trigger_age",
+                {"triggered_at": triggered_at.isoformat()},
+            )
+            return False
+        running = self.book.runs.get(name)
+        if running is not None:
+            self.refuse(
+                workflow,
+                "already_in",
+                f"already in it, at {running.step} since {running.entered_at:%Y-%m-%d %H:%M}Z",
+                {"step": running.step},
+            )
+            return False
+        history = self.book.history.get(name)
+        if history is not None and history.runs:
+            after = workflow.reentry_after
+            if after is None:
+                self.refuse(
+                    workflow,
+                    "reentry",
+                    "went through it before and reentry is never",
+                    {"last_exit": history.last_exit},
+                )
+                return False
+            if history.exited_at is not None and self.now < history.exited_at + after:
+                self.refuse(
+                    workflow,
+                    "reentry",
+                    f"left it at {history.exited_at:%Y-%m-%d %H:%M}Z; may enter again "
+                    f"{workflow.reentry} after",
+                    {"last_exit": history.last_exit},
+                )
+                return False
+        return True
 
     def _group_runs(self, workflow: Workflow) -> list[tuple[Run, Workflow]]:
         if workflow.group is None:
