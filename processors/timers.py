@@ -1,9 +1,11 @@
 """Durable per-contact timers on a worker.
 
-The truth is the ``timers`` table (keyed by contact id, changelog-backed), so timers
-survive restarts and move with their partitions on a rebalance. Each worker keeps a
-``Schedule``, an in-memory index of when its own partitions' timers are due, rebuilt
-from the table whenever its assignment changes.
+The truth is a table keyed by contact id and backed by a changelog (``timers`` for the
+SLA clocks, ``workflow-runs`` for the workflows' waits), so timers survive restarts and
+move with their partitions on a rebalance. Each worker keeps a ``Schedule``, an
+in-memory index of when its own partitions' timers are due, rebuilt from the table
+whenever its assignment changes. ``TimerTable`` keeps a table and its schedule in step;
+the SLA clocks and the workflow runs are both one.
 
 A timer is not fired by the index. When one is due, the worker sends a due notice to
 the ``timers`` topic, keyed by the contact, and the contact stage fires it as a record
@@ -23,11 +25,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Generic, Protocol, Self, TypeVar
 
 from processors.sla import EPOCH, to_ms
 from streams import metrics
 from streams.clock import Clock
 from streams.engine import Engine, Output
+from streams.settings import Settings
 from streams.tables import Table
 
 log = logging.getLogger(__name__)
@@ -104,6 +108,8 @@ class Schedule:
 
 # (contact id, timer id, due, level, partition) of each timer in a table
 Entries = Iterator[tuple[str, str, datetime, int, int]]
+# The timers in a table's (contact id, stored JSON) items on the owned partitions.
+Reader = Callable[[Iterable[tuple[str, str]], set[int]], Entries]
 
 
 def stored_timers(items: Iterable[tuple[str, str]], owned: set[int]) -> Entries:
@@ -148,7 +154,7 @@ def attach(
     schedule: Schedule,
     clock: Clock,
     tick_s: float,
-    stored: Callable[[Iterable[tuple[str, str]], set[int]], Entries] = stored_timers,
+    stored: Reader = stored_timers,
     kind: str = "sla",
 ) -> None:
     """Keep ``schedule`` in step with this worker's partitions of ``table`` (whose values
@@ -169,3 +175,77 @@ def attach(
 
     engine.on_assigned(rebuild)
     engine.every(tick_s, tick)
+
+
+class Book(Protocol):
+    """What a timer table keeps per contact: a pydantic model that knows its partition,
+    so that a worker rebuilds its schedule without hashing keys."""
+
+    partition: int
+
+    @classmethod
+    def model_validate_json(cls, json_data: str, /) -> Self: ...
+
+    def model_dump_json(self, *, exclude_defaults: bool = False) -> str: ...
+
+
+B = TypeVar("B", bound=Book)
+
+
+class TimerTable(Generic[B]):
+    """A table of per-contact books that hold durable timers, and this worker's schedule
+    of them, kept in step: the shape the SLA clocks (processors.sla_clocks) and the
+    workflow runs (processors.workflows.runs) share. A subclass says which timers its
+    book holds and whether it is worth keeping; between ``load`` and ``save`` it calls
+    its pure decisions (processors.sla, processors.workflows.engine)."""
+
+    def __init__(
+        self,
+        runtime: Engine,
+        settings: Settings,
+        clock: Clock,
+        table: str,
+        book: type[B],
+        stored: Reader,
+        kind: str,
+    ) -> None:
+        # Each contact's book (JSON), co-partitioned with contacts.
+        self.table = runtime.table(table)
+        self.schedule = Schedule()
+        self.clock = clock
+        self._book = book
+        attach(runtime, self.table, self.schedule, clock, settings.timer_tick_s, stored, kind)
+
+    def timers_of(self, book: B) -> dict[str, tuple[datetime, int]]:
+        """The timers ``book`` holds: timer id -> (due, level)."""
+        raise NotImplementedError
+
+    def kept(self, book: B) -> bool:
+        """Whether ``book`` holds anything to keep; an empty one leaves the table."""
+        raise NotImplementedError
+
+    def load(self, contact_id: str) -> B:
+        stored = self.table.get(contact_id)
+        return self._book() if stored is None else self._book.model_validate_json(stored)
+
+    def save(self, contact_id: str, before: B, after: B, partition: int) -> None:
+        """Store ``after``, the contact's book that was ``before``, and keep the schedule
+        in step: the timers it starts or moves are put, the ones it ends discarded."""
+        was, now = self.timers_of(before), self.timers_of(after)
+        for key, (due_at, level) in now.items():
+            if was.get(key) != (due_at, level):
+                self.schedule.put(contact_id, key, due_at, level, partition)
+        for key in was:
+            if key not in now:
+                self.schedule.discard(contact_id, key)
+        after.partition = partition
+        if self.kept(after):
+            self.table[contact_id] = after.model_dump_json(exclude_defaults=True)
+        elif contact_id in self.table:
+            del self.table[contact_id]
+
+    def retire(self, contact_id: str, partition: int) -> str | None:
+        """A contact merged into another: its book leaves with it (JSON, or None)."""
+        book = self.load(contact_id)
+        self.save(contact_id, book, self._book(), partition)
+        return book.model_dump_json() if self.kept(book) else None

@@ -3,9 +3,10 @@ of their waits, and what the stage does when something happens to a contact, whe
 is over, and when two contacts merge.
 
 The engine is pure (processors.workflows.engine); this module keeps its state in the
-table, keeps the schedule in step with it, and sends what it decides. Waits are durable
-timers like the SLA clocks' (processors.timers): a due notice on the ``timers`` topic,
-fired in the contact stage's own step, ignored when it no longer matches the run."""
+table (a processors.timers.TimerTable, which keeps the schedule in step with it) and
+sends what it decides. Waits are durable timers like the SLA clocks': a due notice on
+the ``timers`` topic, fired in the contact stage's own step, ignored when it no longer
+matches the run."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def stored_waits(items: Iterable[tuple[str, str]], owned: set[int]) -> timers.En
                 yield contact_id, timer_key(name), due, run.get("seq", 0), partition
 
 
-class WorkflowRuns:
+class WorkflowRuns(timers.TimerTable[RunBook]):
     def __init__(
         self,
         runtime: Engine,
@@ -52,29 +53,26 @@ class WorkflowRuns:
         engine: WorkflowEngine,
         clock: Clock,
     ) -> None:
-        # Each contact's RunBook (JSON), co-partitioned with contacts.
-        self.table = runtime.table("workflow-runs")
-        self.schedule = timers.Schedule()
-        self.engine = engine
-        self.clock = clock
-        timers.attach(
-            runtime,
-            self.table,
-            self.schedule,
-            clock,
-            settings.timer_tick_s,
-            stored_waits,
-            kind="workflow",
+        # Each contact's RunBook (JSON).
+        super().__init__(
+            runtime, settings, clock, "workflow-runs", RunBook, stored_waits, "workflow"
         )
+        self.engine = engine
         declare_workflows(engine.library)
+
+    def timers_of(self, book: RunBook) -> dict[str, tuple[datetime, int]]:
+        return {
+            timer_key(name): (run.waiting_until, run.seq)
+            for name, run in book.runs.items()
+            if run.waiting_until is not None
+        }
+
+    def kept(self, book: RunBook) -> bool:
+        return bool(book.runs or book.history)
 
     @staticmethod
     def is_wait(timer_id: str) -> bool:
         return timer_id.startswith(TIMER_PREFIX)
-
-    def load(self, contact_id: str) -> RunBook:
-        stored = self.table.get(contact_id)
-        return RunBook() if stored is None else RunBook.model_validate_json(stored)
 
     def on_event(
         self, state: ContactState, event: dict[str, Any], partition: int
@@ -101,14 +99,6 @@ class WorkflowRuns:
             )
         return self._apply(state, book, outcome, partition)
 
-    def retire(self, contact_id: str, partition: int) -> str | None:
-        """A contact merged into another: its runs leave with it (JSON, or None)."""
-        book = self.load(contact_id)
-        self._reschedule(contact_id, book, RunBook(), partition)
-        if contact_id in self.table:
-            del self.table[contact_id]
-        return book.model_dump_json() if book.runs or book.history else None
-
     def adopt(
         self, state: ContactState, retired: str, stored: str, partition: int
     ) -> tuple[ContactState, list[Output]]:
@@ -125,27 +115,9 @@ class WorkflowRuns:
         (``state`` itself when nothing happened) and what it sends."""
         if not outcome.changed:
             return state, []
-        contact_id = outcome.state.contact_id
-        book = outcome.book
-        book.partition = partition
-        self._reschedule(contact_id, before, book, partition)
-        if book.runs or book.history:
-            self.table[contact_id] = book.model_dump_json(exclude_defaults=True)
-        elif contact_id in self.table:
-            del self.table[contact_id]
+        self.save(outcome.state.contact_id, before, outcome.book, partition)
         _count(outcome)
         return outcome.state, workflow_outputs(outcome.state, outcome.effects, self.clock.now())
-
-    def _reschedule(self, contact_id: str, before: RunBook, after: RunBook, partition: int) -> None:
-        for name, run in after.runs.items():
-            if run.waiting_until is not None:
-                self.schedule.put(
-                    contact_id, timer_key(name), run.waiting_until, run.seq, partition
-                )
-            else:
-                self.schedule.discard(contact_id, timer_key(name))
-        for name in before.runs.keys() - after.runs.keys():
-            self.schedule.discard(contact_id, timer_key(name))
 
 
 def _count(outcome: Outcome) -> None:
