@@ -12,7 +12,7 @@ the ``timers`` topic, keyed by the contact, and the contact stage fires it as a 
 of its own (streams.engine): the firing, its outputs and the table write commit
 together, and the stage ignores a notice that no longer matches the table (a
 duplicate, or a timer that stopped or moved on meanwhile). A notice lost with an aborted
-transaction or a crash is sent again, because the schedule is rebuilt from the table
+transaction or a crash is written again, because the schedule is rebuilt from the table
 then: each timer fires once, late after downtime rather than never."""
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def attach(
     kind: str = "sla",
 ) -> None:
     """Keep ``schedule`` in step with this worker's partitions of ``table`` (whose values
-    ``stored`` reads), and send due notices for timers as they fall due."""
+    ``stored`` reads), and write due notices for timers as they fall due."""
 
     def rebuild(partitions: set[int]) -> None:
         started = time.monotonic()

@@ -54,7 +54,7 @@ from streams.tables import Table
 
 log = logging.getLogger("switchboard.worker")
 
-# (output name, key, record): what a stage returns, for the runtime to send.
+# (output name, key, record): what a stage returns, for the runtime to write.
 Output = tuple[str, str, dict[str, Any]]
 # (output name, key, value): a record forwarded as it came, already in the output's contract.
 Forwarded = tuple[str, str, bytes]
@@ -169,7 +169,7 @@ class Engine:
         self._written: dict[tuple[str, int], int] = {}
         # Records written per topic in the open transaction: counted into RECORDS_SENT
         # when it commits (a metric update per record was a measurable part of a worker).
-        self._sent: dict[str, int] = {}
+        self._written_per_topic: dict[str, int] = {}
         self._abandoned: list[Producer] = []  # stuck in a call: kept, never closed
         self._stopping = False
         self._ready = False
@@ -198,7 +198,7 @@ class Engine:
         metrics.DEAD_LETTERS.labels(stage=stage, error_type=UndecodableMessage.__name__)
 
     def every(self, seconds: float, run: Callable[[], Sequence[Output]]) -> None:
-        """Call ``run`` about every ``seconds``; what it returns is sent in the transaction."""
+        """Call ``run`` about every ``seconds``; what it returns is written in the transaction."""
         self.ticks.append(Tick(seconds, run))
 
     def on_assigned(self, callback: Callable[[set[int]], None]) -> None:
@@ -296,7 +296,7 @@ class Engine:
                     for n, tick in enumerate(self.ticks):
                         if now - last_tick[n] >= tick.every_s and self.partitions:
                             last_tick[n] = now
-                            self._send(tick.run())
+                            self._write(tick.run())
                     if self._in_transaction and self._due(now, backlog=len(batch) == BATCH):
                         self.checkpoint()
                 except Rewound:
@@ -427,7 +427,7 @@ class Engine:
             found.append((topic, key.encode(), value))
         return found
 
-    def _send(self, outputs: Sequence[Output]) -> None:
+    def _write(self, outputs: Sequence[Output]) -> None:
         for output in self._encoded(outputs):
             self._begin()
             self._produce(*output)
@@ -449,7 +449,7 @@ class Engine:
                 break
             except BufferError:
                 self.producer.poll(0.05)
-        self._sent[topic] = self._sent.get(topic, 0) + 1
+        self._written_per_topic[topic] = self._written_per_topic.get(topic, 0) + 1
 
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is None:
@@ -506,9 +506,9 @@ class Engine:
             table.dirty.clear()
         metrics.CHECKPOINT_SECONDS.observe(time.monotonic() - started)
         metrics.CHECKPOINT_RECORDS.observe(self._records)
-        for topic, sent in self._sent.items():
-            metrics.labelled(metrics.RECORDS_SENT, topic).inc(sent)
-        self._sent.clear()
+        for topic, written in self._written_per_topic.items():
+            metrics.labelled(metrics.RECORDS_SENT, topic).inc(written)
+        self._written_per_topic.clear()
         self._positions.clear()
         self._starts.clear()
         self._in_transaction = False
@@ -621,7 +621,7 @@ class Engine:
         self._in_transaction = False
         self._doomed = False
         self._positions.clear()
-        self._sent.clear()
+        self._written_per_topic.clear()
         for table in self.tables:
             table.dirty.clear()
             table.drop()

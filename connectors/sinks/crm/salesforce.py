@@ -559,7 +559,7 @@ class SalesforceWriter:
         what = "salesforce Contact merge()"
         envelope = _merge_envelope(self._token, [(master, other) for _, master, other in joins])
         headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": "merge"}
-        answer = await self._send("POST", self.soap_url, what, data=envelope, headers=headers)
+        answer = await self._request("POST", self.soap_url, what, data=envelope, headers=headers)
         fault = _soap_fault(answer.text) if answer.status == 500 else None
         if fault is not None:
             code, message = fault
@@ -665,7 +665,7 @@ class SalesforceWriter:
 
     # -- calls ---------------------------------------------------------------------------
 
-    async def _send(self, method: str, url: str, what: str, **kwargs: Any) -> Answer:
+    async def _request(self, method: str, url: str, what: str, **kwargs: Any) -> Answer:
         """One call; notes the org's API usage and raises its request-limit refusal."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
@@ -684,7 +684,7 @@ class SalesforceWriter:
     async def _query(self, soql: str, what: str) -> list[dict[str, Any]]:
         """Every row a SOQL query answers (following ``nextRecordsUrl``)."""
         rows: list[dict[str, Any]] = []
-        answer = await self._send("GET", f"{self.base_url}/query", what, params={"q": soql})
+        answer = await self._request("GET", f"{self.base_url}/query", what, params={"q": soql})
         while True:
             if answer.status == 400:
                 raise _Refused(
@@ -698,7 +698,7 @@ class SalesforceWriter:
             following = body.get("nextRecordsUrl")
             if body.get("done", True) or not following:
                 return rows
-            answer = await self._send("GET", self.instance_url + str(following), what)
+            answer = await self._request("GET", self.instance_url + str(following), what)
 
     async def _upsert(self, sobject: str, writes: list[Write], outcomes: list[Outcome]) -> None:
         external_id = self.external_ids[sobject]
@@ -711,7 +711,7 @@ class SalesforceWriter:
     ) -> None:
         """One sObject Collections call; the outcome of each record from its result."""
         body = {"allOrNone": False, "records": [w.fields for w in writes]}
-        answer = await self._send(method, url, what, json=body)
+        answer = await self._request(method, url, what, json=body)
         if answer.status == 400:  # the request as a whole was refused: every record in it
             reason = f"{what}: HTTP 400 {_error_codes(answer)}".rstrip()
             for w in writes:

@@ -18,15 +18,15 @@ from connectors.http import Answer, request
 
 
 async def deliver_each(
-    records: Sequence[dict[str, Any]], send: Callable[[dict[str, Any]], Awaitable[None]]
+    records: Sequence[dict[str, Any]], deliver_one: Callable[[dict[str, Any]], Awaitable[None]]
 ) -> list[Outcome]:
-    """``send`` each record in turn, one outcome per record. A Rejected record does not
+    """``deliver_one`` each record in turn, one outcome per record. A Rejected record does not
     stop the next one; a Retryable says the channel itself is failing, so the records
     after it are not tried and share that outcome (the runtime retries them all)."""
     outcomes: list[Outcome] = []
     for record in records:
         try:
-            await send(record)
+            await deliver_one(record)
         except Rejected as exc:
             outcomes.append(exc)
         except Retryable as exc:
@@ -79,9 +79,9 @@ class HttpChannel:
         return url
 
     async def deliver(self, records: Sequence[dict[str, Any]]) -> list[Outcome]:
-        return await deliver_each(records, self._send)
+        return await deliver_each(records, self._deliver_one)
 
-    async def _send(self, record: dict[str, Any]) -> None:
+    async def _deliver_one(self, record: dict[str, Any]) -> None:
         raise NotImplementedError
 
     async def post(self, what: str, url: str | None = None, **kwargs: Any) -> Answer:

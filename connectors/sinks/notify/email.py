@@ -123,7 +123,7 @@ class EmailChannel:
         self.ssl_context = ssl_context or ssl.create_default_context()
 
     async def deliver(self, records: Sequence[dict[str, Any]]) -> list[Outcome]:
-        return await deliver_each(records, self._send)
+        return await deliver_each(records, self._deliver_one)
 
     def compose(self, record: dict[str, Any]) -> EmailMessage:
         """The message for ``record``; Rejected when its recipient or template is wrong."""
@@ -146,7 +146,7 @@ class EmailChannel:
         message.set_content(body)
         return message
 
-    async def _send(self, record: dict[str, Any]) -> None:
+    async def _deliver_one(self, record: dict[str, Any]) -> None:
         message = self.compose(record)
         try:
             await asyncio.to_thread(self._transmit, message)

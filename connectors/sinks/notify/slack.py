@@ -33,7 +33,7 @@ class SlackChannel(HttpChannel):
     name = "slack"
     recipients_setting = "slack_recipients"
 
-    async def _send(self, record: dict[str, Any]) -> None:
+    async def _deliver_one(self, record: dict[str, Any]) -> None:
         url = self.url_for(record)  # an incoming webhook posts to its own channel only
         payload = render_slack(record)
         raise_for_status(await self.post("slack", url, json=payload), "slack")

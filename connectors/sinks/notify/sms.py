@@ -59,7 +59,7 @@ class SmsChannel(HttpChannel):
         self.headers = {"Authorization": aiohttp.encode_basic_auth(account_sid, auth_token)}
         self.from_number = from_number
 
-    async def _send(self, record: dict[str, Any]) -> None:
+    async def _deliver_one(self, record: dict[str, Any]) -> None:
         to = e164(str(record.get("recipient") or ""))
         form = {"To": to, "From": self.from_number, "Body": render_sms(record)}
         answer = await self.post("twilio", data=form, headers=self.headers)

@@ -55,7 +55,7 @@ class WebhookChannel(HttpChannel):
         self.signing_key = signing_key.encode() if isinstance(signing_key, str) else signing_key
         self.clock = clock
 
-    async def _send(self, record: dict[str, Any]) -> None:
+    async def _deliver_one(self, record: dict[str, Any]) -> None:
         url = self.url_for(record)
         body = render_webhook(record)
         headers = {
