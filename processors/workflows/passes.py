@@ -35,7 +35,10 @@ class PassBase:
         self.pipeline = engine.pipeline
         self.before = (book, state)
         self.book = book.model_copy(deep=True)
-        self.state = state.model_copy(deep=True)
+        # A copy sharing with ``state`` only what a pass replaces rather than changes in
+        # place (open deals are its one container changed in place); a deep copy of the
+        # whole contact was the larger part of a pass.
+        self.state = state.model_copy(update={"open_deals": dict(state.open_deals)})
         self.now = now
         self.cause = cause
         self.effects: list[Effect] = []

@@ -534,3 +534,22 @@ def test_every_template_the_workflows_use_exists_and_renders() -> None:
             assert "Ana" in text or "${" not in text
             rendered += 1
     assert rendered >= 3
+
+
+def test_a_pass_leaves_the_contact_state_it_was_given_as_it_was() -> None:
+    """The engine's pass copies only what it changes in place (the open deals): the state
+    handed in, which the contact stage still holds, must not move while the pass moves
+    the deal, the lifecycle stage and the tags."""
+    library, workflow = library_for(DEFAULT_LIBRARY / f"{VOICE}.yaml")
+    engine = Engine(library, PIPELINE, {workflow})
+    deal = Deal(deal_id="d-1", stage="new", updated_at=T0 - D)
+    state, book = contact(open_deals={"d-1": deal}), RunBook()
+    booked = event("MEETING_BOOKED", T0 + 2 * H, meeting_id="m-1")
+    moved = False
+    for each in (qualified(), booked):
+        before = state.model_dump()
+        outcome = engine.on_event(book, state, each, each["event_time"])
+        assert state.model_dump() == before
+        moved = moved or outcome.state.open_deals != state.open_deals
+        book, state = outcome.book, outcome.state
+    assert moved  # the pass did change a deal
