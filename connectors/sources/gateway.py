@@ -11,7 +11,12 @@ is stored: a body over the limit cannot be verified, so a 413 is only counted.
 
 No input answers 500: providers retry a 5xx until they disable the endpoint, so a
 mapping that fails unexpectedly is a 400 dead letter naming the error, and a signature
-check that does is a 401."""
+check that does is a 401.
+
+``Gateway`` holds these steps as methods, in that order: ``webhook`` (the handler,
+which counts the answer) -> ``_handle`` (404, ``_read_limited``, 413) ->
+``_authenticate`` -> ``_once`` (replayed nonces) -> ``_accept`` (``_mapped``,
+``_publish``, ``_count``, ``_answer``); ``_reject`` writes the dead letter."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,7 +66,7 @@ STORED_HEADERS = frozenset({"content-type", "content-length", "user-agent", "x-r
 # An error message that quotes the input is cut to this many characters.
 MAX_REASON_CHARS = 1000
 
-PUBLISHER = web.AppKey("publisher", Publisher)
+Keyed = list[tuple[bytes, Event]]
 
 
 def secrets_from_environment() -> dict[str, bytes]:
@@ -80,25 +86,53 @@ def create_gateway(
     secrets: dict[str, bytes],
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
-    limit = settings.gateway_max_body_bytes
-    sources = configured(settings)
-    lookup_token = secret(LOOKUP_TOKEN_SECRET)
-    lookup_url = settings.lookup_url.rstrip("/") + LOOKUP_PATH
-    sessions: list[aiohttp.ClientSession] = []
+    """The gateway's application: the webhooks, ``/metrics`` and ``/healthz``."""
+    gateway = Gateway(settings, publisher, secrets, clock)
+    declare_sources(sorted(secrets), clock())
+    # The body is read by hand (_read_limited), to count and answer what is over the limit.
+    app = web.Application(client_max_size=gateway.limit + 1)
+    app.on_cleanup.append(gateway.lookup.close)
+    app.router.add_post("/webhooks/{source}", gateway.webhook)
+    app.router.add_get("/metrics", _metrics_page)
+    app.router.add_get("/healthz", gateway.healthz)
+    return app
 
-    async def lookup(kind: str, value: str) -> dict[str, Any] | None:
-        """A contact's card from the caller lookup, None when it knows nobody by it."""
-        if lookup_token is None:
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A webhook whose body is read: what each later step of the request looks at."""
+
+    name: str  # the source, from the path
+    source: Source
+    secret: bytes  # the source's signing secret, also scrubbed from every message
+    webhook: WebhookRequest  # the body, the headers as received, the URL called
+    received: datetime
+
+
+class CallerLookup:
+    """A contact's card from the caller lookup (``streams.web``), for a source's answer
+    (a Vapi assistant asking who is calling); one HTTP session, opened on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.token = secret(LOOKUP_TOKEN_SECRET)
+        self.url = settings.lookup_url.rstrip("/") + LOOKUP_PATH
+        self.timeout_s = settings.lookup_timeout_s
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __call__(self, kind: str, value: str) -> dict[str, Any] | None:
+        """The card of whoever has this ``kind`` ("phone" or "email") of ``value``, None
+        when it knows nobody by it; LookupFailed when it cannot tell."""
+        if self.token is None:
             log.warning("caller lookup: %s is not set", secret_env(LOOKUP_TOKEN_SECRET))
             raise LookupFailed("no token")
-        if not sessions:
-            sessions.append(aiohttp.ClientSession())
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
         try:
-            async with sessions[0].get(
-                lookup_url,
+            async with self.session.get(
+                self.url,
                 params={kind: value},
-                headers={"Authorization": f"Bearer {lookup_token}"},
-                timeout=aiohttp.ClientTimeout(total=settings.lookup_timeout_s),
+                headers={"Authorization": f"Bearer {self.token}"},
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             ) as response:
                 if response.status == 404:
                     return None
@@ -107,48 +141,78 @@ def create_gateway(
                 found: dict[str, Any] = (await response.json())["contact"]
                 return found
         except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
-            log.warning("caller lookup at %s failed: %s", lookup_url, type(exc).__name__)
+            log.warning("caller lookup at %s failed: %s", self.url, type(exc).__name__)
             raise LookupFailed(type(exc).__name__) from None
 
-    nonces = SeenNonces(window_s=DEFAULT_TOLERANCE_S + 60)
-    declare_sources(sorted(secrets), clock())
+    async def close(self, _app: web.Application) -> None:
+        if self.session is not None:
+            await self.session.close()
 
-    async def webhook(request: web.Request) -> web.Response:
+
+class Gateway:
+    """The sources served, with their secrets, and what happens to a webhook POST."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        publisher: Publisher,
+        secrets: dict[str, bytes],
+        clock: Callable[[], float],
+    ) -> None:
+        self.publisher = publisher
+        self.secrets = secrets
+        self.clock = clock
+        self.limit = settings.gateway_max_body_bytes
+        self.public_url = settings.gateway_public_url
+        self.max_skew_s = settings.max_event_skew_s
+        self.sources = configured(settings)
+        self.lookup = CallerLookup(settings)
+        # A nonce is remembered as long as a signature over it could still be fresh.
+        self.nonces = SeenNonces(window_s=DEFAULT_TOLERANCE_S + 60)
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        """``POST /webhooks/<source>``: the answer, counted by source and status."""
         name = request.match_info["source"]
         started = time.perf_counter()
-        response = await _handle(request, name)
+        response = await self._handle(request, name)
         if name in SOURCES:  # bounded label values only
             metrics.GATEWAY_REQUESTS.labels(source=name, status=str(response.status)).inc()
             metrics.GATEWAY_SECONDS.labels(source=name).observe(time.perf_counter() - started)
         return response
 
-    async def _handle(request: web.Request, name: str) -> web.Response:
-        source = sources.get(name)
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"sources": sorted(self.secrets)})
+
+    async def _handle(self, request: web.Request, name: str) -> web.Response:
+        """404 for a source not served, 413 for a body over the limit, else the request
+        authenticated and accepted."""
+        source = self.sources.get(name)
         if source is None:
             return _error(404, f"no source named {name!r}; have: {', '.join(sorted(SOURCES))}")
-        secret = secrets.get(name)
-        if secret is None:
+        key = self.secrets.get(name)
+        if key is None:
             return _error(404, f"source {name!r} is not enabled: set {secret_env(name)}")
         received = datetime.now(UTC)
-
-        body, complete = await _read_limited(request, limit)
-        if not complete:  # unverifiable, so not stored: counted, and answered
-            declared = request.content_length
-            size = f"{declared} bytes" if declared is not None else f"more than {limit} bytes"
-            metrics.SOURCE_REJECTED.labels(source=name, reason="too_large").inc()
-            return web.json_response(
-                {"error": f"body of {size} exceeds the {limit}-byte limit", "limit_bytes": limit},
-                status=413,
-            )
-
-        webhook_request = WebhookRequest(
+        body = await _read_limited(request, self.limit)
+        if body is None:  # unverifiable, so not stored: counted, and answered
+            return _too_large(request, name, self.limit)
+        webhook = WebhookRequest(
             body=body,
             headers=request.headers,
-            url=_called_url(request, settings.gateway_public_url),
+            url=_called_url(request, self.public_url),
             method=request.method,
         )
+        incoming = Incoming(name, source, key, webhook, received)
+        refused = self._authenticate(incoming)
+        if refused is not None:
+            return refused
+        return await self._once(incoming)
+
+    def _authenticate(self, incoming: Incoming) -> web.Response | None:
+        """None when the provider's signature holds, else the 401 (nothing is stored)."""
+        name = incoming.name
         try:
-            source.verify(webhook_request, secret, clock())
+            incoming.source.verify(incoming.webhook, incoming.secret, self.clock())
         except SignatureRejected as exc:
             metrics.SOURCE_REJECTED.labels(source=name, reason=exc.reason).inc()
             return _error(401, str(exc))
@@ -157,70 +221,90 @@ def create_gateway(
                 log.warning("%s: signature check failed on the input", name, exc_info=True)
             metrics.SOURCE_REJECTED.labels(source=name, reason="bad_signature").inc()
             why = str(exc) if isinstance(exc, Rejected) else type(exc).__name__
-            return _error(401, _scrubbed(f"signature could not be checked: {why}", secret))
+            message = f"signature could not be checked: {why}"
+            return _error(401, _scrubbed(message, incoming.secret))
+        return None
 
-        nonce = source.nonce(webhook_request) if source.nonce is not None else None
+    async def _once(self, incoming: Incoming) -> web.Response:
+        """The request accepted, once per nonce where the signature covers one instead of
+        the body (Mailgun's token): the same request again gets the same answer and
+        publishes nothing; the nonce with another body is a replay (401)."""
+        source = incoming.source
+        nonce = source.nonce(incoming.webhook) if source.nonce is not None else None
         if nonce is None:
-            return await _accept(name, source, webhook_request, received, request, secret)
-        key = f"{name}:{nonce}"
+            return await self._accept(incoming)
+        key, body = f"{incoming.name}:{nonce}", incoming.webhook.body
         try:
-            answered = nonces.lookup(key, body, clock())
+            answered = self.nonces.lookup(key, body, self.clock())
         except ReusedNonce as exc:
-            metrics.SOURCE_REJECTED.labels(source=name, reason="replayed").inc()
+            metrics.SOURCE_REJECTED.labels(source=incoming.name, reason="replayed").inc()
             return _error(401, str(exc))
         if answered is not None:  # the same request again: the same answer, nothing new
             return web.json_response(answered.body, status=answered.status)
-        response = await _accept(name, source, webhook_request, received, request, secret)
+        response = await self._accept(incoming)
         if response.status < 500:  # a 503 is retried, and must then be heard again
             assert isinstance(response.body, bytes)
-            nonces.remember(key, body, response.status, json.loads(response.body), clock())
+            self.nonces.remember(
+                key, body, response.status, json.loads(response.body), self.clock()
+            )
         return response
 
-    async def _accept(
-        name: str,
-        source: Source,
-        webhook_request: WebhookRequest,
-        received: datetime,
-        request: web.Request,
-        secret: bytes,
-    ) -> web.Response:
-        """Map, check and publish an authenticated request."""
-        body = webhook_request.body
+    async def _accept(self, incoming: Incoming) -> web.Response:
+        """Map and check, publish, count and answer an authenticated request."""
         # Everything is mapped and checked before anything is published: a request is
         # all accepted or all refused, so a provider's retry never half-duplicates.
         try:
-            keyed = _mapped(source, webhook_request, received, settings.max_event_skew_s)
+            keyed = _mapped(incoming.source, incoming.webhook, incoming.received, self.max_skew_s)
         except Rejected as exc:
-            message = _scrubbed(str(exc), secret)
-            return await _reject(name, exc.status, exc.reason, message, body, request, exc.field)
+            message = _scrubbed(str(exc), incoming.secret)
+            return await self._reject(incoming, exc.status, exc.reason, message, exc.field)
         except Exception as exc:
-            log.warning("%s: mapping failed on the input", name, exc_info=True)
-            message = _scrubbed(f"payload could not be mapped: {type(exc).__name__}: {exc}", secret)
-            return await _reject(name, 400, "invalid_payload", message, body, request)
+            log.warning("%s: mapping failed on the input", incoming.name, exc_info=True)
+            message = f"payload could not be mapped: {type(exc).__name__}: {exc}"
+            message = _scrubbed(message, incoming.secret)
+            return await self._reject(incoming, 400, "invalid_payload", message)
+        refused = await self._publish(incoming, keyed)
+        if refused is not None:
+            return refused
+        self._count(incoming, keyed)
+        return await self._answer(incoming, keyed)
 
+    async def _publish(self, incoming: Incoming, keyed: Keyed) -> web.Response | None:
+        """None once Kafka holds every event (acks=all); else the answer: a dead letter
+        and 400 or 413 when a retry would fail the same way, 503 when it would not."""
+        name = incoming.name
         try:
             with metrics.SOURCE_PUBLISH_SECONDS.labels(source=name).time():
-                await request.app[PUBLISHER].publish_events(keyed)
+                await self.publisher.publish_events(keyed)
         except SchemaViolation as exc:
-            message = _scrubbed(str(exc), secret)
-            return await _reject(name, 400, "invalid_payload", message, body, request)
-        except RecordTooLarge as exc:  # a retry would fail the same way: 413, stored
-            return await _reject(name, 413, "too_large", str(exc), body, request)
+            message = _scrubbed(str(exc), incoming.secret)
+            return await self._reject(incoming, 400, "invalid_payload", message)
+        except RecordTooLarge as exc:
+            return await self._reject(incoming, 413, "too_large", str(exc))
         except PublishFailed as exc:
             log.warning("%s: Kafka unavailable, answering 503: %s", name, exc)
             metrics.SOURCE_REJECTED.labels(source=name, reason="kafka_unavailable").inc()
             return _unavailable(str(exc))
+        return None
+
+    def _count(self, incoming: Incoming, keyed: Keyed) -> None:
+        """The published events by type, their delay, and the source's last event."""
+        name = incoming.name
         for _, event in keyed:
             metrics.SOURCE_EVENTS.labels(source=name, event_type=event["event_type"]).inc()
-            delay = (received - event["event_time"]).total_seconds()
+            delay = (incoming.received - event["event_time"]).total_seconds()
             metrics.SOURCE_DELAY.labels(source=name).observe(max(delay, 0.0))
         if keyed:
-            metrics.SOURCE_LAST_EVENT.labels(source=name).set(clock())
-        if source.answer is not None:
+            metrics.SOURCE_LAST_EVENT.labels(source=name).set(self.clock())
+
+    async def _answer(self, incoming: Incoming, keyed: Keyed) -> web.Response:
+        """The source's own answer when it makes one (Vapi's tool calls), else the events
+        accepted and their ids."""
+        if incoming.source.answer is not None:
             try:
-                answered = await source.answer(webhook_request, lookup)
+                answered = await incoming.source.answer(incoming.webhook, self.lookup)
             except Exception:  # the events are in: they are acknowledged whatever happens
-                log.warning("%s: the answer could not be made", name, exc_info=True)
+                log.warning("%s: the answer could not be made", incoming.name, exc_info=True)
                 answered = None
             if answered is not None:
                 return web.json_response(answered)
@@ -229,27 +313,28 @@ def create_gateway(
         )
 
     async def _reject(
-        name: str,
+        self,
+        incoming: Incoming,
         status: int,
         reason: str,
         message: str,
-        body: bytes,
-        request: web.Request,
         field: str | None = None,
     ) -> web.Response:
         """Answer ``status`` after the raw request is safely in the dead-letter topic."""
+        name = incoming.name
         metrics.SOURCE_REJECTED.labels(source=name, reason=reason).inc()
         # aiohttp keeps a header's undecodable bytes as surrogates: store the bytes sent.
         headers = {
             k: v.encode("utf-8", "surrogateescape")
-            for k, v in request.headers.items()
+            for k, v in incoming.webhook.headers.items()
             if k.lower() in STORED_HEADERS
         }
+        body = incoming.webhook.body
         letter = dead_letter(
             stage=STAGE, error=message, error_type=reason, value=body, source=name, headers=headers
         )
         try:
-            await request.app[PUBLISHER].publish_dead_letter(f"source:{name}".encode(), letter)
+            await self.publisher.publish_dead_letter(f"source:{name}".encode(), letter)
         except PublishFailed as exc:
             # Not even the dead letter could be written: make the provider retry.
             metrics.SOURCE_REJECTED.labels(source=name, reason="kafka_unavailable").inc()
@@ -259,29 +344,14 @@ def create_gateway(
             body_json["field"] = field
         return web.json_response(body_json, status=status)
 
-    async def metrics_page(_request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"sources": sorted(secrets)})
-
-    async def close_sessions(_app: web.Application) -> None:
-        for session in sessions:
-            await session.close()
-
-    # The body is read by hand, to dead-letter what is over the limit.
-    app = web.Application(client_max_size=limit + 1)
-    app.on_cleanup.append(close_sessions)
-    app[PUBLISHER] = publisher
-    app.router.add_post("/webhooks/{source}", webhook)
-    app.router.add_get("/metrics", metrics_page)
-    app.router.add_get("/healthz", healthz)
-    return app
+async def _metrics_page(_request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def _mapped(
     source: Source, request: WebhookRequest, received: datetime, max_skew_s: float
-) -> list[tuple[bytes, Event]]:
+) -> Keyed:
     """Every event of the request with its key, or Rejected for the first bad one."""
     events = source.parse(request, received)
     for event in events:
@@ -320,17 +390,28 @@ def declare_sources(served: list[str], now: float) -> None:
         metrics.SOURCE_LAST_EVENT.labels(source=name).set(now)
 
 
-async def _read_limited(request: web.Request, limit: int) -> tuple[bytes, bool]:
-    """(body, True), or (b"", False) as soon as it is known to be over ``limit``."""
+async def _read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to be over ``limit``."""
     if request.content_length is not None and request.content_length > limit:
-        return b"", False
+        return None
     chunks, size = [], 0
     async for chunk in request.content.iter_chunked(64 * 1024):
         chunks.append(chunk)
         size += len(chunk)
         if size > limit:
-            return b"", False
-    return b"".join(chunks), True
+            return None
+    return b"".join(chunks)
+
+
+def _too_large(request: web.Request, name: str, limit: int) -> web.Response:
+    """The 413 for a body over the limit, counted (an unverifiable body is not stored)."""
+    declared = request.content_length
+    size = f"{declared} bytes" if declared is not None else f"more than {limit} bytes"
+    metrics.SOURCE_REJECTED.labels(source=name, reason="too_large").inc()
+    return web.json_response(
+        {"error": f"body of {size} exceeds the {limit}-byte limit", "limit_bytes": limit},
+        status=413,
+    )
 
 
 def _called_url(request: web.Request, public_url: str | None) -> str:
