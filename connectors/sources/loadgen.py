@@ -3,11 +3,11 @@ formats, reproducible from a seed.
 
 Each simulated person follows a story: they arrive by phone (the voice-AI assistant or
 a plain call) or by a web form, then may get nurture e-mails (opened, clicked, replied),
-book and sometimes cancel a meeting, get a call back from a rep, move through CRM
-stages, pay, and have a field job done; many go silent part-way. Stories interleave, so
-the feed looks like many systems talking at once. Requests go through the gateway over
-HTTP (signed with the sources' secrets) or, mapped by the same source connectors,
-straight to Kafka."""
+a call back from a rep, book and sometimes cancel a meeting, move through CRM stages,
+pay, and have a field job done; many go silent part-way (``story``: one function per
+chapter, and one per provider's webhook). Stories interleave, so the feed looks like
+many systems talking at once. Requests go through the gateway over HTTP (signed with
+the sources' secrets) or, mapped by the same source connectors, straight to Kafka."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -117,97 +117,53 @@ def _json(source: str, data: Any) -> Webhook:
     return Webhook(source, json.dumps(data).encode())
 
 
+def _form(source: str, fields: dict[str, str]) -> Webhook:
+    return Webhook(source, urlencode(fields).encode(), form=True)
+
+
 def story(p: Person, r: random.Random) -> Iterator[Webhook]:
+    """One person's webhooks, chapter by chapter; many go silent part-way. Every draw
+    comes from ``r`` in a fixed order, so a seed always tells the same stories."""
     uid = f"{p.n}-{r.getrandbits(32):08x}"
-    arrival = r.random()
-    if arrival < 0.4:
-        yield _json(
-            "vapi",
-            {
-                "message": {
-                    "type": "end-of-call-report",
-                    "endedReason": "customer-ended-call",
-                    "endedAt": _iso(_now()),
-                    "durationSeconds": r.randint(40, 600),
-                    "call": {
-                        "id": f"call-{uid}",
-                        "type": "inboundPhoneCall",
-                        "customer": {"number": p.phone},
-                    },
-                    "analysis": {
-                        "summary": f"{p.first.title()} asked about {p.service}.",
-                        "structuredData": {
-                            "name": f"{p.first.title()} {p.last.title()}",
-                            "outcome": r.choice(["qualified", "not_ready"]),
-                            "requested_service": p.service,
-                            "next_step": "book site visit",
-                            "email": p.email if r.random() < 0.6 else None,
-                        },
-                    },
-                    "assistant": {"name": "Riley (front desk)"},
-                }
-            },
-        )
-    elif arrival < 0.65:
-        status = "no-answer" if r.random() < 0.3 else "completed"
-        yield Webhook(
-            "twilio",
-            urlencode(
-                {
-                    "AccountSid": "AC" + "0" * 32,
-                    "CallSid": f"CA{uid}",
-                    "From": p.phone,
-                    "To": "+14155550100",
-                    "CallStatus": status,
-                    "Direction": "inbound",
-                    "CallDuration": "0" if status == "no-answer" else str(r.randint(30, 400)),
-                    "Timestamp": _now().strftime("%a, %d %b %Y %H:%M:%S +0000"),
-                }
-            ).encode(),
-            form=True,
-        )
-    else:
-        yield _json(
-            "typeform",
-            {
-                "event_id": f"tf-{uid}",
-                "event_type": "form_response",
-                "form_response": {
-                    "form_id": "lT4Z3j",
-                    "token": f"tok-{uid}",
-                    "submitted_at": _iso(_now()),
-                    "definition": {"title": "Request a quote"},
-                    "hidden": {"utm_source": r.choice(["google", "facebook", "newsletter"])},
-                    "answers": [
-                        {"type": "email", "email": p.email, "field": {"id": "e", "ref": "email"}},
-                        {
-                            "type": "phone_number",
-                            "phone_number": p.phone,
-                            "field": {"id": "p", "ref": "phone"},
-                        },
-                        {
-                            "type": "choice",
-                            "choice": {"label": p.service},
-                            "field": {"id": "s", "ref": "service"},
-                        },
-                    ],
-                },
-            },
-        )
+    by_phone = yield from _first_contact(p, r, uid)
     if r.random() < 0.25:
         return  # silence after first contact
-    if arrival < 0.65:  # a phone lead also fills in the web form
-        yield _json(
-            "forms",
-            {
-                "submission_id": f"sub-{uid}",
-                "form_id": "contact-us",
-                "submitted_at": _iso(_now()),
-                "email": p.email,
-                "phone": p.phone,
-                "fields": {"service": p.service},
-            },
-        )
+    if by_phone:  # a phone lead also fills in the web form
+        yield _web_form(p, uid)
+    reached = yield from _nurture(p, r, uid)
+    if not reached:
+        return  # the e-mail bounced
+    rep = r.choice(REPS)
+    if r.random() < 0.7:
+        yield _twilio_call_back(p, r, uid)
+    met = yield from _meeting(p, r, uid, rep)
+    if not met or r.random() < 0.3:
+        return  # cancelled, or silence before the deal
+    yield from _deal(p, r)
+    if r.random() < 0.5:
+        yield from _paid_and_done(p, r, uid)
+
+
+# The chapters, in the order of a story. A chapter that can end the story returns
+# whether it goes on.
+
+
+def _first_contact(p: Person, r: random.Random, uid: str) -> Generator[Webhook, None, bool]:
+    """The person arrives: through the voice-AI assistant (40%), a plain call (25%) or
+    the quote form (35%). True when by phone."""
+    arrival = r.random()
+    if arrival < 0.4:
+        yield _vapi_call_report(p, r, uid)
+    elif arrival < 0.65:
+        yield _twilio_inbound_call(p, r, uid)
+    else:
+        yield _typeform_response(p, r, uid)
+    return arrival < 0.65
+
+
+def _nurture(p: Person, r: random.Random, uid: str) -> Generator[Webhook, None, bool]:
+    """A nurture e-mail is delivered; 60% open it, and may click and reply; of the rest,
+    5% bounce. False when it bounced."""
     message_id = f"<{uid}@mg.northside.example>"
     yield _mailgun("delivered", p, uid, message_id)
     if r.random() < 0.6:
@@ -215,114 +171,230 @@ def story(p: Person, r: random.Random) -> Iterator[Webhook]:
         if r.random() < 0.4:
             yield _mailgun("clicked", p, uid, message_id, url="https://northside.example/book")
         if r.random() < 0.2:
-            yield Webhook(
-                "mailgun-inbound",
-                urlencode(
-                    {
-                        "sender": p.email,
-                        "recipient": "quotes@mg.northside.example",
-                        "subject": "Re: your quote",
-                        "stripped-text": "Sounds good, when can you come?",
-                        "Message-Id": f"<reply-{uid}@example.com>",
-                        "In-Reply-To": message_id,
-                        "timestamp": str(int(time.time())),
-                        "token": "t",
-                        "signature": "s",
-                    }
-                ).encode(),
-                form=True,
-            )
+            yield _mailgun_reply(p, uid, message_id)
     elif r.random() < 0.05:
         yield _mailgun("failed", p, uid, message_id)
-        return
-    rep = r.choice(REPS)
-    if r.random() < 0.7:
-        yield Webhook(
-            "twilio",
-            urlencode(
-                {
-                    "AccountSid": "AC" + "0" * 32,
-                    "CallSid": f"CAout{uid}",
-                    "From": "+14155550100",
-                    "To": p.phone,
-                    "CallStatus": r.choice(["completed", "completed", "no-answer"]),
-                    "Direction": "outbound-dial",
-                    "CallDuration": str(r.randint(0, 300)),
-                }
-            ).encode(),
-            form=True,
-        )
-    booked = r.random() < 0.5
-    if booked:
+        return False
+    return True
+
+
+def _meeting(p: Person, r: random.Random, uid: str, rep: str) -> Generator[Webhook, None, bool]:
+    """Half book a site visit with ``rep``, and a tenth of them cancel it. False when
+    cancelled."""
+    if r.random() < 0.5:
         yield _calendly("invitee.created", p, uid, rep)
         if r.random() < 0.1:
             yield _calendly("invitee.canceled", p, uid, rep)
-            return
-    if r.random() < 0.3:
-        return
-    yield _json(
+            return False
+    return True
+
+
+def _deal(p: Person, r: random.Random) -> Iterator[Webhook]:
+    """The CRM gets the contact's e-mail, then the deal moves through one or more stages."""
+    yield _hubspot_change(r, "contact.propertyChange", int(p.crm_id), "email", p.email)
+    for stage in STAGES[: r.randint(1, len(STAGES))]:
+        yield _hubspot_change(r, "deal.propertyChange", 900000 + p.n, "dealstage", stage)
+
+
+def _paid_and_done(p: Person, r: random.Random, uid: str) -> Iterator[Webhook]:
+    """The invoice is paid; for 60%, the field job is then scheduled and completed."""
+    yield _stripe_invoice_paid(p, r, uid)
+    if r.random() < 0.6:
+        for status, previous in (("scheduled", "created"), ("completed", "in_progress")):
+            yield _job(p, uid, status, previous)
+
+
+# Each provider's webhook, in its own format. The draws from ``r`` happen in the order
+# the fields are written: reordering them changes every seed's feed.
+
+
+def _vapi_call_report(p: Person, r: random.Random, uid: str) -> Webhook:
+    """Vapi's end-of-call report of an inbound call the assistant took."""
+    return _json(
+        "vapi",
+        {
+            "message": {
+                "type": "end-of-call-report",
+                "endedReason": "customer-ended-call",
+                "endedAt": _iso(_now()),
+                "durationSeconds": r.randint(40, 600),
+                "call": {
+                    "id": f"call-{uid}",
+                    "type": "inboundPhoneCall",
+                    "customer": {"number": p.phone},
+                },
+                "analysis": {
+                    "summary": f"{p.first.title()} asked about {p.service}.",
+                    "structuredData": {
+                        "name": f"{p.first.title()} {p.last.title()}",
+                        "outcome": r.choice(["qualified", "not_ready"]),
+                        "requested_service": p.service,
+                        "next_step": "book site visit",
+                        "email": p.email if r.random() < 0.6 else None,
+                    },
+                },
+                "assistant": {"name": "Riley (front desk)"},
+            }
+        },
+    )
+
+
+def _twilio_inbound_call(p: Person, r: random.Random, uid: str) -> Webhook:
+    """Twilio's status callback of the person's call to the office, answered or not."""
+    status = "no-answer" if r.random() < 0.3 else "completed"
+    return _form(
+        "twilio",
+        {
+            "AccountSid": "AC" + "0" * 32,
+            "CallSid": f"CA{uid}",
+            "From": p.phone,
+            "To": "+14155550100",
+            "CallStatus": status,
+            "Direction": "inbound",
+            "CallDuration": "0" if status == "no-answer" else str(r.randint(30, 400)),
+            "Timestamp": _now().strftime("%a, %d %b %Y %H:%M:%S +0000"),
+        },
+    )
+
+
+def _typeform_response(p: Person, r: random.Random, uid: str) -> Webhook:
+    """Typeform's response to the quote form, with the campaign it came from."""
+    return _json(
+        "typeform",
+        {
+            "event_id": f"tf-{uid}",
+            "event_type": "form_response",
+            "form_response": {
+                "form_id": "lT4Z3j",
+                "token": f"tok-{uid}",
+                "submitted_at": _iso(_now()),
+                "definition": {"title": "Request a quote"},
+                "hidden": {"utm_source": r.choice(["google", "facebook", "newsletter"])},
+                "answers": [
+                    {"type": "email", "email": p.email, "field": {"id": "e", "ref": "email"}},
+                    {
+                        "type": "phone_number",
+                        "phone_number": p.phone,
+                        "field": {"id": "p", "ref": "phone"},
+                    },
+                    {
+                        "type": "choice",
+                        "choice": {"label": p.service},
+                        "field": {"id": "s", "ref": "service"},
+                    },
+                ],
+            },
+        },
+    )
+
+
+def _web_form(p: Person, uid: str) -> Webhook:
+    """The site's own contact form (the generic ``forms`` source)."""
+    return _json(
+        "forms",
+        {
+            "submission_id": f"sub-{uid}",
+            "form_id": "contact-us",
+            "submitted_at": _iso(_now()),
+            "email": p.email,
+            "phone": p.phone,
+            "fields": {"service": p.service},
+        },
+    )
+
+
+def _mailgun_reply(p: Person, uid: str, message_id: str) -> Webhook:
+    """Mailgun's inbound route: the person's reply to the nurture e-mail."""
+    return _form(
+        "mailgun-inbound",
+        {
+            "sender": p.email,
+            "recipient": "quotes@mg.northside.example",
+            "subject": "Re: your quote",
+            "stripped-text": "Sounds good, when can you come?",
+            "Message-Id": f"<reply-{uid}@example.com>",
+            "In-Reply-To": message_id,
+            "timestamp": str(int(time.time())),
+            "token": "t",
+            "signature": "s",
+        },
+    )
+
+
+def _twilio_call_back(p: Person, r: random.Random, uid: str) -> Webhook:
+    """Twilio's status callback of a rep's call back to the person."""
+    return _form(
+        "twilio",
+        {
+            "AccountSid": "AC" + "0" * 32,
+            "CallSid": f"CAout{uid}",
+            "From": "+14155550100",
+            "To": p.phone,
+            "CallStatus": r.choice(["completed", "completed", "no-answer"]),
+            "Direction": "outbound-dial",
+            "CallDuration": str(r.randint(0, 300)),
+        },
+    )
+
+
+def _hubspot_change(
+    r: random.Random, subscription: str, object_id: int, name: str, value: str
+) -> Webhook:
+    """HubSpot's notice that one property of a contact or a deal changed."""
+    return _json(
         "hubspot",
         [
             {
                 "eventId": r.getrandbits(40),
-                "subscriptionType": "contact.propertyChange",
-                "objectId": int(p.crm_id),
+                "subscriptionType": subscription,
+                "objectId": object_id,
                 "occurredAt": int(time.time() * 1000),
-                "propertyName": "email",
-                "propertyValue": p.email,
+                "propertyName": name,
+                "propertyValue": value,
             }
         ],
     )
-    for stage in STAGES[: r.randint(1, len(STAGES))]:
-        yield _json(
-            "hubspot",
-            [
-                {
-                    "eventId": r.getrandbits(40),
-                    "subscriptionType": "deal.propertyChange",
-                    "objectId": 900000 + p.n,
-                    "occurredAt": int(time.time() * 1000),
-                    "propertyName": "dealstage",
-                    "propertyValue": stage,
+
+
+def _stripe_invoice_paid(p: Person, r: random.Random, uid: str) -> Webhook:
+    """Stripe's ``invoice.paid`` event for the person's job."""
+    return _json(
+        "stripe",
+        {
+            "id": f"evt_{uid}",
+            "type": "invoice.paid",
+            "created": int(time.time()),
+            "data": {
+                "object": {
+                    "id": f"in_{uid}",
+                    "amount_paid": r.randint(150, 12000) * 100,
+                    "currency": "usd",
+                    "customer": f"cus_{p.n}",
+                    "customer_email": p.email,
+                    "customer_name": f"{p.first.title()} {p.last.title()}",
                 }
-            ],
-        )
-    if r.random() < 0.5:
-        yield _json(
-            "stripe",
-            {
-                "id": f"evt_{uid}",
-                "type": "invoice.paid",
-                "created": int(time.time()),
-                "data": {
-                    "object": {
-                        "id": f"in_{uid}",
-                        "amount_paid": r.randint(150, 12000) * 100,
-                        "currency": "usd",
-                        "customer": f"cus_{p.n}",
-                        "customer_email": p.email,
-                        "customer_name": f"{p.first.title()} {p.last.title()}",
-                    }
-                },
             },
-        )
-        if r.random() < 0.6:
-            for status, previous in (("scheduled", "created"), ("completed", "in_progress")):
-                yield _json(
-                    "jobs",
-                    {
-                        "event_id": f"job-{uid}-{status}",
-                        "occurred_at": _iso(_now()),
-                        "job": {
-                            "id": f"job-{uid}",
-                            "type": JOB_TYPES[p.service],
-                            "status": status,
-                            "previous_status": previous,
-                            "technician": "tech-sam",
-                        },
-                        "customer": {"id": f"cust-{p.n}", "email": p.email, "phone": p.phone},
-                    },
-                )
+        },
+    )
+
+
+def _job(p: Person, uid: str, status: str, previous: str) -> Webhook:
+    """The field-service system's notice that the job moved from ``previous`` to ``status``."""
+    return _json(
+        "jobs",
+        {
+            "event_id": f"job-{uid}-{status}",
+            "occurred_at": _iso(_now()),
+            "job": {
+                "id": f"job-{uid}",
+                "type": JOB_TYPES[p.service],
+                "status": status,
+                "previous_status": previous,
+                "technician": "tech-sam",
+            },
+            "customer": {"id": f"cust-{p.n}", "email": p.email, "phone": p.phone},
+        },
+    )
 
 
 def _mailgun(event: str, p: Person, uid: str, message_id: str, url: str | None = None) -> Webhook:
