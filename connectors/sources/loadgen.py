@@ -59,6 +59,10 @@ class Webhook:
     body: bytes
     form: bool = False
 
+    @property
+    def content_type(self) -> str:
+        return "application/x-www-form-urlencoded" if self.form else "application/json"
+
 
 @dataclass(frozen=True)
 class Person:
@@ -446,8 +450,7 @@ def sign(webhook: Webhook, url: str, secret: bytes) -> tuple[bytes, dict[str, st
     """Body and headers as the provider would send them (Mailgun signs inside the body)."""
     now = int(time.time())
     body = webhook.body
-    content_type = "application/x-www-form-urlencoded" if webhook.form else "application/json"
-    headers = {"Content-Type": content_type}
+    headers = {"Content-Type": webhook.content_type}
     name = webhook.source
     if name in ("stripe", "calendly", "forms", "jobs"):
         header = {"stripe": "Stripe-Signature", "calendly": "Calendly-Webhook-Signature"}.get(
@@ -543,24 +546,10 @@ async def run_load(
         started = time.perf_counter()
         try:
             if publisher is not None:
-                request = WebhookRequest(
-                    webhook.body,
-                    {
-                        "Content-Type": "application/x-www-form-urlencoded"
-                        if webhook.form
-                        else "application/json"
-                    },
-                )
-                events = SOURCES[webhook.source].parse(request, datetime.now(UTC))
-                await publisher.publish_events([(strongest_key(e["identity"]), e) for e in events])
-                status = "published"
+                status = await _published(publisher, webhook)
             else:
                 assert session is not None and secrets is not None
-                url = f"{base}/webhooks/{webhook.source}"
-                body, headers = sign(webhook, url, secrets[webhook.source])
-                async with session.post(url, data=body, headers=headers) as response:
-                    await response.read()
-                    status = str(response.status)
+                status = await _posted(session, base, webhook, secrets[webhook.source])
         except Exception as exc:
             status = type(exc).__name__
         report.latencies_s.append(time.perf_counter() - started)
@@ -576,9 +565,7 @@ async def run_load(
             ):
                 break
             if rate > 0:
-                due = start + report.sent / rate
-                if due > time.perf_counter():
-                    await asyncio.sleep(due - time.perf_counter())
+                await _sleep_until(start + report.sent / rate)
             webhook = stories.next()
             if secrets is not None and webhook.source not in secrets:
                 continue
@@ -596,3 +583,28 @@ async def run_load(
         if publisher is not None:
             publisher.close()
     return report
+
+
+async def _published(publisher: Publisher, webhook: Webhook) -> str:
+    """``webhook`` mapped by its source connector and written straight to Kafka."""
+    request = WebhookRequest(webhook.body, {"Content-Type": webhook.content_type})
+    events = SOURCES[webhook.source].parse(request, datetime.now(UTC))
+    await publisher.publish_events([(strongest_key(e["identity"]), e) for e in events])
+    return "published"
+
+
+async def _posted(
+    session: aiohttp.ClientSession, base: str, webhook: Webhook, secret: bytes
+) -> str:
+    """``webhook`` signed and posted to the gateway at ``base``; the answer's status."""
+    url = f"{base}/webhooks/{webhook.source}"
+    body, headers = sign(webhook, url, secret)
+    async with session.post(url, data=body, headers=headers) as response:
+        await response.read()
+        return str(response.status)
+
+
+async def _sleep_until(due: float) -> None:
+    """Wait for the ``time.perf_counter()`` moment ``due``, unless it has passed."""
+    if due > time.perf_counter():
+        await asyncio.sleep(due - time.perf_counter())
