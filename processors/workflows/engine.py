@@ -62,7 +62,7 @@ class Engine:
         ]
         if not triggered and not any(self._concerns(r, event) for r in book.runs.values()):
             return Outcome(book, state)  # most events: nothing to copy, nothing to do
-        run = _Pass(self, book, state, now, event["event_id"])
+        run = _Pass(self.library, self.pipeline, book, state, now, event["event_id"])
         for name in sorted(run.book.runs):
             current = run.book.runs.get(name)
             if current is not None:
@@ -102,7 +102,7 @@ class Engine:
         )
         if stale or current is None:
             return Outcome(book, state)
-        run = _Pass(self, book, state, now, current.cause)
+        run = _Pass(self.library, self.pipeline, book, state, now, current.cause)
         run.resume(run.book.runs[workflow], due_at)
         return run.finish()
 
@@ -111,7 +111,7 @@ class Engine:
     ) -> Outcome:
         """The survivor of a merge takes over the retired contact's runs. Where both are
         in one workflow, the run that started first goes on; the other exits ``merged``."""
-        run = _Pass(self, book, state, now, f"merge:{retired_id}")
+        run = _Pass(self.library, self.pipeline, book, state, now, f"merge:{retired_id}")
         for name, theirs in sorted(retired.runs.items()):
             ours = run.book.runs.get(name)
             if ours is not None and ours.entered_at <= theirs.entered_at:

@@ -9,18 +9,17 @@ and engine.py, which takes the steps."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from processors.ids import decision_id
 from processors.journeys import DIVERTED, PROGRESSED
+from processors.pipeline import PipelineRules
 from processors.state import ContactState
 from processors.workflows.definitions import Workflow
 from processors.workflows.effects import Audit, Effect, Outcome, SuppressedBecause
+from processors.workflows.library import Library
 from processors.workflows.runbook import Run, RunBook
 from processors.workflows.steps import Step
-
-if TYPE_CHECKING:  # the engine makes a pass for each call
-    from processors.workflows.engine import Engine
 
 
 class PassBase:
@@ -28,11 +27,17 @@ class PassBase:
     effects in the order they happen (the bottom layer)."""
 
     def __init__(
-        self, engine: Engine, book: RunBook, state: ContactState, now: datetime, cause: str
+        self,
+        library: Library,
+        pipeline: PipelineRules | None,
+        book: RunBook,
+        state: ContactState,
+        now: datetime,
+        cause: str,
     ) -> None:
-        self.library = engine.library
-        self.policies = engine.library.policies
-        self.pipeline = engine.pipeline
+        self.library = library
+        self.policies = library.policies
+        self.pipeline = pipeline
         self.before = (book, state)
         self.book = book.model_copy(deep=True)
         # A copy sharing with ``state`` only what a pass replaces rather than changes in
