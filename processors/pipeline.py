@@ -240,15 +240,16 @@ def _move(
         if not rule.create_deal:
             return None
         deal_id = decision_id("deal", state.contact_id, event["event_id"], rule.name)
+        name = f"{_display_name(state)} \u2014 {rule.name}"
         if target not in CLOSED_STAGES:
-            deals[deal_id] = Deal(deal_id=deal_id, stage=target, updated_at=at, **paid)
+            deals[deal_id] = Deal(deal_id=deal_id, stage=target, updated_at=at, name=name, **paid)
         return DealMove(
             rule=rule.name,
             deal_id=deal_id,
             stage=target,
             previous_stage=None,
             created=True,
-            deal_name=f"{_display_name(state)} \u2014 {rule.name}",
+            deal_name=name,
             reason=f"{why}: new deal at {target}",
             **paid,
         )

@@ -7,6 +7,7 @@ same id, which is the sinks' idempotency key and makes a replay recognisable."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -191,12 +192,25 @@ def upsert_contact(
 
 
 def merge_outputs(
-    before: ContactState | None, merged: ContactState, retired: str, identifier: str, at: datetime
+    before: ContactState | None,
+    merged: ContactState,
+    retired: str,
+    identifier: str,
+    at: datetime,
+    adopted: Iterable[str] = (),
 ) -> list[Output]:
     """What the CRM is told of a merge, in order: MERGE_CONTACTS (it moves everything of
     ``retired`` onto the survivor), the owner the survivor keeps when it came from the
-    retired contact (a CRM's own merge keeps the survivor's fields, blank or not), and the
-    merged profile."""
+    retired contact (a CRM's own merge keeps the survivor's fields, blank or not), the
+    merged profile, and a CREATE_DEAL under the survivor for each open deal it
+    ``adopted`` from ``retired``.
+
+    The retired contact's own CREATE_DEAL went out keyed by it, on another partition, in
+    no order with the survivor's later stage changes; made again here (same deal id, its
+    values now) it comes before them in the survivor's order, and after the profile (a CRM
+    ties a deal to a contact that exists). A sink applies a CREATE_DEAL of a deal that
+    exists as nothing, so whichever create comes second changes nothing. A deal without a
+    name is the CRM's own (known from its change feed), never Switchboard's to create."""
     survivor = merged.contact_id
     cause = f"merged:{retired}"
     outputs = [
@@ -220,7 +234,28 @@ def merge_outputs(
         outputs.append(crm_command(survivor, "SET_OWNER", command_id, payload, at, None))
     upsert = upsert_contact(merged, decision_id("upsert", survivor, cause), cause, at)
     outputs.append(("commands", survivor, upsert))
+    for deal_id in adopted:
+        deal = merged.open_deals.get(deal_id)
+        if deal is None or deal.name is None:
+            continue
+        command_id = decision_id("merge-deal", survivor, retired, deal_id)
+        payload = deal_payload(deal_id, deal.name, deal.stage, deal.amount_minor, deal.currency)
+        outputs.append(crm_command(survivor, "CREATE_DEAL", command_id, payload, at, None))
     return outputs
+
+
+def deal_payload(
+    deal_id: str, name: str, stage: str, amount_minor: int | None, currency: str | None
+) -> dict[str, Any]:
+    """A CREATE_DEAL's payload."""
+    return {
+        "deal_id": deal_id,
+        "name": name,
+        "stage": stage,
+        "pipeline": None,
+        "amount_minor": amount_minor,
+        "currency": currency,
+    }
 
 
 # ---- the contact's timeline in the CRM -------------------------------------------------
@@ -597,14 +632,13 @@ def pipeline_outputs(
             command(
                 "CREATE_DEAL",
                 decision_id("create-deal", contact_id, move.deal_id, cause),
-                {
-                    "deal_id": move.deal_id,
-                    "name": move.deal_name or move.deal_id,
-                    "stage": move.stage,
-                    "pipeline": None,
-                    "amount_minor": move.amount_minor,
-                    "currency": move.currency,
-                },
+                deal_payload(
+                    move.deal_id,
+                    move.deal_name or move.deal_id,
+                    move.stage,
+                    move.amount_minor,
+                    move.currency,
+                ),
             )
         else:
             command(

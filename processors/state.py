@@ -41,6 +41,9 @@ class Deal(BaseModel):
     updated_at: datetime
     amount_minor: int | None = None
     currency: str | None = None
+    # The name Switchboard gave the deal when it opened it (CREATE_DEAL), so a merge can
+    # issue its create again; None for a deal known only from the CRM's change feed.
+    name: str | None = None
 
 
 class JobRef(BaseModel):

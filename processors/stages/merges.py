@@ -109,7 +109,9 @@ class MergeSteps:
         self.contacts[contact_id] = merged
         # The merged profile's upsert also creates the survivor in the CRM when the merge
         # reached it before its first event (the two come by different topics).
-        out += merge_outputs(before, merged, other, step["identifier"], at)
+        # The deals it took over are created again in its own order (merge_outputs says why).
+        deals = retired.open_deals if retired else ()
+        out += merge_outputs(before, merged, other, step["identifier"], at, deals)
         merged_audit = audit_entry(
             contact_id,
             "identity",

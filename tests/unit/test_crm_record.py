@@ -17,7 +17,7 @@ from processors.records import (
     next_step_outputs,
     upsert_contact,
 )
-from processors.state import ContactState, apply_event
+from processors.state import ContactState, Deal, apply_event
 
 T0 = datetime(2026, 11, 18, 15, 0, tzinfo=UTC)
 
@@ -236,3 +236,51 @@ def test_a_merge_tells_the_crm_the_merge_the_owner_it_kept_and_the_merged_profil
     owned = survivor.model_copy(update={"owner_id": "rep-7"})
     again = merge_outputs(owned, merge_states(owned, retired), "c-b", "phone:x", T0)
     assert [o[2]["command_type"] for o in again] == ["MERGE_CONTACTS", "UPSERT_CONTACT"]
+
+
+def test_a_merge_makes_each_adopted_open_deal_again_under_the_survivor() -> None:
+    """The retired contact's CREATE_DEAL went out on its own partition, with no order
+    against the survivor's later stage changes: the survivor issues the deal's create in
+    its own order, with the deal's values now, after the profile (HubSpot ties a deal to a
+    contact that must exist)."""
+    booked = Deal(
+        deal_id="d-b",
+        name="Silva Lda \u2014 meeting-booked",
+        stage="contractsent",
+        updated_at=T0,
+        amount_minor=129_950,
+        currency="EUR",
+    )
+    from_crm = Deal(deal_id="900123", stage="qualifiedtobuy", updated_at=T0)  # the CRM's own
+    mine = Deal(deal_id="d-a", name="Dana \u2014 call", stage="new", updated_at=T0)
+    survivor = ContactState(contact_id="c-a", open_deals={"d-a": mine})
+    retired = ContactState(contact_id="c-b", open_deals={"d-b": booked, "900123": from_crm})
+    merged = merge_states(survivor, retired)
+    outputs = merge_outputs(survivor, merged, "c-b", "phone:x", T0, adopted=retired.open_deals)
+
+    kinds = [(o[0], o[1], o[2]["command_type"]) for o in outputs]
+    assert kinds == [
+        ("commands", "c-a", "MERGE_CONTACTS"),
+        ("commands", "c-a", "UPSERT_CONTACT"),
+        ("commands", "c-a", "CREATE_DEAL"),
+    ]
+    create = outputs[2][2]
+    assert create["contact_id"] == "c-a" and create["causation_event_id"] is None
+    assert create["payload"] == {
+        "deal_id": "d-b",
+        "name": "Silva Lda \u2014 meeting-booked",
+        "stage": "contractsent",
+        "pipeline": None,
+        "amount_minor": 129_950,
+        "currency": "EUR",
+    }
+    # A replay of the merge makes the same command; another merge of the deal another one.
+    again = merge_outputs(survivor, merged, "c-b", "phone:x", T0, adopted=retired.open_deals)
+    assert again[2][2]["command_id"] == create["command_id"]
+    other = merge_outputs(survivor, merged, "c-c", "phone:x", T0, adopted=["d-b"])
+    assert other[2][2]["command_id"] != create["command_id"]
+    # Nothing adopted, nothing made again.
+    assert [o[2]["command_type"] for o in merge_outputs(survivor, merged, "c-b", "x", T0)] == [
+        "MERGE_CONTACTS",
+        "UPSERT_CONTACT",
+    ]

@@ -112,6 +112,16 @@ def test_a_appointmentscheduled_without_an_open_deal_opens_one() -> None:
     assert outcome.state.open_deals[move.deal_id].stage == "appointmentscheduled"
 
 
+def test_an_opened_deal_keeps_its_name_so_a_merge_can_make_it_again() -> None:
+    outcome = apply_rules(RULES, contact(), event("MEETING_BOOKED", meeting_id="mt-1"))
+    [move] = outcome.moves
+    assert outcome.state.open_deals[move.deal_id].name == "Silva Lda \u2014 meeting-booked"
+    # A move keeps it; a deal known only from the CRM's change feed has none.
+    moved = apply_rules(RULES, outcome.state, event("EMAIL_REPLIED", 1))
+    assert moved.state.open_deals[move.deal_id].name == "Silva Lda \u2014 meeting-booked"
+    assert contact("new").open_deals["d-1"].name is None
+
+
 def test_a_reply_without_an_open_deal_opens_none() -> None:
     outcome = apply_rules(RULES, contact(), event("EMAIL_REPLIED", message_id="m-1"))
     assert outcome.moves == [] and outcome.state.open_deals == {}
