@@ -4,6 +4,7 @@ input changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from typing import Any
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from processors.state import ContactState
+from connectors.sinks.crm.sql import open_store
+from processors.state import ContactState, Deal
 from streams.clock import FileClock
 from streams.registry import register_catalog
 from streams.serde import AvroSerde
@@ -38,6 +40,7 @@ from tests.kafka_helpers import (
     wait_for,
     worker_metric,
 )
+from tests.records import crm_command
 
 pytestmark = pytest.mark.integration
 
@@ -346,3 +349,77 @@ def test_a_merge_that_reaches_the_survivor_before_its_first_event_creates_it_in_
         assert upsert["causation_event_id"] == "merged:c-retired"
         assert upsert["payload"]["email"] == EMAIL
         assert upsert["payload"]["first_name"] == "Ana"
+
+
+def test_a_merge_makes_the_adopted_deal_again_so_the_survivors_stage_change_finds_it(
+    settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
+) -> None:
+    """The retired contact's CREATE_DEAL went out keyed by it, on another partition than
+    the survivor's later UPDATE_DEAL_STAGE, so the CRM sink may apply that update first
+    (issue 19: dead-lettered, the deal's stage left wrong). The TRANSFER makes the deal
+    again under the survivor, in the survivor's own order. Applied to the SQL CRM store in
+    the worst order (the survivor's commands and its stage change, then the retired
+    contact's create), the deal ends where the survivor moved it."""
+    clock = tmp_path / "clock"
+    FileClock.write(clock, T0)
+    settings = settings.model_copy(update={"clock": f"file:{clock}"})
+    ensure_topics(settings)
+    register_catalog(registry, settings)
+    merges = AvroSerde(registry, "contact_merge", CONTACT_MERGES.full_name(settings))
+    commands = AvroSerde(
+        registry, "crm_command", CRM_COMMANDS.full_name(settings), discriminator="command_type"
+    )
+    name = "Ana Silva \u2014 meeting-booked"
+    deal = Deal(deal_id="d-1", name=name, stage="appointmentscheduled", updated_at=T0)
+    retired = ContactState(
+        contact_id="c-retired",
+        identifiers=[f"email:{EMAIL}"],
+        profile={"first_name": "Ana", "last_name": "Silva"},
+        open_deals={"d-1": deal},
+        first_seen=T0,
+        last_event_time=T0,
+    )
+    transfer = {
+        "step": "TRANSFER",
+        "target": "c-survivor",
+        "other": "c-retired",
+        "identifier": f"phone:{PHONE}",
+        "state": retired.model_dump_json(),
+        "timers": None,
+        "workflows": None,
+        "at": T0,
+    }
+
+    with running_worker(settings, tmp_path / "worker.log"):
+        send(settings, merges, [(b"c-survivor", transfer)])
+        wait_for(lambda: len(read_all(settings, commands.topic)) > 2, "three CRM commands")
+        sent = [commands.decode(m.value()) for m in read_all(settings, commands.topic)]
+    assert [(c["command_type"], c["contact_id"]) for c in sent] == [
+        ("MERGE_CONTACTS", "c-survivor"),
+        ("UPSERT_CONTACT", "c-survivor"),
+        ("CREATE_DEAL", "c-survivor"),
+    ]
+    payload = {
+        "deal_id": "d-1",
+        "name": name,
+        "stage": "appointmentscheduled",
+        "pipeline": None,
+        "amount_minor": None,
+        "currency": None,
+    }
+    assert sent[2]["payload"] == payload
+    assert live_contacts(settings)["c-survivor"].open_deals["d-1"].name == name
+
+    # The retired contact's own create, from before the merge, and the survivor's move.
+    created = crm_command("CREATE_DEAL", "c-retired", payload, "a-create", T0)
+    move = {"deal_id": "d-1", "stage": "contractsent", "previous_stage": "appointmentscheduled"}
+    moved = crm_command("UPDATE_DEAL_STAGE", "c-survivor", move, "b-move", T0 + timedelta(hours=1))
+    store = open_store(f"sqlite:///{tmp_path / 'crm.db'}")
+    try:
+        for record in [*sent, moved, created]:
+            assert asyncio.run(store.deliver([record])) == [None], record["command_id"]
+        [row] = store.rows("deals")
+    finally:
+        asyncio.run(store.close())
+    assert (row["contact_id"], row["name"], row["stage"]) == ("c-survivor", name, "contractsent")
+    assert row["stage_changed_at"] == T0 + timedelta(hours=1)

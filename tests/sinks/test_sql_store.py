@@ -670,3 +670,85 @@ def test_a_merge_moves_the_retired_contacts_jobs(store: SqlCrmStore) -> None:
     assert deliver(store, [merge, late]) == [None, None]
     [job] = store.rows("jobs")
     assert (job["contact_id"], job["status"], job["amount_minor"]) == ("c-survivor", "scheduled", 9)
+
+
+# ---- a deal the survivor of a merge adopts (issue 19 follow-up) ------------------------
+
+ADOPTED = {
+    "deal_id": "deal-1",
+    "name": "Ana Silva \u2014 meeting-booked",
+    "stage": "appointmentscheduled",
+    "pipeline": None,
+    "amount_minor": None,
+    "currency": None,
+}
+
+
+def _adopted_deal_story() -> dict[str, Any]:
+    """c-a opens deal-1; c-a is merged into c-b, whose merge makes the deal again under
+    c-b (processors.records.merge_outputs); then c-b's payment closes it won. c-a's create
+    is keyed by c-a, so on another partition than c-b's commands: it may come at any
+    point of c-b's order."""
+    at = [T0 + timedelta(minutes=n) for n in range(3)]
+    merged = {"retired_contact_id": "c-a", "identifier": "phone:+14155550177"}
+    paid = {
+        "deal_id": "deal-1",
+        "stage": "closedwon",
+        "previous_stage": "appointmentscheduled",
+        "amount_minor": 480_000,
+        "currency": "USD",
+    }
+    return {
+        "created": command("a-create", "CREATE_DEAL", "c-a", ADOPTED, at=at[0]),
+        "merge": [
+            command("b-merge", "MERGE_CONTACTS", "c-b", merged, at=at[1]),
+            command("b-upsert", "UPSERT_CONTACT", "c-b", {"first_name": "Ana"}, at=at[1]),
+            command("b-create", "CREATE_DEAL", "c-b", ADOPTED, at=at[1]),
+        ],
+        "moved": command("b-move", "UPDATE_DEAL_STAGE", "c-b", paid, at=at[2]),
+    }
+
+
+@pytest.mark.parametrize("order", ["create first", "create last", "create with the move"])
+def test_a_late_create_of_an_adopted_deal_leaves_the_survivors_move(
+    store: SqlCrmStore, order: str
+) -> None:
+    story = _adopted_deal_story()
+    created, merge, moved = story["created"], story["merge"], story["moved"]
+    batches = {
+        "create first": [[created], *([m] for m in merge), [moved]],
+        # The bad order: c-b's move before c-a's create, once a call and in one call (the
+        # sink's runtime delivers different contacts' commands together).
+        "create last": [*([m] for m in merge), [moved], [created]],
+        "create with the move": [*([m] for m in merge), [moved, created]],
+    }[order]
+    for batch in batches:
+        assert deliver(store, batch) == [None] * len(batch), batch
+
+    at = [T0 + timedelta(minutes=n) for n in range(3)]
+    made = at[0] if order == "create first" else at[1]  # by c-a's create, or c-b's
+    assert store.rows("deals") == [
+        {
+            "deal_id": "deal-1",
+            "contact_id": "c-b",
+            "name": "Ana Silva \u2014 meeting-booked",
+            "stage": "closedwon",
+            "pipeline": None,
+            "amount_minor": 480_000,
+            "currency": "USD",
+            "created_at": made,
+            "updated_at": at[2],
+            "stage_changed_at": at[2],
+        }
+    ]
+    applied = {r["command_id"] for r in store.rows("applied_commands")}
+    assert applied == {"a-create", "b-merge", "b-upsert", "b-create", "b-move"}
+
+
+def test_a_stage_change_of_a_deal_never_created_is_still_refused(store: SqlCrmStore) -> None:
+    story = _adopted_deal_story()
+    assert deliver(store, [story["merge"][0]]) == [None]
+    [outcome] = deliver(store, [story["moved"]])
+    assert isinstance(outcome, Rejected)
+    assert "deal 'deal-1' does not exist (no CREATE_DEAL applied)" in str(outcome)
+    assert store.rows("deals") == []

@@ -25,8 +25,13 @@ What each command does:
   processor's view of it).
 - SET_OWNER also gives the contact's unowned tasks to the new owner: a task made before
   the lead was routed (a call's next step) is the owner's as soon as there is one.
-- CREATE_DEAL, CREATE_TASK, LOG_ACTIVITY, ADD_NOTE, UPSERT_JOB upsert by their own id. A record that
+- CREATE_TASK, LOG_ACTIVITY, ADD_NOTE, UPSERT_JOB upsert by their own id. A record that
   belongs to another contact is rejected rather than moved.
+- CREATE_DEAL makes the deal by its own id; on a deal that exists it changes nothing (one
+  of another contact is rejected, as above). The survivor of a merge issues the create of
+  each deal it adopts again, in its own order, so a create keyed by the retired contact,
+  on another partition, may come after the survivor's stage changes: it must not move
+  the stage back.
 - UPDATE_DEAL_STAGE with an amount (a payment closing the deal) sets the deal's amount too.
 - UPSERT_JOB inserts or updates the job by its own id; a null field leaves the stored
   value as it is (a status change knows no amount, a payment no technician).
@@ -37,8 +42,9 @@ What each command does:
   another partition, so possibly delivered after it) lands on the survivor.
 - UPDATE_DEAL_STAGE on a deal that does not exist is rejected: a deal made from a stage
   alone would show a sales team a nameless deal with no amount in their pipeline. Its
-  CREATE_DEAL comes earlier in the same contact's order, so a missing deal is an upstream
-  fault that belongs in the dead-letter topic, where it can be replayed once fixed.
+  CREATE_DEAL comes earlier in the same contact's order (after a merge, the survivor's
+  own), so a missing deal is an upstream fault that belongs in the dead-letter topic,
+  where it can be replayed once fixed.
 - Every command but UPDATE_DEAL_STAGE makes a bare contact row if the contact has none
   yet, so a task or an owner is never lost to a missing UPSERT_CONTACT; that UPSERT fills
   it in later.
@@ -673,7 +679,7 @@ def _write(connection: Connection, steps: list[_Step]) -> None:
     if owners := by_kind.get(SetOwner):
         _set_owners(connection, owners)
     if deals := by_kind.get(CreateDeal):
-        _upsert_rows(connection, DEALS, deals)
+        _create_deals(connection, deals)
     if stages := by_kind.get(UpdateDealStage):
         _update_stages(connection, stages)
     for kind, table in ((CreateTask, TASKS), (LogActivity, ACTIVITIES), (AddNote, NOTES)):
@@ -856,6 +862,13 @@ def _set_owners(connection: Connection, steps: list[_Step]) -> None:
     )
 
 
+def _create_deals(connection: Connection, steps: list[_Step]) -> None:
+    """CREATE_DEAL: the deals that do not exist yet made; one that does is left as it is."""
+    rows = [row | {"stage_changed_at": row["created_at"]} for row in _rows(steps)]
+    stmt = insert_or(connection, DEALS).on_conflict_do_nothing(index_elements=["deal_id"])
+    connection.execute(stmt, rows)
+
+
 def _update_stages(connection: Connection, steps: list[_Step]) -> None:
     """UPDATE_DEAL_STAGE on deals that exist (checked); an amount (a payment closing the
     deal) sets the amount and currency too."""
@@ -945,16 +958,8 @@ def _key_column(table: Table) -> Column[Any]:
 def _upsert_rows(connection: Connection, table: Table, steps: list[_Step]) -> None:
     """Insert or update, by its own id, the record each step's payload describes."""
     rows = _rows(steps)
-    if table is DEALS:
-        for row in rows:
-            row["stage_changed_at"] = row["created_at"]
     stmt = insert_or(connection, table)
     key = _key_column(table).name
     kept = {key, "contact_id", "created_at"}  # never changed by an update
     changed: dict[str, Any] = {k: stmt.excluded[k] for k in rows[0] if k not in kept}
-    if table is DEALS:  # the stage's time changes only with the stage
-        changed["stage_changed_at"] = case(
-            (DEALS.c.stage != stmt.excluded.stage, stmt.excluded.stage_changed_at),
-            else_=DEALS.c.stage_changed_at,
-        )
     connection.execute(stmt.on_conflict_do_update(index_elements=[key], set_=changed), rows)
