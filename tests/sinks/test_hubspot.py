@@ -605,6 +605,70 @@ def test_a_merge_into_another_survivor_after_the_first_is_a_no_op(hubspot: FakeH
     assert hubspot.associated("notes", contact_of(hubspot, "c-1")) == {alias["hs_object_id"]}
 
 
+# A payment's move of d-1 by the survivor c-1, after c-2 (which opened d-1) was merged in.
+PAID = {
+    "deal_id": "d-1",
+    "stage": "closedwon",
+    "previous_stage": "appointmentscheduled",
+    "amount_minor": 480_000,
+    "currency": "USD",
+}
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_a_late_create_of_an_adopted_deal_leaves_the_survivors_move(
+    hubspot: FakeHubSpot, together: bool
+) -> None:
+    """c-2 opened d-1 and was merged into c-1, whose merge made d-1 again (issue 19
+    follow-up); c-2's own create, on another partition, comes after c-1 moved the deal:
+    in a call of its own or in the move's. A create of a deal that exists sends nothing."""
+    late = command("CREATE_DEAL", "c-2", deal("c-2", "d-1")["payload"], "cmd-c-2-create")
+    moved = command("UPDATE_DEAL_STAGE", "c-1", PAID, "cmd-c-1-move")
+    first = deliver(
+        hubspot,
+        [contact("c-1", "ada@example.com"), contact("c-2", "ada@work.example")],
+        [merge("c-1", "c-2")],
+        [deal("c-1", "d-1")],  # the merge's create, in c-1's order
+    )
+    assert first == [[None, None], [None], [None]]
+    outcomes = deliver(hubspot, [moved, late]) if together else deliver(hubspot, [moved], [late])
+
+    assert all(o is None for batch in outcomes for o in batch), outcomes
+    [(deal_id, stored)] = hubspot.objects["deals"].items()
+    assert (stored["dealname"], stored["dealstage"], stored["amount"]) == (
+        "Deal d-1",
+        "closedwon",
+        "4800.00",
+    )
+    assert stored["deal_currency_code"] == "USD"
+    upserted = [
+        i["properties"] for b in bodies(hubspot, "/deals/batch/upsert") for i in b["inputs"]
+    ]
+    assert [p["dealstage"] for p in upserted] == ["appointmentscheduled", "closedwon"]
+    [merged_id] = hubspot.objects["contacts"]
+    assert hubspot.associated("deals", merged_id) == {deal_id}
+
+
+def test_two_creates_of_one_deal_in_a_call_make_it_once(hubspot: FakeHubSpot) -> None:
+    deliver(hubspot, [contact("c-1", "ada@example.com"), contact("c-2", "ada@work.example")])
+    deliver(hubspot, [merge("c-1", "c-2")])
+    late = command("CREATE_DEAL", "c-2", deal("c-2", "d-1")["payload"], "cmd-c-2-create")
+    hubspot.requests.clear()
+
+    [outcomes] = deliver(hubspot, [deal("c-1", "d-1"), late])
+
+    assert outcomes == [None, None]
+    [read] = bodies(hubspot, "/deals/batch/read")
+    assert read == {
+        "idProperty": "switchboard_deal_id",
+        "inputs": [{"id": "d-1"}],
+        "properties": ["switchboard_deal_id"],
+    }
+    [upsert] = bodies(hubspot, "/deals/batch/upsert")
+    assert [i["objectWriteTraceId"] for i in upsert["inputs"]] == ["cmd-d-1"]
+    assert len(hubspot.objects["deals"]) == 1
+
+
 def test_merging_an_unknown_retired_contact_only_keeps_the_alias(hubspot: FakeHubSpot) -> None:
     deliver(hubspot, [contact("c-1", "ada@example.com")])
     survivor = contact_of(hubspot, "c-1")

@@ -148,8 +148,11 @@ def test_deals_upsert_by_deal_id(salesforce: FakeSalesforce) -> None:
     ([first, second], _) = deliver(salesforce, [create], [stage, unknown])
 
     assert first == [None]
-    assert salesforce.requests[0].path == f"{PATH}/Opportunity/Switchboard_Deal_Id__c"
-    assert salesforce.requests[0].body == {
+    # Before a create, one query asks whether the deal exists (a create of one changes nothing).
+    query, create_call, stage_call = salesforce.requests
+    assert (query.method, query.path) == ("GET", "/services/data/v66.0/query")
+    assert create_call.path == f"{PATH}/Opportunity/Switchboard_Deal_Id__c"
+    assert create_call.body == {
         "allOrNone": False,
         "records": [
             {
@@ -162,7 +165,7 @@ def test_deals_upsert_by_deal_id(salesforce: FakeSalesforce) -> None:
             }
         ],
     }
-    assert salesforce.requests[1].body["records"][0] == {
+    assert stage_call.body["records"][0] == {
         "attributes": {"type": "Opportunity"},
         "Switchboard_Deal_Id__c": "d-1",
         "StageName": "Closed Won",
@@ -522,6 +525,69 @@ def test_a_replayed_merge_changes_nothing(salesforce: FakeSalesforce) -> None:
     assert len(salesforce.find("Task", "Switchboard_Id__c", "merged-contact:c-2")) == 1
 
 
+def create_deal(contact_id: str, command_id: str) -> dict[str, Any]:
+    payload = {
+        "deal_id": "d-1",
+        "name": "Boiler",
+        "stage": "Prospecting",
+        "pipeline": None,
+        "amount_minor": None,
+        "currency": None,
+    }
+    return crm_command("CREATE_DEAL", contact_id, payload, command_id, ISSUED)
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_a_late_create_of_an_adopted_deal_leaves_the_survivors_move(
+    salesforce: FakeSalesforce, together: bool
+) -> None:
+    """c-2 opened d-1 and was merged into c-1, whose merge made d-1 again (issue 19
+    follow-up); c-2's own create, on another partition, comes after c-1 moved the deal:
+    in a call of its own or in the move's. A create of a deal that exists sends nothing."""
+    paid = {"deal_id": "d-1", "stage": "Closed Won", "amount_minor": 480_000, "currency": "USD"}
+    moved = crm_command("UPDATE_DEAL_STAGE", "c-1", paid, "cmd-c-1-move", ISSUED)
+    late = create_deal("c-2", "cmd-c-2-create")
+    (first, _) = deliver(
+        salesforce,
+        [contact("c-1"), contact("c-2")],
+        [merge("c-1", "c-2")],
+        [create_deal("c-1", "cmd-c-1-create")],  # the merge's create, in c-1's order
+    )
+    assert first == [[None, None], [None], [None]]
+    batches = [[moved, late]] if together else [[moved], [late]]
+    (outcomes, _) = deliver(salesforce, *batches)
+
+    assert all(o is None for batch in outcomes for o in batch), outcomes
+    [stored] = salesforce.records["Opportunity"].values()
+    assert (stored["Name"], stored["StageName"], stored["Amount"]) == (
+        "Boiler",
+        "Closed Won",
+        4800.0,
+    )
+    opportunities = [
+        r.body["records"]
+        for r in salesforce.requests
+        if r.method == "PATCH" and r.path.endswith("/Opportunity/Switchboard_Deal_Id__c")
+    ]
+    assert [[o["StageName"] for o in records] for records in opportunities] == [
+        ["Prospecting"],
+        ["Closed Won"],
+    ]
+
+
+def test_two_creates_of_one_deal_in_a_call_make_it_once(salesforce: FakeSalesforce) -> None:
+    creates = [create_deal("c-1", "cmd-c-1-create"), create_deal("c-2", "cmd-c-2-create")]
+    ([outcomes], _) = deliver(salesforce, creates)
+
+    assert outcomes == [None, None]
+    assert salesforce.queries == [
+        "SELECT Switchboard_Deal_Id__c FROM Opportunity WHERE Switchboard_Deal_Id__c IN ('d-1')"
+    ]
+    [upsert] = [r.body for r in salesforce.requests if r.method == "PATCH"]
+    assert [o["Switchboard_Deal_Id__c"] for o in upsert["records"]] == ["d-1"]
+    assert len(salesforce.records["Opportunity"]) == 1
+
+
 def test_merging_an_unknown_retired_contact_only_keeps_the_alias(
     salesforce: FakeSalesforce,
 ) -> None:
@@ -727,13 +793,15 @@ def test_a_stage_update_with_an_amount_sets_it_and_one_without_leaves_it(
     assert outcomes[:3] == [[None], [None], [None]]
     [refused] = outcomes[3]
     assert isinstance(refused, Rejected) and "'euro'" in str(refused)
-    with_amount, without, yen = (
-        r.body["records"][0] for r in salesforce.requests[1:] if r.method == "PATCH"
-    )
+    patches = [r for r in salesforce.requests if r.method == "PATCH"]
+    with_amount, without, yen = (r.body["records"][0] for r in patches[1:])
     assert with_amount["Amount"] == 1250.0
     assert "Amount" not in without
     assert yen["Amount"] == 500.0
-    assert salesforce.queries == []  # deals are not tied to contacts: no alias query
+    # The create's only; deals are not tied to contacts: no alias query.
+    assert salesforce.queries == [
+        "SELECT Switchboard_Deal_Id__c FROM Opportunity WHERE Switchboard_Deal_Id__c IN ('d-1')"
+    ]
     [deal] = salesforce.records["Opportunity"].values()
     assert (deal["StageName"], deal["Amount"]) == ("Closed Won", 500.0)
 

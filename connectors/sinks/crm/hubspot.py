@@ -6,7 +6,11 @@ made the first time and changes nothing (invariant 2):
 - contacts by ``email``, or by ``switchboard_contact_id`` when the command has no e-mail;
   every contact carries ``switchboard_contact_id`` so the other commands can find it;
 - deals by ``switchboard_deal_id`` (CREATE_DEAL and UPDATE_DEAL_STAGE reach the same deal;
-  UPDATE_DEAL_STAGE sets ``amount`` and ``deal_currency_code`` too when it carries an amount);
+  UPDATE_DEAL_STAGE sets ``amount`` and ``deal_currency_code`` too when it carries an amount).
+  A CREATE_DEAL of a deal HubSpot has changes nothing, as in the SQL store (a merge makes
+  its adopted deals again, so a create from before it may come after a stage change): the
+  call's creates are looked up first (one batch read), and one deal's second create in a
+  call shares the first's outcome;
 - tasks, calls, meetings, e-mails, SMS (communications) and notes by
   ``switchboard_command_id``, the command's idempotency key. LOG_ACTIVITY of a form or a
   payment has no engagement type of its own: it becomes a note headed by its title.
@@ -111,6 +115,7 @@ from connectors.delivery import DeliveryError, Outcome, Rejected, Retryable
 from connectors.http import Answer, raise_for_status, request, retry_after_seconds
 from connectors.sinks.crm.values import (
     Merge,
+    deal_creates,
     iso_currency,
     major_units,
     merge_action,
@@ -248,6 +253,7 @@ class HubSpotWriter:
             await self._merge(merges, outcomes)
         if writes:
             writes = await self._redirect(records, writes, outcomes)
+        writes, repeats = await self._new_deals(records, writes, outcomes)
         contacts = await self._contact_ids({w.contact_id for w in writes if w.associate})
         groups: dict[tuple[str, str], list[Write]] = {}
         for write in writes:
@@ -269,6 +275,8 @@ class HubSpotWriter:
                 ]
                 if links:
                     await self._associate(object_type, links, outcomes)
+        for index, first in repeats.items():  # one create made the deal for both
+            outcomes[index] = outcomes[first]
         return outcomes
 
     async def close(self) -> None:
@@ -513,6 +521,53 @@ class HubSpotWriter:
             except Rejected as exc:
                 outcomes[write.index] = exc
         return kept
+
+    async def _new_deals(
+        self, records: Sequence[Mapping[str, Any]], writes: list[Write], outcomes: list[Outcome]
+    ) -> tuple[list[Write], dict[int, int]]:
+        """The writes but the CREATE_DEALs of deals HubSpot has (they change nothing) and
+        the repeats of a create in the call (``deal_creates``, returned too)."""
+        creates, repeats = deal_creates(records, [w.index for w in writes])
+        if not creates:
+            return writes, repeats
+        found = await self._deals_found(records, creates, outcomes)
+        kept = [
+            w
+            for w in writes
+            if w.index not in repeats and w.index not in found and outcomes[w.index] is None
+        ]
+        return kept, repeats
+
+    async def _deals_found(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        creates: Mapping[int, str],
+        outcomes: list[Outcome],
+    ) -> set[int]:
+        """Of ``creates`` (index -> deal id), the indices of those whose deal HubSpot has.
+        A refused read fails the creates that needed it."""
+        by_deal = {deal_id: index for index, deal_id in creates.items()}
+        ordered = sorted(by_deal)
+        found: set[int] = set()
+        for start in range(0, len(ordered), BATCH_LIMIT):
+            chunk = ordered[start : start + BATCH_LIMIT]
+            what = "hubspot deals batch/read"
+            body = {
+                "idProperty": DEAL_KEY,
+                "inputs": [{"id": d} for d in chunk],
+                "properties": [DEAL_KEY],
+            }
+            answer = await self._call("/crm/v3/objects/deals/batch/read", body, what)
+            if answer.status == 400:
+                inputs = [(by_deal[d], str(records[by_deal[d]]["command_id"]), d) for d in chunk]
+                _refused(answer, what, inputs, outcomes)
+                continue
+            _raise_for_call(answer, what)
+            for result in _json_object(answer).get("results", []):
+                deal_id = str((result.get("properties") or {}).get(DEAL_KEY) or "")
+                if deal_id in by_deal:
+                    found.add(by_deal[deal_id])
+        return found
 
     async def _aliases(
         self, wanted: Mapping[str, Sequence[tuple[int, str]]], outcomes: list[Outcome]

@@ -7,7 +7,11 @@ it made the first time and changes nothing (invariant 2):
 - Opportunity by ``Switchboard_Deal_Id__c`` (CREATE_DEAL, UPDATE_DEAL_STAGE; the stage
   update sets ``Amount`` too when it carries one). Opportunities are not tied to a contact
   (``Opportunity.ContactId`` is create-only, so the update half of a redelivered upsert
-  would be refused): a deal is found by its own id, whichever contact a command names;
+  would be refused): a deal is found by its own id, whichever contact a command names.
+  A CREATE_DEAL of an Opportunity that exists changes nothing, as in the SQL store (a
+  merge makes its adopted deals again, so a create from before it may come after a stage
+  change): the call's creates are looked up first (one SOQL query), and one deal's
+  second create in a call shares the first's outcome;
 - WorkOrder by ``Switchboard_Job_Id__c`` (UPSERT_JOB: a payment's job, the field system's
   status changes, a scheduled follow-up inspection), tied to its contact through the
   ``Contact`` relationship by the contact's external id. ``Status`` takes the default
@@ -113,6 +117,7 @@ from connectors.delivery import Outcome, Rejected, Retryable
 from connectors.http import Answer, raise_for_status, request, retry_after_seconds
 from connectors.sinks.crm.values import (
     Merge,
+    deal_creates,
     iso_currency,
     major_units,
     merge_action,
@@ -264,12 +269,15 @@ class SalesforceWriter:
             await self._merge(merges, outcomes)
         if any(w.contact_id is not None for w in writes):
             writes = await self._redirect(records, writes, outcomes)
+        writes, repeats = await self._new_deals(records, writes, outcomes)
         groups: dict[str, list[Write]] = {}
         for write in writes:
             groups.setdefault(write.sobject, []).append(write)
         for sobject, group in groups.items():
             for start in range(0, len(group), BATCH_LIMIT):
                 await self._upsert(sobject, group[start : start + BATCH_LIMIT], outcomes)
+        for index, first in repeats.items():  # one create made the deal for both
+            outcomes[index] = outcomes[first]
         return outcomes
 
     async def close(self) -> None:
@@ -609,6 +617,39 @@ class SalesforceWriter:
             except Rejected as exc:
                 outcomes[write.index] = exc
         return kept
+
+    async def _new_deals(
+        self, records: Sequence[Mapping[str, Any]], writes: list[Write], outcomes: list[Outcome]
+    ) -> tuple[list[Write], dict[int, int]]:
+        """The writes but the CREATE_DEALs of Opportunities that exist (they change
+        nothing) and the repeats of a create in the call (``deal_creates``, returned too)."""
+        creates, repeats = deal_creates(records, [w.index for w in writes])
+        if not creates:
+            return writes, repeats
+        found = await self._deals_found(creates, outcomes)
+        kept = [
+            w
+            for w in writes
+            if w.index not in repeats and w.index not in found and outcomes[w.index] is None
+        ]
+        return kept, repeats
+
+    async def _deals_found(self, creates: Mapping[int, str], outcomes: list[Outcome]) -> set[int]:
+        """Of ``creates`` (index -> deal id), the indices of those whose Opportunity
+        exists. A refused query fails the creates that needed it."""
+        field = self.external_ids["Opportunity"]
+        by_deal = {deal_id: index for index, deal_id in creates.items()}
+        found: set[int] = set()
+        for chunk in _chunks(sorted(by_deal), QUERY_CHUNK):
+            soql = f"SELECT {field} FROM Opportunity WHERE {field} IN ({_soql_list(chunk)})"
+            try:
+                rows = await self._query(soql, "salesforce Opportunity query")
+            except _Refused as exc:
+                for deal_id in chunk:
+                    outcomes[by_deal[deal_id]] = exc
+                continue
+            found |= {by_deal[str(r[field])] for r in rows if str(r.get(field)) in by_deal}
+        return found
 
     async def _aliases(
         self, wanted: Mapping[str, Sequence[int]], outcomes: list[Outcome]

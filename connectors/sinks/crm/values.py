@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -123,3 +123,29 @@ def merge_action(
     if kept is None:
         return "refuse" if retired is None else "rename"
     return "join" if retired is not None and retired != kept else "alias"
+
+
+def deal_creates(
+    records: Sequence[Mapping[str, Any]], indices: Iterable[int]
+) -> tuple[dict[int, str], dict[int, int]]:
+    """The CREATE_DEALs among a call's ``records`` at ``indices``: the first of each deal
+    (index -> deal id), and each later one of the same deal (index -> the first's index,
+    whose outcome it shares: one create makes the deal, and two writes of one record in a
+    batch call are refused by both CRMs).
+
+    A CREATE_DEAL of a deal that exists changes nothing (the SQL store's docstring says
+    why: a merge makes its adopted deals again, so a create from before it can come after
+    the survivor moved the deal); a CRM writer asks which of the first ones exist and
+    sends only the others."""
+    first: dict[str, int] = {}
+    repeats: dict[int, int] = {}
+    for index in indices:
+        record = records[index]
+        if record["command_type"] != "CREATE_DEAL":
+            continue
+        deal_id = str(record["payload"]["deal_id"])
+        if deal_id in first:
+            repeats[index] = first[deal_id]
+        else:
+            first[deal_id] = index
+    return {index: deal_id for deal_id, index in first.items()}, repeats
