@@ -27,11 +27,13 @@ What each command does:
   the lead was routed (a call's next step) is the owner's as soon as there is one.
 - CREATE_TASK, LOG_ACTIVITY, ADD_NOTE, UPSERT_JOB upsert by their own id. A record that
   belongs to another contact is rejected rather than moved.
-- CREATE_DEAL makes the deal by its own id; on a deal that exists it changes nothing (one
-  of another contact is rejected, as above). The survivor of a merge issues the create of
-  each deal it adopts again, in its own order, so a create keyed by the retired contact,
-  on another partition, may come after the survivor's stage changes: it must not move
-  the stage back.
+- CREATE_DEAL makes the deal by its own id; on a deal that exists it changes nothing,
+  whoever's it is (it moves nothing, so there is nothing to refuse). The survivor of a
+  merge issues the create of each deal it adopts again, in its own order, so a create
+  keyed by the retired contact, on another partition, may come after the survivor's
+  stage changes: it must not move the stage back. And after a chain of merges (c-f into
+  c-e, c-e into c-a) c-a's create may come while the deal is still c-f's here, before
+  c-e's merge of c-f, which then brings it to c-a.
 - UPDATE_DEAL_STAGE with an amount (a payment closing the deal) sets the deal's amount too.
 - UPSERT_JOB inserts or updates the job by its own id; a null field leaves the stored
   value as it is (a status change knows no amount, a payment no technician).
@@ -542,6 +544,8 @@ class SqlCrmStore:
         for step in steps:
             if (owned := _record_of(step.payload)) is not None:
                 table, key = owned
+                if isinstance(step.payload, CreateDeal) and owners[table].get(key) is not None:
+                    continue  # the deal exists: its create changes nothing, whoever's it is
                 try:
                     _check_owner(step.command, table, key, owners[table].get(key), step.contact)
                 except Rejected as rejected:
