@@ -8,10 +8,10 @@
   system has named yet (the one its payment made) becomes it; else a new record. A change
   older than the record's last one is ignored (field systems deliver out of order).
 - A completed job's follow-up inspection is a scheduled job record too; the job-completed
-  workflow's task step makes it (``job:`` on the step; records.workflow_outputs).
+  workflow's task step makes it (``job:`` on the step; records/workflows.py).
 
 Pure: ``decide(state, event)`` returns the new state and the change, so it is unit-tested
-without Kafka; processors.records turns a change into its UPSERT_JOB, audit entry and the
+without Kafka; processors.records.jobs turns a change into its UPSERT_JOB, audit entry and the
 operations team's notifications."""
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from processors.area import facts as area_facts
 from processors.ids import decision_id
-from processors.records import ROUTER_KEY, audit_entry, crm_command, notification
+from processors.records.base import ROUTER_KEY, audit_entry, crm_command, notification
 from processors.routing import Assignment, Rep, RoutingRules, rep_from_record, route
 from processors.state import ContactState
 from streams import metrics

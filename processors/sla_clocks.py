@@ -13,7 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from processors import sla, timers
-from processors.records import audit_entry, firing_outputs, timer_change_audit
+from processors.records.base import audit_entry
+from processors.records.sla import firing_outputs, timer_change_audit
 from processors.state import ContactState
 from streams import metrics
 from streams.clock import Clock

@@ -17,21 +17,22 @@ from processors.jobs import JOB_EVENTS, Operations
 from processors.jobs import decide as decide_job
 from processors.matching import ASSIGNED
 from processors.pipeline import PipelineRules, apply_rules
-from processors.records import (
-    activity_outputs,
-    audit_entry,
-    breach_trigger,
+from processors.records.base import audit_entry
+from processors.records.billing import invoice_outputs
+from processors.records.contact import (
     contact_fields,
-    invoice_outputs,
-    job_outputs,
-    next_step,
-    next_step_outputs,
-    pipeline_outputs,
     qualification_audit,
-    route_request,
-    stage_change_triggers,
     upsert_contact,
     with_tasks,
+)
+from processors.records.jobs import job_outputs
+from processors.records.pipeline import pipeline_outputs, stage_change_triggers
+from processors.records.sla import breach_trigger
+from processors.records.timeline import (
+    activity_outputs,
+    next_step,
+    next_step_outputs,
+    route_request,
 )
 from processors.routing import RoutingRules
 from processors.scoring import ScoringModel, is_meaningful

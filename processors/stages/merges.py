@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from processors.identity import merge_states
-from processors.records import audit_entry, merge_outputs
+from processors.records.base import audit_entry
+from processors.records.contact import merge_outputs
 from processors.scoring import ScoringModel, components_at, total
 from processors.sla_clocks import SlaClocks
 from processors.state import ContactState

@@ -17,7 +17,7 @@ from typing import Any, get_args
 
 from processors import timers
 from processors.journeys import DIVERTED, OPT_OUTS, OUTCOMES, UNSUBSCRIBED
-from processors.records import workflow_outputs
+from processors.records.workflows import workflow_outputs
 from processors.state import ContactState
 from processors.workflows.definitions import BUILTIN_EXITS
 from processors.workflows.effects import Audit, Outcome, SuppressedBecause

@@ -13,7 +13,7 @@ import pytest
 
 from connectors.delivery import Outcome, Rejected, Retryable
 from connectors.sinks.crm.hubspot import HubSpotWriter, contact_property
-from processors.records import upsert_contact
+from processors.records.contact import upsert_contact
 from processors.state import ContactState
 from tests.fakes import Scripted
 from tests.fakes.hubspot import FakeHubSpot

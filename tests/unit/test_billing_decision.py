@@ -13,7 +13,7 @@ import pytest
 from connectors.sources.base import Rejected, WebhookRequest
 from connectors.sources.generic import parse_job
 from processors.ids import decision_id
-from processors.records import invoice_outputs
+from processors.records.billing import invoice_outputs
 from processors.state import ContactState
 from streams.serde import AvroSerde, registry_client
 

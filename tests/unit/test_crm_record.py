@@ -9,14 +9,8 @@ from typing import Any
 
 from connectors.sinks.notify.templates import render_sms, render_text
 from processors.identity import merge_states
-from processors.records import (
-    activity,
-    activity_outputs,
-    merge_outputs,
-    next_step,
-    next_step_outputs,
-    upsert_contact,
-)
+from processors.records.contact import merge_outputs, upsert_contact
+from processors.records.timeline import activity, activity_outputs, next_step, next_step_outputs
 from processors.state import ContactState, Deal, apply_event
 
 T0 = datetime(2026, 11, 18, 15, 0, tzinfo=UTC)

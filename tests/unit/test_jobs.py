@@ -11,7 +11,8 @@ from connectors.sinks.notify.templates import render_slack, render_text
 from processors.identity import merge_states
 from processors.ids import decision_id
 from processors.jobs import Operations, decide, inspection_job_id
-from processors.records import job_outputs, workflow_outputs
+from processors.records.jobs import job_outputs
+from processors.records.workflows import workflow_outputs
 from processors.state import JOBS_KEPT, ContactState, JobRef
 from processors.workflows.effects import Task
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from processors.journeys import OUTCOMES, funnels, render
-from processors.records import workflow_outputs
+from processors.records.workflows import workflow_outputs
 from processors.state import ContactState
 from processors.workflows import runs
 from processors.workflows.effects import Outcome

@@ -12,7 +12,8 @@ import pytest
 from processors.jobs import JOB_EVENTS
 from processors.jobs import decide as decide_job
 from processors.lookup import caller_card, identifier_of
-from processors.records import crm_command, with_tasks
+from processors.records.base import crm_command
+from processors.records.contact import with_tasks
 from processors.routing import Rep
 from processors.state import MEETINGS_KEPT, ContactState, apply_event
 

@@ -12,7 +12,7 @@ import pytest
 from processors.area import ServiceAreas, check, geocode, haversine_km, load_areas
 from processors.commands.explain import render
 from processors.contact import advance
-from processors.records import contact_fields, qualification_audit
+from processors.records.contact import contact_fields, qualification_audit
 from processors.routing import Rep, load_rules, route
 from processors.scoring import load_model
 from processors.state import ContactState
