@@ -297,6 +297,20 @@ def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_noth
         assert after == before
 
 
+def transfer_step(retired: ContactState) -> dict[str, Any]:
+    """The TRANSFER merge step that hands ``retired`` (c-retired) to c-survivor."""
+    return {
+        "step": "TRANSFER",
+        "target": "c-survivor",
+        "other": "c-retired",
+        "identifier": f"phone:{PHONE}",
+        "state": retired.model_dump_json(),
+        "timers": None,
+        "workflows": None,
+        "at": T0,
+    }
+
+
 def test_a_merge_that_reaches_the_survivor_before_its_first_event_creates_it_in_the_crm(
     settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
 ) -> None:
@@ -320,16 +334,7 @@ def test_a_merge_that_reaches_the_survivor_before_its_first_event_creates_it_in_
         first_seen=T0,
         last_event_time=T0,
     )
-    transfer = {
-        "step": "TRANSFER",
-        "target": "c-survivor",
-        "other": "c-retired",
-        "identifier": f"phone:{PHONE}",
-        "state": retired.model_dump_json(),
-        "timers": None,
-        "workflows": None,
-        "at": T0,
-    }
+    transfer = transfer_step(retired)
 
     with running_worker(settings, tmp_path / "worker.log"):
         send(settings, merges, [(b"c-survivor", transfer)])
@@ -379,16 +384,7 @@ def test_a_merge_makes_the_adopted_deal_again_so_the_survivors_stage_change_find
         first_seen=T0,
         last_event_time=T0,
     )
-    transfer = {
-        "step": "TRANSFER",
-        "target": "c-survivor",
-        "other": "c-retired",
-        "identifier": f"phone:{PHONE}",
-        "state": retired.model_dump_json(),
-        "timers": None,
-        "workflows": None,
-        "at": T0,
-    }
+    transfer = transfer_step(retired)
 
     with running_worker(settings, tmp_path / "worker.log"):
         send(settings, merges, [(b"c-survivor", transfer)])
