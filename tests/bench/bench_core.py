@@ -17,7 +17,6 @@ import asyncio
 import os
 import statistics
 import time
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from streams.registry import register_catalog
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
 from streams.topics import AUDIT, CONTACT_EVENTS, REP_ROSTER, ensure_topics
-from tests.bench import floor, run_then_clean, write_results
+from tests.bench import floor, new_run, run_then_clean, write_results
 from tests.conftest import free_port
 from tests.kafka_helpers import producer, read_all, running_worker, worker_metric
 
@@ -97,7 +96,7 @@ def fresh(run: str, partitions: int) -> Settings:
 
 
 def sustained(backlog: int, partitions: int, workers: int) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
+    run = new_run()
     settings = fresh(run, partitions)
     asyncio.run(run_load(settings, rate=0, count=backlog, seed=3, target="kafka"))
     events = len(read_all(settings, CONTACT_EVENTS.full_name(settings)))
@@ -131,7 +130,7 @@ def sustained(backlog: int, partitions: int, workers: int) -> dict[str, Any]:
 
 
 def latency(rate: float, seconds: float, partitions: int) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
+    run = new_run()
     settings = fresh(run, partitions)
     registry = registry_client(settings.schema_registry_url)
     events = AvroSerde(

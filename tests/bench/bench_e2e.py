@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-import uuid
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
@@ -46,7 +45,7 @@ from streams.topics import (
     ROUTING,
     TIMERS,
 )
-from tests.bench import run_then_clean, write_results
+from tests.bench import new_run, run_then_clean, write_results
 from tests.bench.bench_core import fresh, percentile
 from tests.conftest import free_port
 from tests.kafka_helpers import read_all, running_sink, running_worker
@@ -131,7 +130,7 @@ def peak_rss_mb(process: Popen[bytes]) -> float:
 def one(
     workers: int, partitions: int, backlog: int, rate: float, seconds: float, postgres: bool
 ) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
+    run = new_run()
     database = fresh_postgres(run) if postgres else f"sqlite:///{BENCH / run / 'crm.db'}"
     settings = fresh(run, partitions).model_copy(
         update={"crm_database_url": database, "metrics_port": free_port()}

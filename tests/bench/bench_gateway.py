@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from streams.registry import register_catalog
 from streams.serde import registry_client
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.bench import run_then_clean, write_results
+from tests.bench import new_run, run_then_clean, write_results
 from tests.conftest import free_port
 from tests.kafka_helpers import running_gateway
 from tests.webhooks import SECRETS
@@ -45,7 +44,7 @@ def main() -> None:
     parser.add_argument("--steady-seconds", type=float, default=15.0)
     args = parser.parse_args()
 
-    run_id = uuid.uuid4().hex[:8]
+    run_id = new_run()
     work = Path(".run/bench") / run_id
     work.mkdir(parents=True, exist_ok=True)
     settings = Settings(topic_prefix=f"bench-{run_id}.", gateway_port=free_port())

@@ -32,7 +32,7 @@ from connectors.sources.loadgen import run_load
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
 from streams.topics import CONTACT_EVENTS
-from tests.bench import run_then_clean, write_results
+from tests.bench import new_run, run_then_clean, write_results
 from tests.bench.bench_core import fresh, percentile, wait_drained
 from tests.conftest import free_port
 from tests.kafka_helpers import (
@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=40)
     args = parser.parse_args()
 
-    run = uuid.uuid4().hex[:8]
+    run = new_run()
     settings = fresh(run, 6).model_copy(update={"lookup_port": free_port()})
     registry = registry_client(settings.schema_registry_url)
     serde = AvroSerde(

@@ -21,7 +21,6 @@ import argparse
 import json
 import threading
 import time
-import uuid
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +31,7 @@ from connectors.sources.enrichment import TOKEN_SECRET
 from streams.serde import AvroSerde, registry_client
 from streams.settings import secret_env
 from streams.topics import REP_ROSTER
-from tests.bench import run_then_clean, write_results
+from tests.bench import new_run, run_then_clean, write_results
 from tests.bench.bench_core import fresh, percentile
 from tests.conftest import free_port
 from tests.fakes.enrichment import FakeEnrichment
@@ -78,7 +77,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="forms per second")
     args = parser.parse_args()
 
-    run = uuid.uuid4().hex[:8]
+    run = new_run()
     folder = BENCH / run
     outbox = folder / "outbox.jsonl"
     base = fresh(run, 6)

@@ -33,7 +33,7 @@ from streams.registry import register_catalog
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
 from streams.topics import CRM_COMMANDS, DEAD_LETTERS, NOTIFICATIONS, TopicSpec, ensure_topics
-from tests.bench import run_then_clean, write_results
+from tests.bench import new_run, run_then_clean, write_results
 from tests.bench.bench_core import percentile
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.salesforce import FakeSalesforce
@@ -277,7 +277,7 @@ def main() -> None:
                 ("sustained", args.backlog, None),
                 ("steady", int(args.rate * args.seconds), args.rate),
             ):
-                tag = uuid.uuid4().hex[:8]
+                tag = new_run()
                 settings = base.model_copy(
                     update={
                         "topic_prefix": f"bench-{tag}.",

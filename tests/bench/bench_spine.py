@@ -12,7 +12,6 @@ import argparse
 import resource
 import statistics
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from streams.registry import register_catalog
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
 from streams.topics import CONTACT_EVENTS, ensure_topics
-from tests.bench import run_then_clean, write_results
+from tests.bench import new_run, run_then_clean, write_results
 from tests.conftest import free_port
 from tests.kafka_helpers import producer, running_worker, worker_metric
 from tests.records import contact_event
@@ -90,7 +89,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
-    run_id = uuid.uuid4().hex[:8]
+    run_id = new_run()
     work = Path(".run/bench") / run_id
     work.mkdir(parents=True, exist_ok=True)
     settings = Settings(

@@ -23,7 +23,6 @@ import random
 import re
 import shutil
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from streams.engine import changelog_record, changelog_topic
 from streams.kafka import partition_of, producer_config
 from streams.settings import Settings
 from streams.topics import ensure_internal_topics
-from tests.bench import run_then_clean, write_results
+from tests.bench import new_run, run_then_clean, write_results
 from tests.bench.bench_core import fresh
 from tests.kafka_helpers import running_worker
 
@@ -181,7 +180,7 @@ def disk_mb(directory: Path) -> float:
 
 
 def scenario(store: str, count: int, partitions: int, idle_s: float) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
+    run = new_run()
     directory = Path(".run/bench") / run
     settings = fresh(run, partitions).model_copy(update={"store": store})
     filled = fill(settings, count)

@@ -29,7 +29,7 @@ from processors.timers import Schedule, stored_timers
 from streams.clock import FileClock
 from streams.serde import AvroSerde, registry_client
 from streams.topics import CONTACT_EVENTS
-from tests.bench import run_then_clean, write_results
+from tests.bench import new_run, run_then_clean, write_results
 from tests.bench.bench_core import fresh
 from tests.integration.test_sla_timers import POLICY, lead
 from tests.kafka_helpers import get, producer, running_worker
@@ -105,7 +105,7 @@ def metric(port: int, name: str) -> float:
 
 
 def fires(pending: int, partitions: int) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
+    run = new_run()
     directory = Path(".run/bench") / run
     settings = fresh(run, partitions)
     clock, policy = directory / "clock", directory / "sla.yaml"

@@ -36,7 +36,7 @@ from processors.workflows.runs import stored_waits
 from streams.clock import FileClock
 from streams.serde import AvroSerde, registry_client
 from streams.topics import CONTACT_EVENTS
-from tests.bench import run_then_clean, write_results
+from tests.bench import new_run, run_then_clean, write_results
 from tests.bench.bench_core import fresh
 from tests.bench.bench_timers import T0, metric, rss_mb
 from tests.integration.test_sla_timers import lead
@@ -109,7 +109,7 @@ def engine(count: int) -> dict[str, Any]:
 
 
 def advances(waiting: int, partitions: int) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
+    run = new_run()
     directory = Path(".run/bench") / run
     settings = fresh(run, partitions)
     clock, workflows = directory / "clock", directory / "workflows"
