@@ -47,7 +47,7 @@ from confluent_kafka import (
 
 from streams import metrics
 from streams.dlq import message_dead_letter
-from streams.kafka import producer_config, watermarks
+from streams.kafka import group_consumer_config, producer_config, watermarks
 from streams.serde import AvroSerde, UndecodableMessage
 from streams.settings import Settings
 from streams.tables import Table
@@ -259,20 +259,19 @@ class Engine:
         settings = self.settings
         self.producer = self._new_producer()
         self.consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": settings.app_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "partition.assignment.strategy": "range",
-                "session.timeout.ms": int(settings.session_timeout_s * 1000),
-                "heartbeat.interval.ms": int(settings.session_timeout_s * 250),
-                # Committed records become readable at the next fetch: do not wait long.
-                "fetch.wait.max.ms": 20,
-                "client.id": self.transactional_id(),
-                "log_level": 4,
-            }
+            group_consumer_config(
+                settings,
+                settings.app_id,
+                **{
+                    "partition.assignment.strategy": "range",
+                    "session.timeout.ms": int(settings.session_timeout_s * 1000),
+                    "heartbeat.interval.ms": int(settings.session_timeout_s * 250),
+                    # Committed records become readable at the next fetch: do not wait long.
+                    "fetch.wait.max.ms": 20,
+                    "client.id": self.transactional_id(),
+                    "log_level": 4,
+                },
+            )
         )
         self._subscribe()
         last_tick = [time.monotonic()] * len(self.ticks)
@@ -747,16 +746,8 @@ class Engine:
 
     def _changelog_reader(self, purpose: str) -> Consumer:
         """A consumer of changelogs by assignment (its group id is never used to commit)."""
-        return Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": f"{purpose}-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "log_level": 3,
-            }
-        )
+        group = f"{purpose}-{uuid.uuid4().hex}"
+        return Consumer(group_consumer_config(self.settings, group, log_level=3))
 
     def _restore(self, partitions: set[int]) -> int:
         """Bring each table's stores of ``partitions`` up to their changelog's end."""

@@ -44,7 +44,8 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
 def group_consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
     """A consumer in ``group_id`` that reads only committed records (an aborted
     transaction's are none), from the earliest when the group has no offsets, and commits
-    its offsets itself once what it read is handled (commit_batch)."""
+    no offset by itself: its owner commits what it handled (commit_batch, or a worker's
+    transaction), or nothing (a reader by assignment)."""
     return {
         "bootstrap.servers": settings.kafka_bootstrap,
         "group.id": group_id,

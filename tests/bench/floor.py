@@ -12,6 +12,7 @@ import uuid
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streams.kafka import group_consumer_config
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
 
@@ -37,15 +38,7 @@ def drain(
         future.result()
     # The input's subject serves both ways: the output needs no registration of its own.
     serde = AvroSerde(registry, "contact_event", topic, discriminator="event_type")
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"floor-{run}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
+    consumer = Consumer(group_consumer_config(settings, f"floor-{run}"))
     producer = Producer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
