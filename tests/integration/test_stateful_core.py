@@ -297,6 +297,23 @@ def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_noth
         assert after == before
 
 
+def merge_topics(
+    settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
+) -> tuple[Settings, AvroSerde, AvroSerde]:
+    """Settings whose clock stands at T0, the topics made, and the serdes of the merge
+    steps the test sends and the CRM commands it reads."""
+    clock = tmp_path / "clock"
+    FileClock.write(clock, T0)
+    settings = settings.model_copy(update={"clock": f"file:{clock}"})
+    ensure_topics(settings)
+    register_catalog(registry, settings)
+    merges = AvroSerde(registry, "contact_merge", CONTACT_MERGES.full_name(settings))
+    commands = AvroSerde(
+        registry, "crm_command", CRM_COMMANDS.full_name(settings), discriminator="command_type"
+    )
+    return settings, merges, commands
+
+
 def transfer_step(retired: ContactState) -> dict[str, Any]:
     """The TRANSFER merge step that hands ``retired`` (c-retired) to c-survivor."""
     return {
@@ -317,15 +334,7 @@ def test_a_merge_that_reaches_the_survivor_before_its_first_event_creates_it_in_
     """A merge's TRANSFER and the survivor's own first event come by different topics, so
     the TRANSFER can come first. No event then creates the survivor, yet the CRM must hear
     of it: the merged state is upserted, caused by the merge."""
-    clock = tmp_path / "clock"
-    FileClock.write(clock, T0)
-    settings = settings.model_copy(update={"clock": f"file:{clock}"})
-    ensure_topics(settings)
-    register_catalog(registry, settings)
-    merges = AvroSerde(registry, "contact_merge", CONTACT_MERGES.full_name(settings))
-    commands = AvroSerde(
-        registry, "crm_command", CRM_COMMANDS.full_name(settings), discriminator="command_type"
-    )
+    settings, merges, commands = merge_topics(settings, registry, tmp_path)
     retired = ContactState(
         contact_id="c-retired",
         identifiers=[f"email:{EMAIL}", "ext:vapi:call-7"],
@@ -365,15 +374,7 @@ def test_a_merge_makes_the_adopted_deal_again_so_the_survivors_stage_change_find
     again under the survivor, in the survivor's own order. Applied to the SQL CRM store in
     the worst order (the survivor's commands and its stage change, then the retired
     contact's create), the deal ends where the survivor moved it."""
-    clock = tmp_path / "clock"
-    FileClock.write(clock, T0)
-    settings = settings.model_copy(update={"clock": f"file:{clock}"})
-    ensure_topics(settings)
-    register_catalog(registry, settings)
-    merges = AvroSerde(registry, "contact_merge", CONTACT_MERGES.full_name(settings))
-    commands = AvroSerde(
-        registry, "crm_command", CRM_COMMANDS.full_name(settings), discriminator="command_type"
-    )
+    settings, merges, commands = merge_topics(settings, registry, tmp_path)
     name = "Ana Silva \u2014 meeting-booked"
     deal = Deal(deal_id="d-1", name=name, stage="appointmentscheduled", updated_at=T0)
     retired = ContactState(
