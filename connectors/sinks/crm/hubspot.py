@@ -115,7 +115,6 @@ from connectors.delivery import DeliveryError, Outcome, Rejected, Retryable
 from connectors.http import Answer, raise_for_status, request, retry_after_seconds
 from connectors.sinks.crm.values import (
     Merge,
-    deal_creates,
     iso_currency,
     major_units,
     merge_action,
@@ -123,6 +122,7 @@ from connectors.sinks.crm.values import (
     merge_rounds,
     task_priority,
     utc,
+    without_existing_deals,
 )
 
 BATCH_LIMIT = 100  # inputs per batch call (upsert, read, associate)
@@ -253,7 +253,9 @@ class HubSpotWriter:
             await self._merge(merges, outcomes)
         if writes:
             writes = await self._redirect(records, writes, outcomes)
-        writes, repeats = await self._new_deals(records, writes, outcomes)
+        writes, repeats = await without_existing_deals(
+            records, writes, outcomes, lambda creates: self._deals_found(records, creates, outcomes)
+        )
         contacts = await self._contact_ids({w.contact_id for w in writes if w.associate})
         groups: dict[tuple[str, str], list[Write]] = {}
         for write in writes:
@@ -521,22 +523,6 @@ class HubSpotWriter:
             except Rejected as exc:
                 outcomes[write.index] = exc
         return kept
-
-    async def _new_deals(
-        self, records: Sequence[Mapping[str, Any]], writes: list[Write], outcomes: list[Outcome]
-    ) -> tuple[list[Write], dict[int, int]]:
-        """The writes but the CREATE_DEALs of deals HubSpot has (they change nothing) and
-        the repeats of a create in the call (``deal_creates``, returned too)."""
-        creates, repeats = deal_creates(records, [w.index for w in writes])
-        if not creates:
-            return writes, repeats
-        found = await self._deals_found(records, creates, outcomes)
-        kept = [
-            w
-            for w in writes
-            if w.index not in repeats and w.index not in found and outcomes[w.index] is None
-        ]
-        return kept, repeats
 
     async def _deals_found(
         self,

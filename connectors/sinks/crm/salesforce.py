@@ -117,7 +117,6 @@ from connectors.delivery import Outcome, Rejected, Retryable
 from connectors.http import Answer, raise_for_status, request, retry_after_seconds
 from connectors.sinks.crm.values import (
     Merge,
-    deal_creates,
     iso_currency,
     major_units,
     merge_action,
@@ -125,6 +124,7 @@ from connectors.sinks.crm.values import (
     merge_rounds,
     task_priority,
     utc,
+    without_existing_deals,
 )
 
 BATCH_LIMIT = 200  # records per sObject Collections call, merge requests per merge() call
@@ -269,7 +269,9 @@ class SalesforceWriter:
             await self._merge(merges, outcomes)
         if any(w.contact_id is not None for w in writes):
             writes = await self._redirect(records, writes, outcomes)
-        writes, repeats = await self._new_deals(records, writes, outcomes)
+        writes, repeats = await without_existing_deals(
+            records, writes, outcomes, lambda creates: self._deals_found(creates, outcomes)
+        )
         groups: dict[str, list[Write]] = {}
         for write in writes:
             groups.setdefault(write.sobject, []).append(write)
@@ -617,22 +619,6 @@ class SalesforceWriter:
             except Rejected as exc:
                 outcomes[write.index] = exc
         return kept
-
-    async def _new_deals(
-        self, records: Sequence[Mapping[str, Any]], writes: list[Write], outcomes: list[Outcome]
-    ) -> tuple[list[Write], dict[int, int]]:
-        """The writes but the CREATE_DEALs of Opportunities that exist (they change
-        nothing) and the repeats of a create in the call (``deal_creates``, returned too)."""
-        creates, repeats = deal_creates(records, [w.index for w in writes])
-        if not creates:
-            return writes, repeats
-        found = await self._deals_found(creates, outcomes)
-        kept = [
-            w
-            for w in writes
-            if w.index not in repeats and w.index not in found and outcomes[w.index] is None
-        ]
-        return kept, repeats
 
     async def _deals_found(self, creates: Mapping[int, str], outcomes: list[Outcome]) -> set[int]:
         """Of ``creates`` (index -> deal id), the indices of those whose Opportunity

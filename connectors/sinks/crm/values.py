@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from connectors.delivery import Rejected
 
@@ -149,3 +149,33 @@ def deal_creates(
         else:
             first[deal_id] = index
     return {index: deal_id for deal_id, index in first.items()}, repeats
+
+
+class _Indexed(Protocol):
+    @property
+    def index(self) -> int: ...
+
+
+_Write = TypeVar("_Write", bound=_Indexed)
+
+
+async def without_existing_deals(
+    records: Sequence[Mapping[str, Any]],
+    writes: list[_Write],
+    outcomes: Sequence[object],
+    existing: Callable[[Mapping[int, str]], Awaitable[set[int]]],
+) -> tuple[list[_Write], dict[int, int]]:
+    """A writer's ``writes`` but the CREATE_DEALs of deals the CRM has (``existing`` asks
+    it, given the first creates as index -> deal id, and answers their indices) and the
+    repeats of a create in the call; and those repeats (``deal_creates``), whose outcome
+    is their first's. A write whose outcome is already set (a failed look-up) goes too."""
+    creates, repeats = deal_creates(records, [w.index for w in writes])
+    if not creates:
+        return writes, repeats
+    found = await existing(creates)
+    kept = [
+        w
+        for w in writes
+        if w.index not in repeats and w.index not in found and outcomes[w.index] is None
+    ]
+    return kept, repeats
