@@ -84,6 +84,7 @@ bench: install infra-up
 	$(BIN)/python -m tests.bench.bench_timers
 	$(BIN)/python -m tests.bench.bench_workflows
 	$(BIN)/python -m tests.bench.bench_sinks
+	$(BIN)/python -m tests.bench.bench_store
 	$(BIN)/python -m tests.bench.bench_e2e
 	$(BIN)/python -m tests.bench.bench_lookup
 	$(BIN)/python -m tests.bench.bench_qualification
