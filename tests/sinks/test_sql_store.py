@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -514,6 +515,91 @@ def test_a_merge_of_a_merge_points_every_old_id_at_the_last_survivor(store: SqlC
         ("c-b", "c-a"),
         ("c-c", "c-a"),
     }
+
+
+def busy_batch() -> list[dict[str, Any]]:
+    """Five contacts' commands interleaved, as a busy feed brings them: c-b merged into
+    c-a, c-c into c-d and then c-d into c-a (a merge of a merge), commands issued for
+    retired ids before and after their merges, and a redelivery."""
+    at = [T0 + timedelta(minutes=n) for n in range(20)]
+    deal: dict[str, Any] = {"deal_id": "deal-c", "name": "Boiler", "stage": "qualified"}
+    deal |= {"pipeline": "sales", "amount_minor": 90_000, "currency": "EUR"}
+
+    def upsert(n: int, contact: str, **fields: Any) -> dict[str, Any]:
+        payload = {"properties": {f"seen-{n}": contact}} | fields
+        return command(f"u-{n}", "UPSERT_CONTACT", contact, payload, at=at[n])
+
+    def merge(n: int, survivor: str, retired: str) -> dict[str, Any]:
+        payload = {"retired_contact_id": retired, "identifier": f"email:{retired}@example.com"}
+        return command(f"m-{n}", "MERGE_CONTACTS", survivor, payload, at=at[n])
+
+    call = {"activity_type": "call", "occurred_at": at[1], "outcome": "connected"}
+    return [
+        upsert(0, "c-b", email="b@example.com", first_name="Bea"),
+        command("a-1", "LOG_ACTIVITY", "c-b", {"activity_id": "act-b"} | call, at=at[1]),
+        upsert(2, "c-c", phone="+14155550102", first_name="Cy"),
+        command("d-3", "CREATE_DEAL", "c-c", deal, at=at[3]),
+        upsert(4, "c-e", email="e@example.com"),
+        merge(5, "c-a", "c-b"),
+        upsert(6, "c-b", title="Owner"),  # issued for c-b before its merge
+        merge(7, "c-d", "c-c"),
+        command(
+            "s-8",
+            "UPDATE_DEAL_STAGE",
+            "c-d",
+            {"deal_id": "deal-c", "stage": "closedwon", "previous_stage": "qualified"},
+            at=at[8],
+        ),
+        upsert(9, "c-a", first_name="Ada", company="Analytical"),
+        command("o-10", "SET_OWNER", "c-e", {"owner_id": "rep-2", "reason": "round robin"}),
+        upsert(11, "c-e", last_name="Eve"),
+        merge(12, "c-a", "c-d"),
+        command("n-13", "ADD_NOTE", "c-c", {"note_id": "n-c", "body": "call back"}, at=at[13]),
+        upsert(0, "c-b", email="b@example.com", first_name="Bea"),  # redelivered
+        command("o-14", "SET_OWNER", "c-b", {"owner_id": "rep-7", "reason": "round robin"}),
+    ]
+
+
+def test_a_busy_batch_lands_as_its_commands_one_by_one(store: SqlCrmStore, tmp_path: Path) -> None:
+    """The store writes a batch in phases, a few statements each (crm/phases.py): the
+    outcome must be what applying its commands one at a time in batch order gives."""
+    assert deliver(store, busy_batch()) == [None] * len(busy_batch())
+
+    one_by_one = open_store(f"sqlite:///{tmp_path / 'one-by-one.sqlite3'}")
+    for record in busy_batch():
+        assert deliver(one_by_one, [record]) == [None]
+
+    def written(store: SqlCrmStore) -> dict[str, list[dict[str, Any]]]:
+        rows = snapshot(store)
+        for row in rows["applied_commands"]:
+            del row["applied_at"]  # the clock of each store
+        return rows
+
+    assert written(store) == written(one_by_one)
+    asyncio.run(one_by_one.close())
+    # What a rep sees: one contact for c-a, c-b, c-c and c-d, with all of theirs.
+    assert [c["contact_id"] for c in store.rows("contacts")] == ["c-a", "c-e"]
+    ada = store.contact("c-a")
+    assert ada is not None
+    assert (ada["first_name"], ada["email"], ada["phone"]) == (
+        "Ada",
+        "b@example.com",
+        "+14155550102",
+    )
+    assert (ada["title"], ada["company"], ada["owner_id"]) == ("Owner", "Analytical", "rep-7")
+    assert set(ada["properties"]) == {"seen-0", "seen-2", "seen-6", "seen-9"}
+    [deal] = store.rows("deals")
+    assert (deal["contact_id"], deal["stage"]) == ("c-a", "closedwon")
+    assert [(n["contact_id"], n["body"]) for n in store.rows("notes")] == [("c-a", "call back")]
+    assert [a["contact_id"] for a in store.rows("activities")] == ["c-a"]
+    assert {(a["contact_id"], a["survivor_id"]) for a in store.rows("contact_aliases")} == {
+        ("c-b", "c-a"),
+        ("c-c", "c-a"),
+        ("c-d", "c-a"),
+    }
+    eve = store.contact("c-e")
+    assert eve is not None
+    assert (eve["email"], eve["last_name"], eve["owner_id"]) == ("e@example.com", "Eve", "rep-2")
 
 
 def test_an_unknown_retired_contact_merges_as_a_no_op(store: SqlCrmStore) -> None:

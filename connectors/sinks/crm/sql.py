@@ -7,14 +7,15 @@ already is a no-op, which makes a redelivery after a crash harmless (invariant 2
 
 A deliver call is one transaction, written with a few statements per table rather than a
 round trip per command: every command is validated first, then the batch is applied in
-runs (a merge is one on its own), each run claiming its commands in ``applied_commands``
-(one lookup, one insert), checking in Python, in batch order, which records belong to
-whom, and writing each kind of command with one executemany. A run holds at most one command
-of a kind per contact, in the order the run writes the kinds, so each contact's commands
-take effect in their order. A record the checks refuse is rejected alone; a record the
-database refuses (an integrity or data error) fails its statement, so then the batch is
-applied again one record at a time, each in a SAVEPOINT, and only that record is
-rejected while its batch-mates are applied.
+phases (connectors.sinks.crm.phases) with the result of applying it command by command.
+A phase of commands claims them in ``applied_commands`` (one lookup, one insert), checks
+in Python, in batch order, which records belong to whom, and writes each kind of command
+with one executemany; it holds at most one command of a kind per contact, in the order
+it writes the kinds, so each contact's commands take effect in their order. A phase of
+merges (of distinct contacts) takes a statement per table for them all. A record the
+checks refuse is rejected alone; a record the database refuses (an integrity or data
+error) fails its statement, so then the batch is applied again one record at a time,
+each in a SAVEPOINT, and only that record is rejected while its batch-mates are applied.
 
 What each command does:
 
@@ -98,6 +99,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from connectors.delivery import Outcome, Rejected, Retryable
 from connectors.sinks.crm.migrations import migrate_crm
+from connectors.sinks.crm.phases import Write, cut
 from connectors.sinks.database import (
     Upsert,
     UtcDateTime,
@@ -479,53 +481,58 @@ class SqlCrmStore:
             )
 
     def _apply_batch(self, connection: Connection, parsed: Sequence[_Parsed]) -> list[Outcome]:
-        """Apply the valid commands of ``parsed`` with a few statements per table; the
-        outcome of each, in order. A merge changes what contact ids resolve to, so the
-        commands between two merges are applied together and each merge on its own."""
+        """Apply the valid commands of ``parsed`` phase by phase, a few statements per
+        table and phase; the outcome of each, in order."""
         outcomes: list[Outcome] = [p if isinstance(p, Rejected) else None for p in parsed]
-        between: list[tuple[int, Command, _Payload]] = []
-        for index, item in enumerate(parsed):
-            if isinstance(item, Rejected):
-                continue
-            command, payload = item
-            if isinstance(payload, MergeContacts):
-                self._apply_between(connection, between, outcomes)
-                between = []
-                if self._claim(connection, [command]):
-                    contact = _survivor(connection, command.contact_id)
-                    retired = _survivor(connection, payload.retired_contact_id)
-                    if retired != contact:
-                        _merge(connection, contact, retired, payload.identifier, command.issued_at)
+        valid = [(n, *item) for n, item in enumerate(parsed) if not isinstance(item, Rejected)]
+        writes = [
+            Write(
+                command.command_id,
+                command.contact_id,
+                _RANK.get(type(payload), 0),
+                payload.retired_contact_id if isinstance(payload, MergeContacts) else None,
+            )
+            for _, command, payload in valid
+        ]
+        named = {w.contact_id for w in writes} | {w.retired_id for w in writes if w.retired_id}
+        for phase in cut(writes, _survivors(connection, named)):
+            members = [valid[n] for n in phase.members]
+            if phase.merges:
+                self._merge_all(connection, [(c, p) for _, c, p in members])
             else:
-                between.append((index, command, payload))
-        self._apply_between(connection, between, outcomes)
+                self._apply_run(connection, self._steps(connection, members), outcomes)
         return outcomes
 
-    def _apply_between(
-        self,
-        connection: Connection,
-        commands: list[tuple[int, Command, _Payload]],
-        outcomes: list[Outcome],
-    ) -> None:
-        """Commands with no merge among them, cut into runs that write kind by kind (see
-        _RANK): a run ends where a contact's next command would be written before the
-        one it follows, or where a command_id comes again."""
+    def _steps(
+        self, connection: Connection, commands: list[tuple[int, Command, _Payload]]
+    ) -> list[_Step]:
+        """A phase's commands, each for the contact its id resolves to now."""
         survivors = _survivors(connection, {c.contact_id for _, c, _ in commands})
-        run: list[_Step] = []
-        ranks: dict[str, int] = {}
-        ids: set[str] = set()
-        for index, command, payload in commands:
-            step = _Step(
-                index, command, payload, survivors.get(command.contact_id, command.contact_id)
-            )
-            rank = _RANK[type(payload)]
-            if ranks.get(step.contact, -1) >= rank or command.command_id in ids:
-                self._apply_run(connection, run, outcomes)
-                run, ranks, ids = [], {}, set()
-            run.append(step)
-            ranks[step.contact] = rank
-            ids.add(command.command_id)
-        self._apply_run(connection, run, outcomes)
+        return [
+            _Step(index, command, payload, survivors.get(command.contact_id, command.contact_id))
+            for index, command, payload in commands
+        ]
+
+    def _merge_all(self, connection: Connection, merges: list[tuple[Command, _Payload]]) -> None:
+        """A phase of merges (of distinct contacts): those not applied before, each
+        between the contacts its ids resolve to now."""
+        claimed = self._claim(connection, [command for command, _ in merges])
+        chosen = [(c, p) for c, p in merges if c.command_id in claimed]
+        named = {c.contact_id for c, _ in chosen}
+        named |= {p.retired_contact_id for _, p in chosen if isinstance(p, MergeContacts)}
+        survivors = _survivors(connection, named)
+        pairs = []
+        for command, payload in chosen:
+            assert isinstance(payload, MergeContacts)
+            survivor = survivors.get(command.contact_id, command.contact_id)
+            retired = survivors.get(payload.retired_contact_id, payload.retired_contact_id)
+            if retired != survivor:
+                pairs.append(_Merge(survivor, retired, payload.identifier, command.issued_at))
+        if len({c for m in pairs for c in (m.survivor, m.retired)}) == 2 * len(pairs):
+            _merge(connection, pairs)
+        else:  # a concurrent writer merged meanwhile: they now share contacts
+            for pair in pairs:
+                _merge(connection, [pair])
 
     def _apply_run(self, connection: Connection, run: list[_Step], outcomes: list[Outcome]) -> None:
         claimed = self._claim(connection, [s.command for s in run])
@@ -713,54 +720,73 @@ def _survivors(connection: Connection, contact_ids: set[str]) -> dict[str, str]:
     return {alias: survivor for alias, survivor in connection.execute(query)}
 
 
-def _survivor(connection: Connection, contact_id: str) -> str:
-    """The contact that ``contact_id`` is now: itself, or the one it was merged into."""
-    return _survivors(connection, {contact_id}).get(contact_id, contact_id)
-
-
 # The tables whose rows belong to a contact and follow it into a merge.
 _OWNED = (DEALS, TASKS, ACTIVITIES, NOTES, OWNER_CHANGES, JOBS)
 # What the survivor takes from the retired contact where it has nothing itself.
 _FILLED = ("email", "phone", "crm_id", "first_name", "last_name", "company", "title", "owner_id")
 
 
-def _merge(
-    connection: Connection, survivor: str, retired: str, identifier: str | None, at: datetime
-) -> None:
-    _ensure_contacts(connection, {survivor: at})
-    gone = connection.execute(
-        select(CONTACTS).where(CONTACTS.c.contact_id == retired).with_for_update()
-    ).first()
-    if gone is not None:
-        kept = connection.execute(
-            select(CONTACTS).where(CONTACTS.c.contact_id == survivor).with_for_update()
-        ).one()
-        filled: dict[str, Any] = {
-            name: gone._mapping[name]
-            for name in _FILLED
-            if kept._mapping[name] is None and gone._mapping[name] is not None
-        }
-        properties = {**gone._mapping["properties"], **kept._mapping["properties"]}
+@dataclass(frozen=True)
+class _Merge:
+    survivor: str
+    retired: str
+    identifier: str | None
+    at: datetime
+
+
+def _merge(connection: Connection, merges: Sequence[_Merge]) -> None:
+    """MERGE_CONTACTS, for contacts all distinct: a statement per table for them all."""
+    if not merges:
+        return
+    _ensure_contacts(connection, {m.survivor: m.at for m in merges})
+    named = {m.survivor for m in merges} | {m.retired for m in merges}
+    query = select(CONTACTS).where(_among(connection, CONTACTS.c.contact_id, named))
+    rows = {row.contact_id: row._mapping for row in connection.execute(query.with_for_update())}
+    survivor, retired = bindparam("b_survivor", type_=String), bindparam("b_retired", type_=String)
+    moved = [m for m in merges if m.retired in rows]
+    if moved:
+        pairs = [{"b_survivor": m.survivor, "b_retired": m.retired} for m in moved]
         for table in _OWNED:
             connection.execute(
-                update(table).where(table.c.contact_id == retired).values(contact_id=survivor)
+                update(table).where(table.c.contact_id == retired).values(contact_id=survivor),
+                pairs,
             )
-        connection.execute(CONTACTS.delete().where(CONTACTS.c.contact_id == retired))
+        gone = [m.retired for m in moved]
+        connection.execute(CONTACTS.delete().where(_among(connection, CONTACTS.c.contact_id, gone)))
+        united = []
+        for m in moved:
+            kept, left = rows[m.survivor], rows[m.retired]
+            row = {
+                f"b_{name}": kept[name] if kept[name] is not None else left[name]
+                for name in _FILLED
+            }
+            row["b_properties"] = {**left["properties"], **kept["properties"]}
+            united.append(row | {"b_survivor": m.survivor, "b_updated_at": m.at})
+        values = {
+            name: bindparam(f"b_{name}", type_=CONTACTS.c[name].type)
+            for name in (*_FILLED, "properties", "updated_at")
+        }
         connection.execute(
-            update(CONTACTS)
-            .where(CONTACTS.c.contact_id == survivor)
-            .values(**filled, properties=properties, updated_at=at)
+            update(CONTACTS).where(CONTACTS.c.contact_id == survivor).values(values), united
         )
     # Ids that led to the retired contact now lead to the survivor, in one hop.
     connection.execute(
         update(CONTACT_ALIASES)
         .where(CONTACT_ALIASES.c.survivor_id == retired)
-        .values(survivor_id=survivor)
+        .values(survivor_id=survivor),
+        [{"b_survivor": m.survivor, "b_retired": m.retired} for m in merges],
     )
     connection.execute(
-        CONTACT_ALIASES.insert().values(
-            contact_id=retired, survivor_id=survivor, identifier=identifier, merged_at=at
-        )
+        CONTACT_ALIASES.insert(),
+        [
+            {
+                "contact_id": m.retired,
+                "survivor_id": m.survivor,
+                "identifier": m.identifier,
+                "merged_at": m.at,
+            }
+            for m in merges
+        ],
     )
 
 
