@@ -28,6 +28,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 # deferred one that reads first may fail at its first write instead of waiting its turn.
 WRITE = {"switchboard_write": True}
 SQLITE_BUSY_TIMEOUT_S = 30.0
+CUSTOM_PLANS = "-c plan_cache_mode=force_custom_plan"
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -64,7 +65,14 @@ def create_sql_engine(url: str) -> Engine:
         if sa_url.drivername == "postgresql":
             sa_url = sa_url.set(drivername="postgresql+psycopg")
         # pre_ping: a pooled connection that a PostgreSQL restart closed is replaced, not
-        # handed out to fail the next batch.
+        # handed out to fail the next batch. Custom plans: psycopg prepares a statement run
+        # five times, and the generic plan PostgreSQL then keeps for a batch's
+        # `id = ANY(ids)` lookup was a sequential scan, planned while the table was small
+        # (14 ms a lookup instead of 0.6; tests/bench/bench_sinks). The URL's own
+        # options (a search_path) are kept.
+        given = sa_url.query.get("options", "")
+        options = f"{given if isinstance(given, str) else ' '.join(given)} {CUSTOM_PLANS}"
+        sa_url = sa_url.update_query_dict({"options": options.strip()})
         return create_engine(sa_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
     if backend != "sqlite":
         raise ValueError(
