@@ -14,7 +14,7 @@ def write(n: int, contact: str, rank: int = UPSERT) -> Write:
 
 
 def merge(n: int, survivor: str, retired: str) -> Write:
-    return Write(f"merge-{n}", survivor, 0, retired)
+    return Write(f"merge-{n}", survivor, 0, retired_id=retired)
 
 
 def shape(phases: list[Phase]) -> list[tuple[str, list[int]]]:
@@ -65,3 +65,14 @@ def test_an_id_merged_away_before_the_batch_follows_its_survivor() -> None:
 def test_a_redelivered_command_comes_after_its_first_delivery() -> None:
     batch = [write(0, "c-a", TASK), Write("cmd-0", "c-b", TASK)]
     assert shape(cut(batch, {})) == [("commands", [0]), ("commands", [1])]
+
+
+def test_commands_naming_one_record_keep_their_order_across_contacts() -> None:
+    deal = ("deals", "d-1")
+    batch = [
+        Write("create", "c-a", 2, deal),
+        Write("b-moves", "c-b", 3, deal),  # written after the create in one phase: refused
+        Write("c-moves", "c-c", 3, ("deals", "d-2")),
+        Write("a-creates-again", "c-a", 2, deal),  # after b's move
+    ]
+    assert shape(cut(batch, {})) == [("commands", [0, 1, 2]), ("commands", [3])]

@@ -426,6 +426,7 @@ class SqlCrmStore:
     """CRM commands into SQL tables. Constructing it brings the schema up to date."""
 
     name = "sql"
+    in_order = True  # each batch is applied as its commands one by one (crm/phases.py)
 
     def __init__(
         self,
@@ -485,17 +486,20 @@ class SqlCrmStore:
         table and phase; the outcome of each, in order."""
         outcomes: list[Outcome] = [p if isinstance(p, Rejected) else None for p in parsed]
         valid = [(n, *item) for n, item in enumerate(parsed) if not isinstance(item, Rejected)]
-        writes = [
-            Write(
-                command.command_id,
-                command.contact_id,
-                _RANK.get(type(payload), 0),
-                payload.retired_contact_id if isinstance(payload, MergeContacts) else None,
+        writes = []
+        for _, command, payload in valid:
+            named = _record_of(payload)
+            writes.append(
+                Write(
+                    command.command_id,
+                    command.contact_id,
+                    _RANK.get(type(payload), 0),
+                    None if named is None else (named[0].name, named[1]),
+                    payload.retired_contact_id if isinstance(payload, MergeContacts) else None,
+                )
             )
-            for _, command, payload in valid
-        ]
-        named = {w.contact_id for w in writes} | {w.retired_id for w in writes if w.retired_id}
-        for phase in cut(writes, _survivors(connection, named)):
+        ids = {w.contact_id for w in writes} | {w.retired_id for w in writes if w.retired_id}
+        for phase in cut(writes, _survivors(connection, ids)):
             members = [valid[n] for n in phase.members]
             if phase.merges:
                 self._merge_all(connection, [(c, p) for _, c, p in members])
