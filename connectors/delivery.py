@@ -53,10 +53,15 @@ class Destination(Protocol):
 
     name: str
     max_batch: int
+    # True: a call may hold several records of a contact, and they take effect in their
+    # order (a retry is of a whole call), so the runtime sends a batch whole. False: at
+    # most one record per contact in a call, each contact's next in a call after it.
+    in_order: bool
 
     async def deliver(self, records: Sequence[dict[str, Any]]) -> list[Outcome]:
-        """Deliver ``records`` (at most ``max_batch``, at most one per contact); one outcome
-        per record, in order. Raise Retryable or Rejected when the whole call failed."""
+        """Deliver ``records`` (at most ``max_batch``; at most one per contact unless
+        ``in_order``); one outcome per record, in order. Raise Retryable or Rejected when
+        the whole call failed."""
         ...
 
     async def close(self) -> None: ...

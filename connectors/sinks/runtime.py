@@ -4,7 +4,8 @@ confirmed by its destination or dead-lettered.
 
 - Per-contact order: a batch is delivered in waves, wave *n* holding each contact's
   *n*-th record, so a contact's commands reach the destination in topic order while
-  different contacts share batch calls.
+  different contacts share batch calls. A destination that applies a call in its order
+  (the SQL store) gets the batch whole instead: one call, not one per wave.
 - Idempotency: each record's key (``command_id``, ``notification_id``) makes a
   redelivery harmless. Destinations that can deduplicate by themselves do (upsert by
   that key); for the others the sink keeps a ledger of delivered keys and skips them.
@@ -212,25 +213,34 @@ class Sink:
                 else:
                     first[item.key] = item
             items = list(first.values())
-        for wave in _waves(items):
-            by_destination: dict[str, list[Item]] = {}
-            for item in wave:
-                by_destination.setdefault(self.route(item.record), []).append(item)
-            calls = []
-            for name, group in by_destination.items():
-                destination = self.destinations.get(name)
-                if destination is None:
-                    for item in group:
-                        self._dead_letter(
-                            item, Rejected(f"no destination {name!r} is configured"), name
-                        )
-                    continue
-                for start in range(0, len(group), destination.max_batch):
-                    calls.append(
-                        self._deliver_to(destination, group[start : start + destination.max_batch])
-                    )
-            await asyncio.gather(*calls)
+        by_destination: dict[str, list[Item]] = {}
+        for item in items:
+            by_destination.setdefault(self.route(item.record), []).append(item)
+        await asyncio.gather(
+            *(self._deliver_all(name, group) for name, group in by_destination.items())
+        )
         await asyncio.to_thread(self._flush_dead_letters)
+
+    async def _deliver_all(self, name: str, items: list[Item]) -> None:
+        """``items`` to destination ``name``, each contact's in their order: in calls of
+        the whole batch where the destination keeps a call's order, else in waves."""
+        destination = self.destinations.get(name)
+        if destination is None:
+            for item in items:
+                self._dead_letter(item, Rejected(f"no destination {name!r} is configured"), name)
+            return
+        size = destination.max_batch
+        if destination.in_order:
+            for start in range(0, len(items), size):
+                await self._deliver_to(destination, items[start : start + size])
+            return
+        for wave in _waves(items):
+            await asyncio.gather(
+                *(
+                    self._deliver_to(destination, wave[start : start + size])
+                    for start in range(0, len(wave), size)
+                )
+            )
 
     async def _deliver_to(self, destination: Destination, items: list[Item]) -> None:
         gate = self.gates[destination.name]
@@ -276,7 +286,8 @@ class Sink:
                 attempts = max(i.attempts for i in retry)
                 await asyncio.sleep(self.limits.backoff.delay(attempts, wait or None))
             untried = [] if probe is None else [i for i in items if i is not probe]
-            items = retry + untried  # one record per contact: their order does not matter
+            # A wave's records are of distinct contacts; an in-order call is retried whole.
+            items = retry + untried
 
     def _may_retry(self, item: Item) -> bool:
         """Within the record's budget: attempts, and time since it began to fail. Probes

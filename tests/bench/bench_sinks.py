@@ -54,7 +54,7 @@ class Timed:
 
     def __init__(self, inner: Destination, key: str) -> None:
         self.inner, self.key = inner, key
-        self.name, self.max_batch = inner.name, inner.max_batch
+        self.name, self.max_batch, self.in_order = inner.name, inner.max_batch, inner.in_order
         self.confirmed: dict[str, float] = {}
         self.rejected: set[str] = set()
         self.first_call = 0.0

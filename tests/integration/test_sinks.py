@@ -172,7 +172,10 @@ def test_sql_sink_applies_each_command_once_in_order_across_a_sigkill(
     sink_settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
 ) -> None:
     url = f"sqlite:///{tmp_path / 'crm.db'}"
-    settings = sink_settings.model_copy(update={"crm_database_url": url})
+    # The store takes a batch of 20 in one call; four calls a second leave time to kill
+    # the sink halfway.
+    throttled = {"crm_database_url": url, "sink_rate_per_s": 4.0, "sink_burst": 1}
+    settings = sink_settings.model_copy(update=throttled)
     store = open_store(url)
     publish(settings, registry, ALL)
 

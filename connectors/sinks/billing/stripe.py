@@ -98,6 +98,7 @@ class StripeInvoicer:
 
     name = "stripe"
     max_batch = 1  # four calls per command; the runtime runs commands side by side
+    in_order = False
 
     def __init__(
         self,

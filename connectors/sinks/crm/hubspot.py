@@ -211,6 +211,7 @@ class HubSpotWriter:
 
     name = "hubspot"
     max_batch = BATCH_LIMIT
+    in_order = False
 
     def __init__(
         self,

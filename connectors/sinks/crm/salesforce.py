@@ -215,6 +215,7 @@ class SalesforceWriter:
 
     name = "salesforce"
     max_batch = BATCH_LIMIT
+    in_order = False
 
     def __init__(
         self,

@@ -47,6 +47,7 @@ class HttpChannel:
 
     name = "http"
     max_batch = 1
+    in_order = False
     recipients_setting = "recipients"  # the setting that fills ``recipients``, for errors
 
     def __init__(

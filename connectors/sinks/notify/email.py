@@ -90,6 +90,7 @@ def _by_code(reason: str, code: int, text: bytes | str) -> DeliveryError:
 class EmailChannel:
     name = "email"
     max_batch = 1
+    in_order = False
 
     def __init__(
         self,

@@ -17,6 +17,7 @@ from connectors.sinks.notify.templates import render_webhook
 class OutboxChannel:
     name = "outbox"
     max_batch = 500
+    in_order = False
 
     def __init__(self, path: Path) -> None:
         self.path = path
