@@ -31,7 +31,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from processors.routing import Rep, rep_from_record
 from processors.state import CLOSED_STAGES
 from streams.engine import changelog_topic, from_changelog
-from streams.kafka import watermarks
+from streams.kafka import arrived, watermarks
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings, secret, secret_env
 from streams.tables import PartitionStore
@@ -286,7 +286,7 @@ def follow(settings: Settings, view: CallerView, stop: threading.Event) -> None:
         ends = {(tp.topic, tp.partition): watermarks(consumer, tp)[1] for tp in assigned}
         consumer.assign([TopicPartition(t.topic, t.partition, OFFSET_BEGINNING) for t in assigned])
         while not stop.is_set():
-            messages = consumer.consume(1000, 0.1)
+            messages = arrived(consumer, 1000, 0.1)
             batches: dict[str, dict[str, str | None]] = {}
             last: dict[str, int] = {}
             for message in messages:

@@ -47,7 +47,7 @@ from confluent_kafka import (
 
 from streams import metrics
 from streams.dlq import message_dead_letter
-from streams.kafka import group_consumer_config, producer_config, watermarks
+from streams.kafka import arrived, group_consumer_config, producer_config, watermarks
 from streams.serde import AvroSerde, UndecodableMessage
 from streams.settings import Settings
 from streams.tables import Table
@@ -317,20 +317,14 @@ class Engine:
             log.info("worker stopped")
 
     def _read(self) -> list[Message]:
-        """What has arrived, up to a batch; if nothing has, the first record to come, and
-        what came with it. consume() alone waits out its whole timeout unless a full batch
-        comes: with records trickling in, that was 50 ms of latency at every hop. The wait
-        never runs past when the open transaction is due to commit."""
+        """What has arrived (streams.kafka.arrived: consume() alone cost every hop 50 ms
+        of waiting); the wait never runs past when the open transaction is due."""
         assert self.consumer is not None
-        batch = self.consumer.consume(BATCH, 0)
-        if batch:
-            return batch
         wait = IDLE_WAIT_S
         if self._in_transaction:
             due = self._transaction_started + CAUGHT_UP_S - time.monotonic()
             wait = max(0.0, min(wait, due))
-        first = self.consumer.poll(wait)
-        return [] if first is None else [first, *self.consumer.consume(BATCH - 1, 0)]
+        return arrived(self.consumer, BATCH, wait)
 
     def _subscribe(self) -> None:
         assert self.consumer is not None

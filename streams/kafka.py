@@ -138,6 +138,19 @@ def read_topic(
         consumer.close()
 
 
+def arrived(consumer: Consumer, most: int, wait: float) -> list[Message]:
+    """What has arrived, up to ``most`` records; if nothing has, the first record to come
+    within ``wait`` seconds, and what came with it. consume() alone waits out its whole
+    timeout unless ``most`` records come: with records trickling in, that is latency."""
+    found: list[Message] = consumer.consume(most, 0)
+    if found:
+        return found
+    first = consumer.poll(wait)
+    if first is None:
+        return []
+    return [first, *consumer.consume(most - 1, 0)] if most > 1 else [first]
+
+
 def commit_batch(consumer: Consumer, messages: Sequence[Message]) -> None:
     """Commit the offsets past ``messages``, synchronously. A commit refused because the
     partitions moved in a rebalance is only logged: their new owner handles the batch

@@ -32,7 +32,7 @@ from connectors.delivery import DeliveryError, Destination, Outcome, Rejected, R
 from connectors.policy import Backoff, BreakerState, CircuitBreaker, Gate, RateLimiter
 from streams import metrics
 from streams.dlq import message_dead_letter
-from streams.kafka import commit_batch, group_consumer_config, producer_config
+from streams.kafka import arrived, commit_batch, group_consumer_config, producer_config
 from streams.lag import GroupLag
 from streams.serde import AvroSerde, UndecodableMessage
 from streams.settings import Settings
@@ -189,12 +189,7 @@ class Sink:
     def _fetch(self, consumer: Consumer) -> list[Message]:
         """Wait for one record, then take what else has already arrived, up to a batch:
         a quiet topic is delivered at once, a busy one in full batches."""
-        first = consumer.poll(0.5)
-        if first is None:
-            return []
-        if self.limits.batch_size == 1:
-            return [first]
-        return [first, *consumer.consume(self.limits.batch_size - 1, 0)]
+        return arrived(consumer, self.limits.batch_size, 0.5)
 
     async def deliver(self, messages: Sequence[Message]) -> None:
         """Deliver or dead-letter every message; return when each one is settled."""
