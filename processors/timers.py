@@ -32,7 +32,7 @@ from streams import metrics
 from streams.clock import Clock
 from streams.engine import Engine, Output
 from streams.settings import Settings
-from streams.tables import Table
+from streams.tables import Parsed, Table
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,10 @@ class Book(Protocol):
 B = TypeVar("B", bound=Book)
 
 
+def _dumped(book: Book) -> str:
+    return book.model_dump_json(exclude_defaults=True)
+
+
 class TimerTable(Generic[B]):
     """A table of per-contact books that hold durable timers, and this worker's schedule
     of them, kept in step: the shape the SLA clocks (processors.sla_clocks) and the
@@ -211,6 +215,9 @@ class TimerTable(Generic[B]):
     ) -> None:
         # Each contact's book (JSON), co-partitioned with contacts.
         self.table = runtime.table(table)
+        # Parsed once and dumped once per checkpoint: a contact's book is read at each of
+        # its events, and written at many.
+        self.books = Parsed(self.table, book.model_validate_json, _dumped)
         self.schedule = Schedule()
         self.clock = clock
         self._book = book
@@ -225,8 +232,9 @@ class TimerTable(Generic[B]):
         raise NotImplementedError
 
     def load(self, contact_id: str) -> B:
-        stored = self.table.get(contact_id)
-        return self._book() if stored is None else self._book.model_validate_json(stored)
+        """The contact's book (shared: a new book is made by copy, never changed in place)."""
+        found = self.books.get(contact_id)
+        return self._book() if found is None else found
 
     def save(self, contact_id: str, before: B, after: B, partition: int) -> None:
         """Store ``after``, the contact's book that was ``before``, and keep the schedule
@@ -240,9 +248,9 @@ class TimerTable(Generic[B]):
                 self.schedule.discard(contact_id, key)
         after.partition = partition
         if self.kept(after):
-            self.table[contact_id] = after.model_dump_json(exclude_defaults=True)
+            self.books[contact_id] = after
         elif contact_id in self.table:
-            del self.table[contact_id]
+            del self.books[contact_id]
 
     def retire(self, contact_id: str, partition: int) -> str | None:
         """A contact merged into another: its book leaves with it (JSON, or None)."""

@@ -476,8 +476,9 @@ class Engine:
         assert self.producer is not None and self.consumer is not None
         producer = self.producer
         started = time.monotonic()
-        for table in self.tables:
-            for partition, changes in table.dirty.items():
+        settled = [(table, table.settle()) for table in self.tables]
+        for table, dirty in settled:
+            for partition, changes in dirty.items():
                 for key, value in changes.items():
                     self._produce(table.changelog, *changelog_record(key, value), partition)
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()]
@@ -505,8 +506,8 @@ class Engine:
         finally:
             self._committing = False
         producer.poll(0)  # delivery reports: where the changelog records landed
-        for table in self.tables:
-            for partition, changes in table.dirty.items():
+        for table, dirty in settled:
+            for partition, changes in dirty.items():
                 store = table.stores.get(partition)
                 if store is None:
                     continue

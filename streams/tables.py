@@ -9,14 +9,15 @@ the changelog past that offset: nothing for a clean restart with RocksDB.
 
 Writes of the record being processed are staged (``pending``) and either kept for the
 next checkpoint (``keep``) or dropped (``drop``, when the record fails), so a record is
-applied whole or not at all."""
+applied whole or not at all. A value may be written as an object (``Deferred``): its text
+is made at the checkpoint (``settle``), once per dirty key however often it was written."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from rocksdict import Options, Rdict, WriteBatch, WriteBufferManager
 
@@ -35,6 +36,37 @@ def _options() -> Options:
     options = Options(raw_mode=True)
     options.set_write_buffer_manager(_WRITE_BUFFERS)
     return options
+
+
+class Deferred(Generic[_Value]):
+    """A value written as an object, dumped to its text only when the text is needed (at
+    the checkpoint): a contact written by several records between two checkpoints is
+    dumped once. The object must not change after it is written (values are changed by
+    copy)."""
+
+    __slots__ = ("_dump", "_text", "value")
+
+    def __init__(self, value: _Value, dump: Callable[[_Value], str]) -> None:
+        self.value = value
+        self._dump = dump
+        self._text: str | None = None
+
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self._dump(self.value)
+        return self._text
+
+    def known(self) -> str | None:
+        """The text, if it was made already."""
+        return self._text
+
+
+# What a table holds for a key before the checkpoint: text, an object, or None (deleted).
+Entry = str | Deferred[Any] | None
+
+
+def _text(entry: Entry) -> str | None:
+    return entry.text() if isinstance(entry, Deferred) else entry
 
 
 class PartitionStore:
@@ -118,13 +150,17 @@ class Table:
         self.directory = directory  # None: in memory
         self.stores: dict[int, PartitionStore] = {}
         self.active: set[int] = set()
-        self.dirty: dict[int, dict[str, str | None]] = {}
-        self.pending: dict[str, str | None] = {}
+        self.dirty: dict[int, dict[str, Entry]] = {}
+        self.pending: dict[str, Entry] = {}
         self.partition = -1
 
     # -- what stages use -----------------------------------------------------------------
 
     def get(self, key: str) -> str | None:
+        return _text(self.entry(key))
+
+    def entry(self, key: str) -> Entry:
+        """``key``'s value as written: text, or an object not dumped yet (Deferred)."""
         if key in self.pending:
             return self.pending[key]
         dirty = self.dirty.get(self.partition)
@@ -132,14 +168,14 @@ class Table:
             return dirty[key]
         return self.stores[self.partition].get(key)
 
-    def __setitem__(self, key: str, value: str) -> None:
+    def __setitem__(self, key: str, value: str | Deferred[Any]) -> None:
         self.pending[key] = value
 
     def __delitem__(self, key: str) -> None:
         self.pending[key] = None
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key) is not None
+        return isinstance(key, str) and self.entry(key) is not None
 
     def items(self, partitions: set[int] | None = None) -> Iterator[tuple[str, str]]:
         """Committed values and checkpoint-pending ones of ``partitions`` (default: the
@@ -153,8 +189,9 @@ class Table:
                 if key not in dirty:
                     yield key, value
             for key, dirty_value in dirty.items():
-                if dirty_value is not None:
-                    yield key, dirty_value
+                text = _text(dirty_value)
+                if text is not None:
+                    yield key, text
 
     def lookup(self, key: str) -> str | None:
         """``key``'s value in any partition this worker holds, for views outside a record
@@ -179,6 +216,13 @@ class Table:
     def drop(self) -> None:
         self.pending = {}
 
+    def settle(self) -> dict[int, dict[str, str | None]]:
+        """The checkpoint's changes per partition, as text: each object is dumped now."""
+        return {
+            partition: {key: _text(value) for key, value in changes.items()}
+            for partition, changes in self.dirty.items()
+        }
+
     def store(self, partition: int) -> PartitionStore:
         if partition not in self.stores:
             path = None if self.directory is None else self.directory / str(partition)
@@ -202,11 +246,12 @@ class Table:
 
 
 class Parsed(Generic[_Value]):
-    """A table's values as objects, parsed once: a contact's next event usually comes
-    while its state is still here, and parsing its JSON is a good part of a stage's work.
-    Each entry keeps the text it was parsed from and is used only while the table still
-    holds that text, so a dropped write or a restore is never hidden. Objects handed out
-    are shared: change them by copy (``model_copy``), never in place."""
+    """A table's values as objects, parsed once and dumped once per checkpoint: a
+    contact's next event usually comes while its state is still here, and parsing and
+    dumping its JSON is a good part of a stage's work. Objects are written as they are
+    (``Deferred``); a parsed entry keeps the text it came from and is used only while the
+    table still holds that text, so a dropped write or a restore is never hidden. Objects
+    handed out are shared: change them by copy (``model_copy``), never in place."""
 
     def __init__(
         self,
@@ -219,30 +264,37 @@ class Parsed(Generic[_Value]):
         self._parse = parse
         self._dump = dump
         self._size = size
-        self._recent: dict[str, tuple[str, _Value]] = {}
+        # key -> (what the table was given, or the text parsed; the object)
+        self._recent: dict[str, tuple[str | Deferred[_Value], _Value]] = {}
 
     def get(self, key: str) -> _Value | None:
-        text = self.table.get(key)
-        if text is None:
+        found = self.table.entry(key)
+        if found is None:
             return None
+        if isinstance(found, Deferred):  # written since the checkpoint: the object itself
+            written: _Value = found.value
+            return written
         hit = self._recent.get(key)
-        if hit is not None and hit[0] == text:
-            return hit[1]
-        value = self._parse(text)
-        self._remember(key, text, value)
+        if hit is not None:
+            source = hit[0]
+            if (source.known() if isinstance(source, Deferred) else source) == found:
+                return hit[1]
+        value = self._parse(found)
+        self._remember(key, found, value)
         return value
 
     def __setitem__(self, key: str, value: _Value) -> None:
-        text = self._dump(value)
-        self.table[key] = text
-        self._remember(key, text, value)
+        # Dumped at the checkpoint, once, however often the key is written before it.
+        deferred = Deferred(value, self._dump)
+        self.table[key] = deferred
+        self._remember(key, deferred, value)
 
     def __delitem__(self, key: str) -> None:
         del self.table[key]
         self._recent.pop(key, None)
 
-    def _remember(self, key: str, text: str, value: _Value) -> None:
+    def _remember(self, key: str, source: str | Deferred[_Value], value: _Value) -> None:
         self._recent.pop(key, None)  # to the end: the oldest go first
-        self._recent[key] = (text, value)
+        self._recent[key] = (source, value)
         if len(self._recent) > self._size:
             del self._recent[next(iter(self._recent))]

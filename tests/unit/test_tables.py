@@ -1,6 +1,6 @@
 """Table stores: a RocksDB store reopens with what it held and the changelog offset it
 reached; staged writes of a record are kept or dropped whole; parsed values are reused
-only while the table holds the text they came from."""
+only while the table holds the text they came from, and dumped once per checkpoint."""
 
 from __future__ import annotations
 
@@ -82,3 +82,31 @@ def test_parsed_values_are_reused_only_while_the_table_holds_their_text() -> Non
         values[key] = {"n": 0}
     assert len(values._recent) == 2
     table.close()
+
+
+def test_a_value_written_often_between_checkpoints_is_dumped_once() -> None:
+    table = Table("t", "t-changelog", None)
+    table.store(0)
+    table.active = {0}
+    table.focus(0)
+    dumps: list[dict[str, int]] = []
+
+    def dump(value: dict[str, int]) -> str:
+        dumps.append(value)
+        return json.dumps(value)
+
+    parses: list[str] = []
+
+    def parse(text: str) -> dict[str, int]:
+        parses.append(text)
+        return dict(json.loads(text))
+
+    values = Parsed(table, parse, dump)
+    for n in range(3):  # three records write it
+        values["a"] = {"n": n}
+        table.keep()
+    assert values.get("a") == {"n": 2} and dumps == []
+    assert table.settle() == {0: {"a": '{"n": 2}'}} and dumps == [{"n": 2}]
+    table.store(0).apply(table.settle()[0], offset=0)  # the checkpoint committed
+    table.dirty.clear()
+    assert values.get("a") == {"n": 2} and dumps == [{"n": 2}] and parses == []
