@@ -1,12 +1,16 @@
 """The timer-table adapter the SLA clocks and the workflow runs share: through a change,
-a merge and a retirement, the table and the worker's schedule of it stay in step."""
+a merge and a retirement, the table and the worker's schedule of it stay in step; the SLA
+clocks ask only the policies an event's type names, and decide as all of them would."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any, get_args
 
 from processors import sla
-from processors.sla_clocks import SlaClocks
+from processors.matching import TriggerType
+from processors.sla_clocks import SlaClocks, by_event_type
+from processors.state import ContactState
 from streams.clock import ManualClock
 from streams.engine import Engine
 from streams.serde import AvroSerde, registry_client
@@ -78,3 +82,36 @@ def test_a_merge_keeps_the_survivors_older_clock_scheduled() -> None:
         ("survivor", "first-touch", T0 + timedelta(minutes=5)),
         ("survivor", "stale-deal", T0 + timedelta(minutes=6)),
     ]
+
+
+def test_the_policies_an_event_type_names_decide_as_all_of_them_would() -> None:
+    policies = sla.load_policies()
+    named = by_event_type(policies)
+    payloads: list[dict[str, Any]] = [
+        {},
+        {"direction": "OUTBOUND", "status": "no-answer"},
+        {"direction": "OUTBOUND", "status": "completed"},
+        {"activity_type": "call"},
+        {"deal_id": "d1", "stage": "qualifiedtobuy"},
+        {"deal_id": "d1", "stage": "closedwon"},
+        {"rep_id": "rep-1", "rule": "inbound"},
+    ]
+    state = ContactState(contact_id="c1", band="SQL", owner_id="rep-1")
+    book = sla.TimerBook()
+    at = T0
+    for event_type in get_args(TriggerType):  # every type, payloads that start and stop
+        for payload in payloads:
+            at += timedelta(minutes=1)
+            event = {
+                "event_id": f"e-{at:%H%M}",
+                "event_type": event_type,
+                "event_time": at,
+                "payload": payload,
+            }
+            everything = sla.on_event(policies, book, state, event)
+            if event_type in named:
+                assert sla.on_event(named[event_type], book, state, event) == everything
+            else:
+                assert everything == (sla.TimerBook(timers=book.timers), [])
+            book = everything[0]
+    assert book.timers  # clocks ran, so stops were asked too
