@@ -449,10 +449,12 @@ class Engine:
         key: bytes | None,
         value: bytes | None,
         partition: int | None = None,
+        reported: bool = False,
     ) -> None:
+        """Send a record; ``reported``: its delivery report updates ``_written``."""
         assert self.producer is not None
         extra: dict[str, Any] = {} if partition is None else {"partition": partition}
-        if partition is not None:
+        if reported:
             extra["on_delivery"] = self._delivered
         while True:
             try:
@@ -479,8 +481,13 @@ class Engine:
         settled = [(table, table.settle()) for table in self.tables]
         for table, dirty in settled:
             for partition, changes in dirty.items():
-                for key, value in changes.items():
-                    self._produce(table.changelog, *changelog_record(key, value), partition)
+                # Only the last record's delivery is reported: a partition's records land
+                # in order, so its offset is where the store's changes reach (a report per
+                # record was a Python callback per record).
+                last = len(changes) - 1
+                for n, (key, value) in enumerate(changes.items()):
+                    record = changelog_record(key, value)
+                    self._produce(table.changelog, *record, partition, reported=n == last)
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()]
         self._committing = True
         try:
