@@ -74,6 +74,8 @@ class AvroSerde:
         self._parsed = schemas.parsed(schema_name)
         self._namespace = schemas.schema_json(schema_name).get("namespace", "")
         self._schema_id: int | None = None
+        self._header: bytes | None = None
+        self._branches: dict[str, str] = {}  # discriminator symbol -> union branch name
         self._writers: dict[int, Any] = {}
 
     def schema_id(self) -> int:
@@ -106,7 +108,9 @@ class AvroSerde:
             )
         if isinstance(payload, tuple):
             return record
-        branch = f"{self._namespace}.{_camel(symbol)}"
+        branch = self._branches.get(symbol)
+        if branch is None:  # worked out once per symbol: every CRM command asks
+            branch = self._branches[symbol] = f"{self._namespace}.{_camel(symbol)}"
         return {**record, "payload": (branch, payload)}
 
     def validate(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +123,9 @@ class AvroSerde:
         return prepared
 
     def encode(self, record: dict[str, Any]) -> bytes:
-        header = bytes([MAGIC_BYTE]) + self.schema_id().to_bytes(4, "big")
+        header = self._header
+        if header is None:
+            header = self._header = bytes([MAGIC_BYTE]) + self.schema_id().to_bytes(4, "big")
         body = io.BytesIO()
         body.write(header)
         prepared = self._with_branch(record)
