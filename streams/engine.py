@@ -268,7 +268,8 @@ class Engine:
                     "partition.assignment.strategy": "range",
                     "session.timeout.ms": int(settings.session_timeout_s * 1000),
                     "heartbeat.interval.ms": int(settings.session_timeout_s * 250),
-                    # Committed records become readable at the next fetch: do not wait long.
+                    # Short idle fetches. (A waiting read_committed fetch is answered when a
+                    # transaction commits, measured within 1 ms at 500 or 20: not the reason.)
                     "fetch.wait.max.ms": 20,
                     "client.id": self.transactional_id(),
                     "log_level": 4,

@@ -187,8 +187,8 @@ class Sink:
                 await destination.close()
 
     def _fetch(self, consumer: Consumer) -> list[Message]:
-        """Wait for one record, then take what else has already arrived, up to a batch:
-        a quiet topic is delivered at once, a busy one in full batches."""
+        """What has arrived, up to a batch, or else the first record within 0.5 s and
+        what came with it: a quiet topic is delivered at once, a busy one in full batches."""
         return arrived(consumer, self.limits.batch_size, 0.5)
 
     async def deliver(self, messages: Sequence[Message]) -> None:
