@@ -148,10 +148,10 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 Upsert = postgresql.Insert | sqlite.Insert
 
 
-def insert_or(connection: Connection, table: Table) -> Upsert:
-    """An INSERT that takes ON CONFLICT clauses (do nothing / do update), in the
-    connection's dialect: the portable upsert."""
-    if connection.dialect.name == "postgresql":
+def insert_or(dialect: str, table: Table) -> Upsert:
+    """An INSERT that takes ON CONFLICT clauses (do nothing / do update), in ``dialect``
+    (a connection's ``dialect.name``): the portable upsert."""
+    if dialect == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
 

@@ -99,7 +99,7 @@ class DeliveryLedger:
         ordered = sorted(set(keys))
         with write_transaction(self.engine) as connection:
             for chunk in _chunks(ordered):
-                stmt = insert_or(connection, DELIVERIES).on_conflict_do_nothing(
+                stmt = insert_or(connection.dialect.name, DELIVERIES).on_conflict_do_nothing(
                     index_elements=["key"]
                 )
                 connection.execute(

@@ -64,6 +64,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -95,6 +96,7 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.sql import Executable
 from sqlalchemy.sql.elements import ColumnElement
 
 from connectors.delivery import Outcome, Rejected, Retryable
@@ -586,11 +588,7 @@ class SqlCrmStore:
         ]
         if len(rows) == 1:
             # One (as one by one): a concurrent delivery of it is waited for, then skipped.
-            stmt = (
-                insert_or(connection, APPLIED_COMMANDS)
-                .on_conflict_do_nothing(index_elements=["command_id"])
-                .returning(APPLIED_COMMANDS.c.command_id)
-            )
+            stmt = _claim_one(connection.dialect.name)
             return set(connection.execute(stmt, rows).scalars())
         # Many: a lookup and a plain insert, far cheaper than an upsert RETURNING each row.
         # A command that a concurrent delivery claims meanwhile fails the insert, and the
@@ -798,12 +796,11 @@ def _ensure_contacts(connection: Connection, made: Mapping[str, datetime]) -> No
     """A bare row for each contact of ``made`` that has none, made at the time given."""
     if not made:
         return
-    stmt = insert_or(connection, CONTACTS).on_conflict_do_nothing(index_elements=["contact_id"])
     rows = [
         {"contact_id": contact, "properties": {}, "created_at": at, "updated_at": at}
         for contact, at in made.items()
     ]
-    connection.execute(stmt, rows)
+    connection.execute(_insert_new(connection.dialect.name, CONTACTS), rows)
 
 
 # UPSERT_CONTACT's fields but properties, which are merged rather than replaced.
@@ -811,19 +808,7 @@ _CONTACT_FIELDS = [name for name in UpsertContact.model_fields if name != "prope
 
 
 def _upsert_contacts(connection: Connection, steps: list[_Step]) -> None:
-    stmt = insert_or(connection, CONTACTS)
-    changed = _kept_unless_given(stmt, CONTACTS, _CONTACT_FIELDS)
-    changed["properties"] = _merge_json(connection, CONTACTS.c.properties, stmt.excluded.properties)
-    changed["updated_at"] = stmt.excluded.updated_at
-    connection.execute(
-        stmt.on_conflict_do_update(index_elements=["contact_id"], set_=changed), _rows(steps)
-    )
-
-
-def _kept_unless_given(stmt: Upsert, table: Table, names: list[str]) -> dict[str, Any]:
-    """An update's SET for ``names``: the command's value, or the stored one where the
-    command has none."""
-    return {name: func.coalesce(stmt.excluded[name], table.c[name]) for name in names}
+    connection.execute(_contact_upsert(connection.dialect.name), _rows(steps))
 
 
 def _rows(steps: list[_Step]) -> list[dict[str, Any]]:
@@ -839,19 +824,10 @@ def _rows(steps: list[_Step]) -> list[dict[str, Any]]:
     ]
 
 
-# UPSERT_JOB's fields that a null leaves as they are stored (all but the id).
-_JOB_FIELDS = [name for name in UpsertJob.model_fields if name != "job_id"]
-
-
 def _upsert_jobs(connection: Connection, steps: list[_Step]) -> None:
     """UPSERT_JOB: the job made, or changed by what the command knows (a status change
     carries no amount, a payment no technician: a null keeps the stored value)."""
-    stmt = insert_or(connection, JOBS)
-    changed = _kept_unless_given(stmt, JOBS, _JOB_FIELDS)
-    changed["updated_at"] = stmt.excluded.updated_at
-    connection.execute(
-        stmt.on_conflict_do_update(index_elements=["job_id"], set_=changed), _rows(steps)
-    )
+    connection.execute(_job_upsert(connection.dialect.name), _rows(steps))
 
 
 def _set_owners(connection: Connection, steps: list[_Step]) -> None:
@@ -899,8 +875,7 @@ def _set_owners(connection: Connection, steps: list[_Step]) -> None:
 def _create_deals(connection: Connection, steps: list[_Step]) -> None:
     """CREATE_DEAL: the deals that do not exist yet made; one that does is left as it is."""
     rows = [row | {"stage_changed_at": row["created_at"]} for row in _rows(steps)]
-    stmt = insert_or(connection, DEALS).on_conflict_do_nothing(index_elements=["deal_id"])
-    connection.execute(stmt, rows)
+    connection.execute(_insert_new(connection.dialect.name, DEALS), rows)
 
 
 def _update_stages(connection: Connection, steps: list[_Step]) -> None:
@@ -935,10 +910,10 @@ def _update_stages(connection: Connection, steps: list[_Step]) -> None:
 
 
 def _merge_json(
-    connection: Connection, stored: ColumnElement[Any], new: ColumnElement[Any]
+    dialect: str, stored: ColumnElement[Any], new: ColumnElement[Any]
 ) -> ColumnElement[Any]:
     """``stored`` with ``new``'s keys put over it (both JSON objects of strings)."""
-    if connection.dialect.name == "postgresql":
+    if dialect == "postgresql":
         return stored.op("||", return_type=json_type())(new)
     return func.json_patch(stored, new, type_=JSON)
 
@@ -992,8 +967,63 @@ def _key_column(table: Table) -> Column[Any]:
 def _upsert_rows(connection: Connection, table: Table, steps: list[_Step]) -> None:
     """Insert or update, by its own id, the record each step's payload describes."""
     rows = _rows(steps)
-    stmt = insert_or(connection, table)
+    connection.execute(_record_upsert(connection.dialect.name, table, tuple(rows[0])), rows)
+
+
+# The batch statements, built once per dialect: building one (its ON CONFLICT clause, its
+# cache key) cost more than a batch of rows to bind.
+
+
+@cache
+def _claim_one(dialect: str) -> Executable:
+    return (
+        insert_or(dialect, APPLIED_COMMANDS)
+        .on_conflict_do_nothing(index_elements=["command_id"])
+        .returning(APPLIED_COMMANDS.c.command_id)
+    )
+
+
+@cache
+def _insert_new(dialect: str, table: Table) -> Executable:
+    """Rows inserted where their id is new; one that exists is left as it is."""
+    return insert_or(dialect, table).on_conflict_do_nothing(
+        index_elements=[_key_column(table).name]
+    )
+
+
+@cache
+def _contact_upsert(dialect: str) -> Executable:
+    stmt = insert_or(dialect, CONTACTS)
+    changed = _kept_unless_given(stmt, CONTACTS, _CONTACT_FIELDS)
+    changed["properties"] = _merge_json(dialect, CONTACTS.c.properties, stmt.excluded.properties)
+    changed["updated_at"] = stmt.excluded.updated_at
+    return stmt.on_conflict_do_update(index_elements=["contact_id"], set_=changed)
+
+
+# UPSERT_JOB's fields that a null leaves as they are stored (all but the id).
+_JOB_FIELDS = [name for name in UpsertJob.model_fields if name != "job_id"]
+
+
+@cache
+def _job_upsert(dialect: str) -> Executable:
+    stmt = insert_or(dialect, JOBS)
+    changed = _kept_unless_given(stmt, JOBS, _JOB_FIELDS)
+    changed["updated_at"] = stmt.excluded.updated_at
+    return stmt.on_conflict_do_update(index_elements=["job_id"], set_=changed)
+
+
+def _kept_unless_given(stmt: Upsert, table: Table, names: list[str]) -> dict[str, Any]:
+    """An update's SET for ``names``: the command's value, or the stored one where the
+    command has none."""
+    return {name: func.coalesce(stmt.excluded[name], table.c[name]) for name in names}
+
+
+@cache
+def _record_upsert(dialect: str, table: Table, columns: tuple[str, ...]) -> Executable:
+    """A record's row (of ``columns``) inserted, or updated by its own id: all but its
+    contact and its creation time."""
+    stmt = insert_or(dialect, table)
     key = _key_column(table).name
     kept = {key, "contact_id", "created_at"}  # never changed by an update
-    changed: dict[str, Any] = {k: stmt.excluded[k] for k in rows[0] if k not in kept}
-    connection.execute(stmt.on_conflict_do_update(index_elements=[key], set_=changed), rows)
+    changed = {name: stmt.excluded[name] for name in columns if name not in kept}
+    return stmt.on_conflict_do_update(index_elements=[key], set_=changed)
