@@ -65,6 +65,7 @@ class AvroSerde:
         topic: str,
         *,
         discriminator: str | None = None,
+        through: str | None = None,
     ) -> None:
         self.schema_name = schema_name
         self.topic = topic
@@ -77,6 +78,24 @@ class AvroSerde:
         self._header: bytes | None = None
         self._branches: dict[str, str] = {}  # discriminator symbol -> union branch name
         self._writers: dict[int, Any] = {}
+        # What decode reads of a record written with the contract: all of it, or its
+        # fields up to ``through`` (see leading).
+        self._read = self._parsed if through is None else _leading(schema_name, through)
+
+    def leading(self, through: str) -> AvroSerde:
+        """A serde of the same topic whose decode stops after the field ``through``, for a
+        stage that reads only the first fields and forwards the bytes unchanged: the rest
+        is never decoded (Avro fields are written in order, so the first ones are read
+        alone). A record written with another version of the schema is decoded whole, to
+        resolve it. Bytes past ``through`` are not checked: the stage that decodes the
+        record whole dead-letters it if they are wrong."""
+        return AvroSerde(
+            self._registry,
+            self.schema_name,
+            self.topic,
+            discriminator=self.discriminator,
+            through=through,
+        )
 
     def schema_id(self) -> int:
         """The registry's id for this contract under the topic's subject. Schemas are
@@ -150,8 +169,10 @@ class AvroSerde:
             writer = self._writer_schema(schema_id)
             # Schema resolution costs a third of the decode; skip it when the writer
             # used the contract itself.
-            reader = None if writer is self._parsed else self._parsed
-            decoded = schemaless_reader(io.BytesIO(data[5:]), writer, reader)
+            if writer is self._parsed:
+                decoded = schemaless_reader(io.BytesIO(data[5:]), self._read, None)
+            else:
+                decoded = schemaless_reader(io.BytesIO(data[5:]), writer, self._parsed)
         except Exception as exc:
             raise UndecodableMessage(
                 f"cannot decode {self.schema_name} written with schema id {schema_id}: "
@@ -174,6 +195,15 @@ class AvroSerde:
             writer = self._parsed if same else parse_schema(written)
             self._writers[schema_id] = writer
         return writer
+
+
+def _leading(schema_name: str, through: str) -> Any:
+    """The parsed schema of ``schema_name``'s record cut after the field ``through``."""
+    whole = schemas.schema_json(schema_name)
+    names = [field["name"] for field in whole["fields"]]
+    if through not in names:
+        raise ValueError(f"{schema_name} has no field {through!r} (fields: {', '.join(names)})")
+    return parse_schema({**whole, "fields": whole["fields"][: names.index(through) + 1]})
 
 
 def _describe(errors: Sequence[Any]) -> str:

@@ -106,7 +106,10 @@ def register(
     )
     merges = MergeSteps(contacts, aliases, clocks, runs, rules.scoring)
 
-    engine.route(inputs.events, "identity", resolving.on_event)
+    # The identity stage reads an event's first fields only (event_id .. identity) and
+    # forwards its bytes as they came; the contact stage decodes it whole.
+    events, serde = inputs.events
+    engine.route((events, serde.leading("identity")), "identity", resolving.on_event)
     engine.route(inputs.claims, "identity", resolving.on_claim)
     engine.route(inputs.by_contact, "contact", by_contact(contact.on_event))
     engine.route(inputs.merges, "contact", by_contact(merges.on_step))

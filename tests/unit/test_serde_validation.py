@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from typing import Any
 
+import pytest
+from confluent_kafka.schema_registry import RegisteredSchema, Schema, SchemaRegistryClient
+
+import schemas
 from streams.serde import AvroSerde, SchemaViolation, UndecodableMessage, registry_client
 from tests.records import contact_event
 
@@ -57,3 +62,54 @@ def test_unknown_event_type_is_refused() -> None:
 def test_unframed_bytes_are_undecodable_with_a_reason(data: bytes, reason: str) -> None:
     with pytest.raises(UndecodableMessage, match=reason):
         events_serde().decode(data)
+
+
+class OneSchema(SchemaRegistryClient):
+    """A registry that knows one schema, as id 1 (nothing leaves the process)."""
+
+    def __init__(self, schema_text: str) -> None:
+        super().__init__({"url": "http://127.0.0.1:9/unused"})
+        self.schema = Schema(schema_text, "AVRO")
+
+    def get_schema(self, schema_id: int, *args: Any, **kwargs: Any) -> Schema:
+        assert schema_id == 1
+        return self.schema
+
+    def lookup_schema(self, *args: Any, **kwargs: Any) -> RegisteredSchema:
+        return RegisteredSchema("t-value", 1, 1, None, self.schema)
+
+
+def test_a_leading_serde_reads_the_first_fields_and_a_whole_serde_all() -> None:
+    whole = AvroSerde(
+        OneSchema(schemas.schema_text("contact_event")),
+        "contact_event",
+        "t",
+        discriminator="event_type",
+    )
+    data = whole.encode(contact_event())
+    head = whole.leading("identity").decode(data)
+    assert list(head) == [
+        "event_id",
+        "event_type",
+        "source_system",
+        "event_time",
+        "received_time",
+        "identity",
+    ]
+    assert head == {k: v for k, v in whole.decode(data).items() if k in head}
+    assert whole.decode(data)["payload"]["form_id"] == "quote-request"
+
+
+def test_a_leading_serde_decodes_whole_what_another_version_wrote() -> None:
+    older = json.loads(schemas.schema_text("contact_event"))
+    older["doc"] = "the same fields, another text: another schema to the registry"
+    serde = AvroSerde(
+        OneSchema(json.dumps(older)), "contact_event", "t", discriminator="event_type"
+    )
+    data = serde.encode(contact_event())
+    assert serde.leading("identity").decode(data)["payload"]["form_id"] == "quote-request"
+
+
+def test_a_leading_serde_names_a_field_the_schema_lacks() -> None:
+    with pytest.raises(ValueError, match="contact_event has no field 'identiy'"):
+        events_serde().leading("identiy")
