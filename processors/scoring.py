@@ -149,8 +149,9 @@ def decayed(award: Award, now: datetime, half_life_days: float) -> float:
 def components_at(
     history: ScoringState, profile: dict[str, str], model: ScoringModel, now: datetime
 ) -> dict[str, float]:
-    positive = sum(max(decayed(a, now, model.half_life_days), 0) for a in history.awards)
-    negative = sum(min(decayed(a, now, model.half_life_days), 0) for a in history.awards)
+    points = [decayed(a, now, model.half_life_days) for a in history.awards]
+    positive = sum(max(p, 0) for p in points)
+    negative = sum(min(p, 0) for p in points)
     firmographic = sum(r.points for r in model.firmographic if r.matches(profile))
     if model.behaviour_cap is not None:
         positive = min(positive, model.behaviour_cap)
@@ -170,7 +171,10 @@ def score(
     ``state`` is the contact after the event (its profile and service area feed
     firmographics)."""
     now: datetime = event["event_time"]
-    history = state.scoring.model_copy(deep=True)
+    # A new history, sharing with the state's only its awards (never changed in place):
+    # a deep copy validated every award again, on every event.
+    before = state.scoring
+    history = ScoringState.model_construct(awards=list(before.awards), matches=dict(before.matches))
     fired = []
     for rule in model.behaviour:
         if not rule.matches(event):
