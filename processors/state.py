@@ -194,6 +194,16 @@ class ContactState(PlainModel):
         prefix = f"{kind}:"
         return next((i[len(prefix) :] for i in self.identifiers if i.startswith(prefix)), None)
 
+    def identifiers_by_kind(self) -> dict[str, str]:
+        """The strongest identifier of each kind, without its prefix: ``identifier`` of
+        every kind in one pass (a contact keeps up to IDENTIFIERS_KEPT)."""
+        found: dict[str, str] = {}
+        for identifier in self.identifiers:
+            kind, _, value = identifier.partition(":")
+            if kind not in found:
+                found[kind] = value
+        return found
+
     def address(self, channel: str) -> tuple[str | None, str]:
         """The contact's address on ``channel`` (EMAIL or SMS) if they may be sent a
         message there, else None and why not (no address, opted out, bounced)."""

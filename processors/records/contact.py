@@ -19,10 +19,11 @@ from streams.engine import Output
 def contact_fields(state: ContactState) -> dict[str, Any]:
     """What the CRM contact shows of the state, but the score (which moves with nearly
     every event, so it rides along with the changes that matter instead)."""
+    strongest = state.identifiers_by_kind()
     return {
-        "email": state.identifier("email"),
-        "phone": state.identifier("phone"),
-        "crm_id": state.identifier("crm"),
+        "email": strongest.get("email"),
+        "phone": strongest.get("phone"),
+        "crm_id": strongest.get("crm"),
         "first_name": state.profile.get("first_name"),
         "last_name": state.profile.get("last_name"),
         "company": state.profile.get("company"),
@@ -101,9 +102,27 @@ def upsert_contact(
     state: ContactState, command_id: str, cause: str | None, at: datetime, **properties: str
 ) -> dict[str, Any]:
     """An UPSERT_CONTACT with what the CRM should show: identifiers, profile, score."""
-    payload = contact_fields(state)
-    payload["properties"] = {"lead_score": f"{state.score:g}", **payload["properties"]}
-    payload["properties"].update(properties)
+    return upsert_of(state, contact_fields(state), command_id, cause, at, properties)
+
+
+def upsert_of(
+    state: ContactState,
+    fields: dict[str, Any],
+    command_id: str,
+    cause: str | None,
+    at: datetime,
+    properties: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """upsert_contact, given ``contact_fields(state)`` already worked out (``fields`` is
+    not changed)."""
+    payload = {
+        **fields,
+        "properties": {
+            "lead_score": f"{state.score:g}",
+            **fields["properties"],
+            **(properties or {}),
+        },
+    }
     return {
         "command_id": command_id,
         "command_type": "UPSERT_CONTACT",

@@ -22,7 +22,7 @@ from processors.records.billing import invoice_outputs
 from processors.records.contact import (
     contact_fields,
     qualification_audit,
-    upsert_contact,
+    upsert_of,
     with_tasks,
 )
 from processors.records.jobs import job_outputs
@@ -102,9 +102,10 @@ class ContactStage:
                 at,
             )
             out.append(("audit", contact_id, created))
-        if before is None or contact_fields(before) != contact_fields(state):
+        fields = contact_fields(state)
+        if before is None or contact_fields(before) != fields:
             command_id = decision_id("upsert", state.contact_id, event["event_id"])
-            upsert = upsert_contact(state, command_id, event["event_id"], at)
+            upsert = upsert_of(state, fields, command_id, event["event_id"], at)
             out.append(("commands", contact_id, upsert))
         out += activity_outputs(state, event)
         out += invoice_outputs(state, event)
