@@ -396,7 +396,8 @@ class Engine:
             letter = message_dead_letter(message, stage=route.stage, error=exc)
         if letter is None:
             for table in self.tables:
-                table.keep()
+                if table.pending:  # most records write one table or two
+                    table.keep()
             for output in encoded:
                 self._produce(*output)
         else:
@@ -453,17 +454,21 @@ class Engine:
         reported: bool = False,
     ) -> None:
         """Send a record; ``reported``: its delivery report updates ``_written``."""
-        assert self.producer is not None
-        extra: dict[str, Any] = {} if partition is None else {"partition": partition}
-        if reported:
-            extra["on_delivery"] = self._delivered
+        producer = self.producer
+        assert producer is not None
         while True:
             try:
-                self.producer.produce(topic, value, key, **extra)
+                if partition is None:  # a stage's output: no keyword arguments to build
+                    producer.produce(topic, value, key)
+                elif reported:
+                    producer.produce(topic, value, key, partition, on_delivery=self._delivered)
+                else:
+                    producer.produce(topic, value, key, partition)
                 break
             except BufferError:
-                self.producer.poll(0.05)
-        self._written_per_topic[topic] = self._written_per_topic.get(topic, 0) + 1
+                producer.poll(0.05)
+        written = self._written_per_topic
+        written[topic] = written.get(topic, 0) + 1
 
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is None:
