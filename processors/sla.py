@@ -248,6 +248,8 @@ def on_event(
         timers[key] = timer
         reason = f"{_describe(event)} started the clock: due by {breach.isoformat()}"
         changes.append(TimerChange("restarted" if running else "started", timer, reason, at))
+    if not changes:  # most events: the book as it was, not a copy validated again
+        return book, changes
     return TimerBook(timers=timers), changes
 
 
