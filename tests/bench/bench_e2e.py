@@ -35,10 +35,7 @@ from connectors.sources.loadgen import run_load
 from streams.lag import GroupLag
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
-from streams.topics import (
-    CONTACT_EVENTS,
-    CRM_COMMANDS,
-)
+from streams.topics import CONTACT_EVENTS, CRM_COMMANDS
 from tests.bench import new_run, run_then_clean, write_results
 from tests.bench.bench_core import WORKER_INPUTS, contact_events, cpu_seconds, fresh, percentile
 from tests.conftest import free_port
