@@ -2,7 +2,12 @@
 REQUEST and RESOLVE agree which of two contacts survives (the smaller id), RETIRE
 makes the other an alias and hands its state, running clocks and workflows over,
 TRANSFER unites them in the survivor (processors.identity.merge_states), which is
-rescored. A step for a contact retired meanwhile follows it to its survivor."""
+rescored. A step for a contact retired meanwhile follows it to its survivor.
+
+A step that finds its own contact is the one to retire retires it at once rather than
+sending RETIRE to itself: a claim's REQUEST goes to the larger id, so a merge of two
+contacts no earlier merge retired is two hops (REQUEST, TRANSFER), not four. An alias
+always names a smaller id, so chains of them end and never loop."""
 
 from __future__ import annotations
 
@@ -39,17 +44,16 @@ class MergeSteps:
         alias = self.aliases.get(contact_id)
         if kind in ("REQUEST", "RESOLVE", "TRANSFER") and alias is not None:
             return [("merges", alias, {**step, "target": alias})]  # follow to the survivor
-        if kind == "REQUEST":
-            return [
-                ("merges", other, {**step, "step": "RESOLVE", "target": other, "other": contact_id})
-            ]
-        if kind == "RESOLVE":
+        if kind in ("REQUEST", "RESOLVE"):
             if other == contact_id:
                 return []
-            survivor, loser = sorted((contact_id, other))
-            return [
-                ("merges", loser, {**step, "step": "RETIRE", "target": loser, "other": survivor})
-            ]
+            if contact_id > other:  # this one retires: the survivor is the smaller id
+                return self._retire(contact_id, step, partition)
+            if kind == "REQUEST":
+                resolve = {**step, "step": "RESOLVE", "target": other, "other": contact_id}
+                return [("merges", other, resolve)]
+            retire = {**step, "step": "RETIRE", "target": other, "other": contact_id}
+            return [("merges", other, retire)]
         if kind == "RETIRE":
             if alias is not None:  # retired meanwhile: merge what it has become instead
                 return [("merges", alias, {**step, "step": "REQUEST", "target": alias})]
