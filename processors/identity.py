@@ -6,7 +6,8 @@ The stage that runs it is keyed by identifier (``email:...``, ``phone:...``, ``c
 
 1. An event is resolved on its key (its strongest identifier): a known identifier gives
    its contact; an unknown one mints a contact id derived from it, so a replay mints
-   the same id.
+   the same id. (The stage passes an unknown key the contact the worker lately gave one
+   of the event's other identifiers, when it has one: processors/stages/identity.py.)
 2. Every other identifier the event carries is *claimed* for that contact through a
    repartition topic keyed by the identifier, so each lookup happens on the partition
    that owns the identifier (never a side call).

@@ -19,6 +19,9 @@ from streams.tables import Table
 # Identifiers remembered as claimed per key; an older one is claimed again if it recurs.
 CLAIMED_PER_KEY = 50
 
+# Identifiers this worker resolved or claimed lately, remembered at most (oldest forgotten).
+RECENT_IDENTIFIERS = 50_000
+
 
 class IdentityStage:
     def __init__(self, identity: Table, claimed: Table, settings: Settings, clock: Clock) -> None:
@@ -26,6 +29,16 @@ class IdentityStage:
         self.claimed = claimed  # identifier -> identifiers claimed with it (JSON)
         self.settings = settings
         self.clock = clock
+        # identifier -> the contact this worker last resolved or claimed it for, whatever
+        # partition it is on. Behind a backlog the claims wait behind the events (one
+        # fetch queue), so an event keyed by an identifier the table does not know yet
+        # minted a contact of its own, only for a merge to retire it moments later: 18%
+        # of the feed's events did. Such an event now resolves to the contact one of its
+        # identifiers was lately resolved or claimed for, as the merge would have made
+        # it. An entry is a hint, not the truth: the table wins where it knows the key,
+        # and a stale or aborted entry names a contact that the event's claims then
+        # merge, as any two contacts sharing an identifier.
+        self.recent: dict[str, str] = {}
 
     def on_event(self, item: Decoded) -> list[Output | Forwarded]:
         event = record_of(item)
@@ -40,9 +53,17 @@ class IdentityStage:
             )
         ids = identifiers_of(event["identity"])
         key = (item.key or b"").decode() or ids[0]
-        found = resolve(key, self.identity.get(key), ids)
-        if found.minted:
+        known = self.identity.get(key)
+        recent = self.recent
+        hint = known or next((recent[i] for i in (key, *ids) if i in recent), None)
+        found = resolve(key, hint, ids)
+        if known is None:
             self.identity[key] = found.contact_id
+        for identifier in ids:
+            recent.pop(identifier, None)  # the newest last: the oldest are forgotten first
+            recent[identifier] = found.contact_id
+        while len(recent) > RECENT_IDENTIFIERS:
+            del recent[next(iter(recent))]
         # Each identifier is claimed once with the key it came with: a claim answered
         # before (linked, or merged) gives the same answer again.
         before = json.loads(self.claimed.get(key) or "[]")
@@ -78,6 +99,8 @@ class IdentityStage:
         outcome = claim(identifier, self.identity.get(identifier), request["contact_id"])
         if outcome.linked or outcome.merge:
             self.identity[identifier] = outcome.owner
+        if identifier in self.recent:
+            self.recent[identifier] = outcome.owner
         if outcome.merge is None:
             return []
         merge = outcome.merge

@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,21 @@ def send(settings: Settings, serde: AvroSerde, story: list[tuple[bytes, dict[str
         out.flush(10)  # one at a time: the story's order across keys matters here
 
 
+def send_in_turn(
+    settings: Settings, serde: AvroSerde, story: list[tuple[bytes, dict[str, Any]]]
+) -> None:
+    """The story's events as they happen, minutes apart: each once the worker took the last
+    (sent at once, they could be taken in any order across partitions)."""
+
+    def took(count: float) -> bool:
+        return worker_metric(settings, "switchboard_events_total{") >= count
+
+    before = worker_metric(settings, "switchboard_events_total{")
+    for n, told in enumerate(story, start=1):
+        send(settings, serde, [told])
+        wait_for(partial(took, before + n), f"the worker to take event {n} of the story")
+
+
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_nothing(
     settings: Settings, registry: SchemaRegistryClient, tmp_path: Path, store: str
@@ -208,7 +224,7 @@ def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_noth
 
     with running_worker(settings, tmp_path / "worker.log"):
         time.sleep(2)  # the roster reaches the router before the first lead does
-        send(settings, events, STORY)
+        send_in_turn(settings, events, STORY)
 
         def settled() -> bool:
             contacts = list(live_contacts(settings).values())
@@ -235,9 +251,15 @@ def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_noth
         assert contact.lifecycle_stage == "lead"
 
         decisions = [audit.decode(m.value()) for m in read_all(settings, audit.topic)]
-        merges = [d for d in decisions if d["decision"] == "merged"]
-        assert len(merges) == 2  # the form joined phone and e-mail; the CRM feed joined crm
-        assert all(d["contact_id"] == contact.contact_id for d in merges)
+        # The form came keyed by an e-mail nobody had, and the CRM record by a CRM id, but
+        # each carried an identifier the worker had just resolved (the phone, then the
+        # e-mail): both joined the caller's contact at once, with no duplicate contact
+        # for a merge to retire (test_a_crm_record_that_proves_two_contacts_one_person_
+        # merges_them has one).
+        assert [d["decision"] for d in decisions if d["decision"] == "contact_created"] == [
+            "contact_created"
+        ]
+        assert [d for d in decisions if d["decision"] == "merged"] == []
         upserts = [commands.decode(m.value()) for m in read_all(settings, commands.topic)]
         kinds = Counter(u["command_type"] for u in upserts)
         assert kinds["UPSERT_CONTACT"] >= 1
@@ -245,10 +267,6 @@ def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_noth
         [set_owner] = [o for o in owners if not o["payload"]["reason"].startswith("kept from")]
         assert set_owner["payload"]["owner_id"] == contact.owner_id
         assert set_owner["payload"]["reason"].startswith("inbound: rule inbound")
-        # A merge that brings the owner to a survivor without one tells the CRM so.
-        carried = [o for o in owners if o is not set_owner]
-        assert all(o["payload"]["owner_id"] == contact.owner_id for o in carried)
-        assert all(o["contact_id"] == contact.contact_id for o in carried)
 
         [assigned] = [d for d in decisions if d["decision"] == "assigned"]
         assert assigned["stage"] == "routing"
@@ -266,18 +284,18 @@ def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_noth
             ("web_lead_welcome", "EMAIL", EMAIL),
         ]
         notice = by_template["new_lead"]
-        # The CRM record crossed MQL on firmographics before the merges reached it, so the
-        # rep was briefed from that record alone (no call yet): see the issue notes.
-        assert notice["context"]["recommended_action"] == "reach out by e-mail today"
+        # The CRM record crossed the routing band in the caller's contact: the rep is
+        # briefed with the call and the form behind it.
+        assert notice["context"]["recommended_action"] == "call back within 5 minutes"
         assert "score" in notice["context"]["why_now"]
 
         explained = run_cli(settings, "explain", f"email:{EMAIL}")
         assert explained.returncode == 0, explained.stderr
         text = explained.stdout
-        assert text.startswith(f"Contact {contact.contact_id} (merged from ")
+        assert text.startswith(f"Contact {contact.contact_id}\n")
         assert "score: 90 (SQL)" in text or "score: 89.99 (SQL)" in text
         assert f"owner: {contact.owner_id} (routing: assigned)" in text
-        for decision in ("contact_created", "merged", "score_changed", "assigned"):
+        for decision in ("contact_created", "score_changed", "assigned"):
             assert f" {decision} " in text, decision
 
         before = (live_contacts(settings), len(decisions), len(upserts), len(sent))
@@ -295,6 +313,51 @@ def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_noth
             len(read_all(settings, notices.topic)),
         )
         assert after == before
+
+
+def test_a_crm_record_that_proves_two_contacts_one_person_merges_them(
+    settings: Settings, registry: SchemaRegistryClient, tmp_path: Path
+) -> None:
+    """A caller, and a form with only an e-mail, are two contacts until the CRM's record
+    names both the e-mail and the phone: then they merge into one, and the CRM is told."""
+    clock = tmp_path / "clock"
+    FileClock.write(clock, T0)
+    settings = settings.model_copy(update={"clock": f"file:{clock}"})
+    ensure_topics(settings)
+    register_catalog(registry, settings)
+    events = AvroSerde(
+        registry, "contact_event", CONTACT_EVENTS.full_name(settings), discriminator="event_type"
+    )
+    audit = AvroSerde(registry, "audit_entry", AUDIT.full_name(settings))
+    commands = AvroSerde(
+        registry, "crm_command", CRM_COMMANDS.full_name(settings), discriminator="command_type"
+    )
+    call, (form_key, form), (crm_key, crm) = STORY
+    form_alone = (form_key, {**form, "identity": {**form["identity"], "phone": None}})
+    crm_both = (crm_key, {**crm, "identity": {**crm["identity"], "phone": PHONE}})
+    everything = {f"phone:{PHONE}", f"email:{EMAIL}", "crm:4501", "ext:vapi:call-1"}
+
+    with running_worker(settings, tmp_path / "worker.log"):
+        send_in_turn(settings, events, [call, form_alone])
+        wait_for(lambda: len(live_contacts(settings)) == 2, "a contact for each")
+        send_in_turn(settings, events, [crm_both])
+
+        def merged() -> bool:
+            contacts = list(live_contacts(settings).values())
+            return len(contacts) == 1 and set(contacts[0].identifiers) == everything
+
+        wait_for(merged, "the two contacts to merge into one")
+        [contact] = live_contacts(settings).values()
+        decisions = [audit.decode(m.value()) for m in read_all(settings, audit.topic)]
+        [merge] = [d for d in decisions if d["decision"] == "merged"]
+        assert merge["contact_id"] == contact.contact_id
+        retired = merge["inputs"]["retired"]
+        assert retired != contact.contact_id
+        sent = [commands.decode(m.value()) for m in read_all(settings, commands.topic)]
+        [told] = [c for c in sent if c["command_type"] == "MERGE_CONTACTS"]
+        assert told["contact_id"] == contact.contact_id
+        assert told["payload"]["retired_contact_id"] == retired
+        assert told["payload"]["identifier"] == f"phone:{PHONE}"
 
 
 def merge_topics(
