@@ -185,6 +185,27 @@ def send(settings: Settings, serde: AvroSerde, story: list[tuple[bytes, dict[str
         out.flush(10)  # one at a time: the story's order across keys matters here
 
 
+def story_topics(
+    settings: Settings, registry: SchemaRegistryClient, tmp_path: Path, store: str = "memory://"
+) -> tuple[Settings, AvroSerde, AvroSerde, AvroSerde]:
+    """Settings whose clock stands still at the story's start (no SLA clock runs out while
+    the test looks), the topics made, and the serdes of events, audit entries and CRM
+    commands."""
+    clock = tmp_path / "clock"
+    FileClock.write(clock, T0)
+    settings = settings.model_copy(update={"store": store, "clock": f"file:{clock}"})
+    ensure_topics(settings)
+    register_catalog(registry, settings)
+    events = AvroSerde(
+        registry, "contact_event", CONTACT_EVENTS.full_name(settings), discriminator="event_type"
+    )
+    audit = AvroSerde(registry, "audit_entry", AUDIT.full_name(settings))
+    commands = AvroSerde(
+        registry, "crm_command", CRM_COMMANDS.full_name(settings), discriminator="command_type"
+    )
+    return settings, events, audit, commands
+
+
 def send_in_turn(
     settings: Settings, serde: AvroSerde, story: list[tuple[bytes, dict[str, Any]]]
 ) -> None:
@@ -205,20 +226,7 @@ def test_a_multi_source_story_ends_as_one_scored_contact_and_replay_changes_noth
     settings: Settings, registry: SchemaRegistryClient, tmp_path: Path, store: str
 ) -> None:
     """With the in-memory store and with RocksDB (rocksdict), as production runs."""
-    # Time stands still at the story's start: no SLA clock runs out while the test looks.
-    clock = tmp_path / "clock"
-    FileClock.write(clock, T0)
-    settings = settings.model_copy(update={"store": store, "clock": f"file:{clock}"})
-    ensure_topics(settings)
-    register_catalog(registry, settings)
-    events = AvroSerde(
-        registry, "contact_event", CONTACT_EVENTS.full_name(settings), discriminator="event_type"
-    )
-    audit = AvroSerde(registry, "audit_entry", AUDIT.full_name(settings))
-    commands = AvroSerde(
-        registry, "crm_command", CRM_COMMANDS.full_name(settings), discriminator="command_type"
-    )
-
+    settings, events, audit, commands = story_topics(settings, registry, tmp_path, store)
     roster = AvroSerde(registry, "rep", REP_ROSTER.full_name(settings))
     send(settings, roster, [(rep["rep_id"].encode(), rep) for rep in REPS])
 
@@ -320,18 +328,7 @@ def test_a_crm_record_that_proves_two_contacts_one_person_merges_them(
 ) -> None:
     """A caller, and a form with only an e-mail, are two contacts until the CRM's record
     names both the e-mail and the phone: then they merge into one, and the CRM is told."""
-    clock = tmp_path / "clock"
-    FileClock.write(clock, T0)
-    settings = settings.model_copy(update={"clock": f"file:{clock}"})
-    ensure_topics(settings)
-    register_catalog(registry, settings)
-    events = AvroSerde(
-        registry, "contact_event", CONTACT_EVENTS.full_name(settings), discriminator="event_type"
-    )
-    audit = AvroSerde(registry, "audit_entry", AUDIT.full_name(settings))
-    commands = AvroSerde(
-        registry, "crm_command", CRM_COMMANDS.full_name(settings), discriminator="command_type"
-    )
+    settings, events, audit, commands = story_topics(settings, registry, tmp_path)
     call, (form_key, form), (crm_key, crm) = STORY
     form_alone = (form_key, {**form, "identity": {**form["identity"], "phone": None}})
     crm_both = (crm_key, {**crm, "identity": {**crm["identity"], "phone": PHONE}})
