@@ -17,7 +17,29 @@ from confluent_kafka.admin import AdminClient
 
 from streams.kafka import producer_config, read_topic
 from streams.settings import Settings, secret_env
+from streams.topics import (
+    ASSIGNMENTS,
+    CONTACT_EVENTS,
+    CONTACT_MERGES,
+    EVENTS_BY_CONTACT,
+    IDENTITY_CLAIMS,
+    REP_ROSTER,
+    ROUTING,
+    TIMERS,
+)
 from streams.web import LOOKUP_TOKEN_SECRET, TOKEN_SECRET
+
+# What the worker's consumer group reads (every stage's input).
+WORKER_INPUTS = (
+    CONTACT_EVENTS,
+    IDENTITY_CLAIMS,
+    EVENTS_BY_CONTACT,
+    CONTACT_MERGES,
+    ASSIGNMENTS,
+    TIMERS,
+    REP_ROSTER,
+    ROUTING,
+)
 
 
 def producer(settings: Settings) -> Producer:

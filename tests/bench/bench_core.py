@@ -28,21 +28,16 @@ from streams.lag import GroupLag
 from streams.registry import register_catalog
 from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
-from streams.topics import (
-    ASSIGNMENTS,
-    AUDIT,
-    CONTACT_EVENTS,
-    CONTACT_MERGES,
-    EVENTS_BY_CONTACT,
-    IDENTITY_CLAIMS,
-    REP_ROSTER,
-    ROUTING,
-    TIMERS,
-    ensure_topics,
-)
+from streams.topics import AUDIT, CONTACT_EVENTS, REP_ROSTER, ensure_topics
 from tests.bench import floor, new_run, run_then_clean, write_results
 from tests.conftest import free_port
-from tests.kafka_helpers import producer, read_all, running_worker, worker_metric
+from tests.kafka_helpers import (
+    WORKER_INPUTS,
+    producer,
+    read_all,
+    running_worker,
+    worker_metric,
+)
 
 REPS: list[dict[str, Any]] = [
     {
@@ -80,19 +75,6 @@ def wait_drained(workers: list[Settings], total: int, timeout: float) -> tuple[f
         # Not faster: each scrape renders every series, which would slow the worker.
         time.sleep(0.5)
     return time.perf_counter() - start, total - already
-
-
-# What a worker reads: its work on a backlog is done when its group has read all of them.
-WORKER_INPUTS = (
-    ASSIGNMENTS,
-    CONTACT_EVENTS,
-    CONTACT_MERGES,
-    EVENTS_BY_CONTACT,
-    IDENTITY_CLAIMS,
-    REP_ROSTER,
-    ROUTING,
-    TIMERS,
-)
 
 
 def wait_done(settings: Settings, timeout: float, still_s: float = 2.0) -> float:

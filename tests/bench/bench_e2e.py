@@ -37,9 +37,9 @@ from streams.serde import AvroSerde, registry_client
 from streams.settings import Settings
 from streams.topics import CONTACT_EVENTS, CRM_COMMANDS
 from tests.bench import new_run, run_then_clean, write_results
-from tests.bench.bench_core import WORKER_INPUTS, contact_events, cpu_seconds, fresh, percentile
+from tests.bench.bench_core import contact_events, cpu_seconds, fresh, percentile
 from tests.conftest import free_port
-from tests.kafka_helpers import read_all, running_sink, running_worker
+from tests.kafka_helpers import WORKER_INPUTS, read_all, running_sink, running_worker
 
 BENCH = Path(".run/bench")
 

@@ -72,6 +72,7 @@ from streams.topics import (
 from tests.conftest import ROOT, free_port
 from tests.integration.test_stateful_core import REPS, live_contacts
 from tests.kafka_helpers import (
+    WORKER_INPUTS,
     delete_topics,
     producer,
     read_all,
@@ -87,19 +88,6 @@ CLUSTER = "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
 NODES = (1, 2, 3)
 CLUSTER_RUN = Path(os.environ.get("SWITCHBOARD_RUN_DIR", ROOT / ".run")) / "kafka" / "cluster"
 SEED, COUNT = 33, 400
-
-# What the worker's consumer group reads (every stage's input).
-WORKER_INPUTS = (
-    CONTACT_EVENTS,
-    IDENTITY_CLAIMS,
-    EVENTS_BY_CONTACT,
-    CONTACT_MERGES,
-    ASSIGNMENTS,
-    TIMERS,
-    REP_ROSTER,
-    ROUTING,
-)
-
 
 # The cluster: start, health, one node killed and restarted.
 
