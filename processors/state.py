@@ -4,6 +4,7 @@ unit-tested without Kafka and replayed identically."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Self
 
@@ -33,6 +34,24 @@ class PlainModel(BaseModel):
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
         return self.model_validate(self.model_dump())
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """BaseModel.model_copy for these models (no extra fields, no private attributes),
+        its shallow copy built directly: pydantic's copies its three dicts through
+        copy.copy, and a contact's event makes several of these copies."""
+        if deep:
+            return super().model_copy(update=update, deep=True)
+        copied = self.__class__.__new__(self.__class__)
+        values = self.__dict__.copy()
+        fields_set = set(self.__pydantic_fields_set__)
+        if update:
+            values.update(update)
+            fields_set.update(update)
+        object.__setattr__(copied, "__dict__", values)
+        object.__setattr__(copied, "__pydantic_fields_set__", fields_set)
+        object.__setattr__(copied, "__pydantic_extra__", None)
+        object.__setattr__(copied, "__pydantic_private__", None)
+        return copied
 
 
 class Deal(BaseModel):
