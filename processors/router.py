@@ -22,6 +22,7 @@ from processors.state import ContactState
 from streams import metrics
 from streams.engine import Decoded, Engine, Output
 from streams.serde import AvroSerde
+from streams.tables import Parsed
 
 
 class RouterState(BaseModel):
@@ -172,7 +173,10 @@ def register(
     routing: tuple[str, AvroSerde],
     rules: RoutingRules,
 ) -> None:
-    table = engine.table("router")
+    # Parsed once and dumped once per checkpoint: every routing message reads and writes it.
+    states = Parsed(
+        engine.table("router"), RouterState.model_validate_json, RouterState.model_dump_json
+    )
     metrics.declare(
         metrics.ROUTING_DECISIONS,
         (
@@ -198,11 +202,10 @@ def register(
 
     def decide(item: Decoded) -> list[Output]:
         assert item.record is not None
-        stored = table.get(ROUTER_KEY)
-        state = RouterState.model_validate_json(stored) if stored else RouterState()
+        state = states.get(ROUTER_KEY) or RouterState()
         metrics.declare(metrics.ASSIGNMENTS, ({"rep": rep} for rep in state.roster))
         state, outputs = handle(item.record, state, rules)
-        table[ROUTER_KEY] = state.model_dump_json()
+        states[ROUTER_KEY] = state
         return outputs
 
     engine.route(roster, "roster", roster_change, tombstones=True)
