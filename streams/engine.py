@@ -134,6 +134,9 @@ BATCH = 1000
 IDLE_WAIT_S = 0.05
 # Behind a backlog, a checkpoint every this many commit intervals (or checkpoint_records).
 BACKLOG_INTERVALS = 5
+# A partition this many records below its high watermark is behind a backlog (caught
+# up, a partition holds what the open transactions wrote to it: a few dozen records).
+BEHIND_RECORDS = 500
 # Caught up, a checkpoint as soon as the transaction is this old: not at every poll, so
 # a trickle of records does not cost a transaction each.
 CAUGHT_UP_S = 0.02
@@ -271,6 +274,14 @@ class Engine:
                     # Short idle fetches. (A waiting read_committed fetch is answered when a
                     # transaction commits, measured within 1 ms at 500 or 20: not the reason.)
                     "fetch.wait.max.ms": 20,
+                    # A bounded fetch queue. Unbounded (1 MB a partition a fetch, 64 MB in
+                    # all), a backlog of events-by-contact filled it, and the records the
+                    # worker writes itself to a small topic (routing, assignments, claims)
+                    # queued behind all of it: behind a backlog no lead was routed until
+                    # the backlog was drained. The drain is no slower (bench_core).
+                    "max.partition.fetch.bytes": 256 * 1024,
+                    "queued.min.messages": 2_000,
+                    "fetch.queue.backoff.ms": 10,
                     "client.id": self.transactional_id(),
                     "log_level": 4,
                 },
@@ -299,7 +310,7 @@ class Engine:
                         if now - last_tick[n] >= tick.every_s and self.partitions:
                             last_tick[n] = now
                             self._write(tick.run())
-                    if self._in_transaction and self._due(now, backlog=len(batch) == BATCH):
+                    if self._in_transaction and self._due(now, backlog=self._behind(batch)):
                         self.checkpoint()
                 except Rewound:
                     continue
@@ -316,6 +327,29 @@ class Engine:
             if self._slot_lock is not None:
                 self._slot_lock.close()  # the slot is free for the next worker
             log.info("worker stopped")
+
+    def _behind(self, batch: list[Message]) -> bool:
+        """Whether the worker is behind a backlog: its read was a full batch, or a
+        partition it read is still far below its high watermark (as the last fetch told:
+        the fetch queue is short, so a batch is often less than full behind a backlog)."""
+        if len(batch) == BATCH:
+            return True
+        assert self.consumer is not None
+        last: dict[tuple[str, int], int] = {}
+        for message in batch:
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is not None and partition is not None and offset is not None:
+                last[(topic, partition)] = offset
+        for (topic, partition), offset in last.items():
+            try:
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True
+                )
+            except KafkaException:  # nothing known of it (yet): not taken as behind
+                continue
+            if high - offset > BEHIND_RECORDS:
+                return True
+        return False
 
     def _read(self) -> list[Message]:
         """What has arrived (streams.kafka.arrived: consume() alone cost every hop 50 ms

@@ -169,3 +169,56 @@ def test_a_restarted_worker_goes_on_from_its_stores_and_commits_nothing_twice(
     assert counts == {f"phone:+4420{k}": "20" for k in range(7)}
     echoes = [claims.decode(m.value())["event_id"] for m in read_all(settings, echo_topic)]
     assert sorted(echoes) == sorted(f"e-{n}" for n in range(140))  # none twice
+
+
+def test_what_a_worker_writes_to_its_own_inputs_is_read_while_it_drains_a_backlog(
+    settings: Settings, registry: SchemaRegistryClient
+) -> None:
+    """Behind a backlog, the records a worker writes to a topic it reads itself (a lead's
+    routing request, an assignment, a claim) come back while it drains the backlog, not
+    after it: with librdkafka's default fetch queue the whole backlog was queued ahead of
+    them, and no lead was routed until the backlog was drained."""
+    settings = settings.model_copy(update={"partitions": 6})
+    ensure_topics(settings)
+    register_catalog(registry, settings)
+    claims = AvroSerde(registry, "identity_claim", IDENTITY_CLAIMS.full_name(settings))
+    dead = AvroSerde(registry, "dead_letter", DEAD_LETTERS.full_name(settings))
+    requests = claims.topic + ".requests"
+    backlog = 60_000
+    out = producer(settings)
+    for n in range(backlog):
+        record = claim(f"email:{n}@example.com", n)
+        out.produce(
+            claims.topic, key=str(record["identifier"]).encode(), value=claims.encode(record)
+        )
+    out.flush(30)
+
+    engine = Engine(settings, {"dead_letters": (dead.topic, dead), "requests": (requests, claims)})
+    drained: list[int] = []  # backlog records handled, as each request came back
+    handled = 0
+
+    def drain(item: Decoded) -> Sequence[Output]:
+        nonlocal handled
+        handled += 1
+        assert item.record is not None
+        # One record in ten asks something of a stage on one partition, as a lead's
+        # routing request asks the router.
+        return [("requests", "router", item.record)] if handled % 10 == 0 else []
+
+    def answer(item: Decoded) -> Sequence[Output]:
+        drained.append(handled)
+        return []
+
+    engine.route((claims.topic, claims), "draining", drain)
+    engine.route((requests, claims), "answering", answer)
+    ensure_internal_topics(settings, {requests: (settings.partitions, {})})
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(drained) >= backlog // 10, "every request back", timeout=120)
+    finally:
+        engine.stop()
+        thread.join(30)
+    assert (handled, len(drained)) == (backlog, backlog // 10)
+    # The first requests came back with most of the backlog still to drain.
+    assert drained[0] < backlog * 3 // 4, f"first request back after {drained[0]} records"
