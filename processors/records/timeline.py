@@ -8,6 +8,7 @@ from typing import Any
 
 from processors.ids import decision_id
 from processors.records.base import ROUTER_KEY, audit_entry, crm_command
+from processors.routing import ROUTED_FIELDS
 from processors.state import ContactState, NextStep
 from streams.engine import Output
 
@@ -209,7 +210,7 @@ def route_request(state: ContactState, cause: str, at: datetime) -> Output:
         {
             "kind": "ROUTE",
             "contact_id": state.contact_id,
-            "contact": state.model_dump_json(),
+            "contact": state.model_dump_json(include=set(ROUTED_FIELDS)),
             "rep_id": None,
             "rep": None,
             "cause": cause,
