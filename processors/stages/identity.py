@@ -6,6 +6,7 @@ processors.identity's; this is their wiring to the tables."""
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 
 from processors.identity import claim, resolve
 from processors.stages.decoded import observe_age, record_of
@@ -37,8 +38,10 @@ class IdentityStage:
         # identifiers was lately resolved or claimed for, as the merge would have made
         # it. An entry is a hint, not the truth: the table wins where it knows the key,
         # and a stale or aborted entry names a contact that the event's claims then
-        # merge, as any two contacts sharing an identifier.
-        self.recent: dict[str, str] = {}
+        # merge, as any two contacts sharing an identifier. An OrderedDict, as in
+        # streams.tables.Parsed: a dict's oldest key, once many were deleted at its
+        # front, is found by a scan past every deleted slot.
+        self.recent: OrderedDict[str, str] = OrderedDict()
 
     def on_event(self, item: Decoded) -> list[Output | Forwarded]:
         event = record_of(item)
@@ -60,10 +63,10 @@ class IdentityStage:
         if known is None:
             self.identity[key] = found.contact_id
         for identifier in ids:
-            recent.pop(identifier, None)  # the newest last: the oldest are forgotten first
             recent[identifier] = found.contact_id
+            recent.move_to_end(identifier)  # the newest last: the oldest are forgotten first
         while len(recent) > RECENT_IDENTIFIERS:
-            del recent[next(iter(recent))]
+            recent.popitem(last=False)
         # Each identifier is claimed once with the key it came with: a claim answered
         # before (linked, or merged) gives the same answer again.
         before = json.loads(self.claimed.get(key) or "[]")
