@@ -44,12 +44,22 @@ def _varint(n: int) -> bytes:
 _COUNTS = [_varint(n) for n in range(_SMALL)]  # the small non-negative longs
 
 
+_LARGE: dict[int, bytes] = {}  # lately written large longs: the same timestamps recur
+
+
 def _long(n: int) -> bytes:
     # Only a plain int: a bool, a float or an int subclass goes to fastavro, which
     # knows whether a union takes it.
     if type(n) is not int:
         raise TypeError(f"expected an int, got {type(n).__name__}")
-    return _COUNTS[n] if 0 <= n < _SMALL else _varint(n)
+    if 0 <= n < _SMALL:
+        return _COUNTS[n]
+    found = _LARGE.get(n)
+    if found is None:
+        if len(_LARGE) >= 4096:
+            _LARGE.clear()
+        found = _LARGE[n] = _varint(n)
+    return found
 
 
 def _int(n: int) -> bytes:
