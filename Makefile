@@ -1,9 +1,9 @@
 # Switchboard: `make run` starts the embedded default pipeline, `make test` passes the tests.
 # Everything runs natively: Kafka and the schema registry come from Maven Central (infra/).
 
-# The venv's interpreter: Debian's python3.11 where there is one, built with PGO and LTO
-# as python:3.11-slim (the image) is; this machine's pyenv build has neither, and a
-# worker on it did 17% more CPU per event (bench_core). Else python3.
+# The venv's interpreter: Debian's python3.11 where there is one (profile-guided and
+# link-time optimised, as python:3.11-slim, the image's, is); this machine's pyenv build
+# is neither, and a worker on it spent 17% more CPU per event (bench_core). Else python3.
 PYTHON ?= $(shell /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null \
             && echo /usr/bin/python3.11 || echo python3)
 VENV   := .venv
