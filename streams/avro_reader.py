@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fastavro.read import LOGICAL_READERS
-from fastavro.schema import expand_schema
+
+from streams.avro_source import Source, Unsupported, record_schema
 
 Reader = Callable[[bytes, int], dict[str, Any]]
 
@@ -47,28 +48,7 @@ def _long(data: bytes, position: int) -> tuple[int, int]:
             raise Unreadable("a long of more than 10 bytes")
 
 
-class _Unsupported(Exception):
-    """A schema construct this compiler leaves to fastavro."""
-
-
-class _Compiler:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.constants: dict[str, Any] = {}
-        self._names = 0
-
-    def name(self, prefix: str) -> str:
-        self._names += 1
-        return f"{prefix}{self._names}"
-
-    def constant(self, value: Any) -> str:
-        name = self.name("K")
-        self.constants[name] = value
-        return name
-
-    def emit(self, indent: int, line: str) -> None:
-        self.lines.append("    " * indent + line)
-
+class _Compiler(Source):
     def long(self, target: str, indent: int) -> None:
         # A one-byte long read inline: most lengths, counts and indexes are.
         self.emit(indent, "c = b[p]")
@@ -131,7 +111,7 @@ class _Compiler:
         elif kind == "record":
             self.record(schema, target, indent)
         else:  # fixed, a named reference left unexpanded
-            raise _Unsupported(str(kind))
+            raise Unsupported(str(kind))
         logical = schema.get("logicalType")
         convert = LOGICAL_READERS.get(f"{kind}-{logical}") if logical else None
         if convert is not None:
@@ -159,24 +139,21 @@ def compile_reader(schema: Any) -> Reader | None:
     """A decoder of Avro bytes written with the parsed or plain record ``schema``, from a
     position on (past the framing), or None when the schema has a type this module
     leaves to fastavro."""
-    expanded = expand_schema(schema)
-    if not isinstance(expanded, dict) or expanded.get("type") != "record":
+    expanded = record_schema(schema)
+    if expanded is None:
         return None
     compiler = _Compiler()
     try:
         compiler.record(expanded, "r", 1)
-    except _Unsupported:
+    except Unsupported:
         return None
-    source = "def read(b, p):\n    L = len(b)\n" + "\n".join(compiler.lines)
-    source += "\n    return r\n"
-    namespace: dict[str, Any] = {
+    compiler.lines.insert(0, "    L = len(b)")
+    helpers = {
         "_long": _long,
         "_FLOAT": _FLOAT,
         "_DOUBLE": _DOUBLE,
         "_BOOLEAN": {0: False, 1: True},
         "Unreadable": Unreadable,
-        **compiler.constants,
     }
-    exec(compile(source, "<avro reader>", "exec"), namespace)
-    reader: Reader = namespace["read"]
+    reader: Reader = compiler.function("read(b, p)", "    return r", helpers)
     return reader

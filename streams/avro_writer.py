@@ -20,8 +20,9 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from fastavro.schema import expand_schema
 from fastavro.write import LOGICAL_WRITERS
+
+from streams.avro_source import Source, Unsupported, record_schema
 
 Writer = Callable[[bytearray, dict[str, Any]], None]
 
@@ -72,28 +73,7 @@ _FLOAT = struct.Struct("<f").pack
 _DOUBLE = struct.Struct("<d").pack
 
 
-class _Unsupported(Exception):
-    """A schema construct this compiler leaves to fastavro."""
-
-
-class _Compiler:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.constants: dict[str, Any] = {}
-        self._names = 0
-
-    def name(self, prefix: str) -> str:
-        self._names += 1
-        return f"{prefix}{self._names}"
-
-    def constant(self, value: Any) -> str:
-        name = self.name("K")
-        self.constants[name] = value
-        return name
-
-    def emit(self, indent: int, line: str) -> None:
-        self.lines.append("    " * indent + line)
-
+class _Compiler(Source):
     def value(self, schema: Any, expr: str, indent: int) -> None:
         """Lines that write ``expr`` (a local name) as ``schema``."""
         if isinstance(schema, list):
@@ -157,7 +137,7 @@ class _Compiler:
         elif kind == "record":
             self.record(schema, expr, indent)
         else:  # fixed, a named reference left unexpanded
-            raise _Unsupported(str(kind))
+            raise Unsupported(str(kind))
 
     def record(self, schema: dict[str, Any], expr: str, indent: int) -> None:
         self.emit(indent, f"if type({expr}) is not dict: raise TypeError('not a dict')")
@@ -186,7 +166,7 @@ class _Compiler:
         # Named branches, chosen by tuple notation ("name", value): the only unions the
         # contract has besides optional fields. Anything else raises: fastavro matches it.
         if not all(isinstance(b, dict) and b.get("type") == "record" for b in branches):
-            raise _Unsupported("union")
+            raise Unsupported("union")
         self.emit(indent, f"if type({expr}) is not tuple: raise TypeError('untagged union')")
         for index, branch in enumerate(branches):
             keyword = "if" if index == 0 else "elif"
@@ -201,24 +181,21 @@ class _Compiler:
 def compile_writer(schema: Any) -> Writer | None:
     """An encoder of records of the parsed or plain ``schema`` onto a bytearray, or None
     when the schema has a type this module leaves to fastavro."""
-    expanded = expand_schema(schema)
-    if not isinstance(expanded, dict) or expanded.get("type") != "record":
+    expanded = record_schema(schema)
+    if expanded is None:
         return None
     compiler = _Compiler()
     try:
         compiler.record(expanded, "r", 1)
-    except _Unsupported:
+    except Unsupported:
         return None
-    source = "def write(o, r):\n" + "\n".join(compiler.lines) + "\n"
-    namespace: dict[str, Any] = {
+    helpers = {
         "_long": _long,
         "_int": _int,
         "_COUNTS": _COUNTS,
         "_varint": _varint,
         "_FLOAT": _FLOAT,
         "_DOUBLE": _DOUBLE,
-        **compiler.constants,
     }
-    exec(compile(source, "<avro writer>", "exec"), namespace)
-    writer: Writer = namespace["write"]
+    writer: Writer = compiler.function("write(o, r)", "    return None", helpers)
     return writer
