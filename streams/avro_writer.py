@@ -6,7 +6,7 @@ up and dispatched, each ``["null", X]`` union matched by validating the value ag
 its branches. A worker writes several records per event (audit entries, CRM commands,
 claims), and encoding was about 15% of its time. A schema compiled once to a function
 that writes each field directly is faster: `make bench` (bench_spine) prints both, and
-measured 1.7x on events, 1.9x on CRM commands and 1.2x on audit entries.
+measured 1.9-2.1x on events, 2.1-2.6x on CRM commands and 1.2-1.5x on audit entries.
 
 The compiled function is the fast path only. Whatever it does not handle (a value of
 the wrong type, a missing field, a union it cannot tell without guessing) raises, and
