@@ -5,7 +5,7 @@ fastavro's reader interprets the schema for every record. Every event is decoded
 in a worker (the identity stage reads its first fields, the contact stage all of it),
 and the sinks decode every command and audit entry: a schema compiled once to a
 function that reads each field directly is faster (`make bench`, bench_spine, prints
-both: 1.2-1.35x on a whole event through the serde, 1.5-1.7x on a CRM command).
+both: 1.2-1.35x on a whole event through the serde, 1.4-1.7x on a CRM command).
 
 The compiled function is the fast path only, for bytes written with the schema it was
 compiled from. Whatever it cannot read (short or malformed bytes, a negative block
@@ -21,7 +21,7 @@ from typing import Any
 
 from fastavro.read import LOGICAL_READERS
 
-from streams.avro_source import Source, Unsupported, record_schema
+from streams.avro_source import Source, Unsupported
 
 Reader = Callable[[bytes, int], dict[str, Any]]
 
@@ -139,15 +139,6 @@ def compile_reader(schema: Any) -> Reader | None:
     """A decoder of Avro bytes written with the parsed or plain record ``schema``, from a
     position on (past the framing), or None when the schema has a type this module
     leaves to fastavro."""
-    expanded = record_schema(schema)
-    if expanded is None:
-        return None
-    compiler = _Compiler()
-    try:
-        compiler.record(expanded, "r", 1)
-    except Unsupported:
-        return None
-    compiler.lines.insert(0, "    L = len(b)")
     helpers = {
         "_long": _long,
         "_FLOAT": _FLOAT,
@@ -155,5 +146,7 @@ def compile_reader(schema: Any) -> Reader | None:
         "_BOOLEAN": {0: False, 1: True},
         "Unreadable": Unreadable,
     }
-    reader: Reader = compiler.function("read(b, p)", "    return r", helpers)
+    compiler = _Compiler()
+    compiler.emit(1, "L = len(b)")
+    reader: Reader | None = compiler.compiled(schema, "read(b, p)", "    return r", helpers)
     return reader

@@ -13,17 +13,9 @@ class Unsupported(Exception):
     """A schema construct a compiler leaves to fastavro."""
 
 
-def record_schema(schema: Any) -> dict[str, Any] | None:
-    """The parsed or plain ``schema`` with every named type written out in place, if it
-    is a record."""
-    expanded = expand_schema(schema)
-    if not isinstance(expanded, dict) or expanded.get("type") != "record":
-        return None
-    return expanded
-
-
 class Source:
-    """A function's body: lines, the local names it makes, the constants it uses."""
+    """A function's body: lines, the local names it makes, the constants it uses. A
+    compiler adds ``record``, the lines for a whole record held in a local name."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
@@ -51,3 +43,21 @@ class Source:
         namespace: dict[str, Any] = {**helpers, **self.constants}
         exec(compile(source, f"<avro {signature}>", "exec"), namespace)
         return namespace[signature.partition("(")[0]]
+
+    def record(self, schema: dict[str, Any], target: str, indent: int) -> None:
+        raise NotImplementedError
+
+    def compiled(
+        self, schema: Any, signature: str, last: str, helpers: dict[str, Any]
+    ) -> Any | None:
+        """The function for records of the parsed or plain ``schema`` (in the local
+        ``r``), or None when it is no record or has a type this compiler leaves to
+        fastavro."""
+        expanded = expand_schema(schema)
+        if not isinstance(expanded, dict) or expanded.get("type") != "record":
+            return None
+        try:
+            self.record(expanded, "r", 1)
+        except Unsupported:
+            return None
+        return self.function(signature, last, helpers)

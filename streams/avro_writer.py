@@ -6,7 +6,7 @@ up and dispatched, each ``["null", X]`` union matched by validating the value ag
 its branches. A worker writes several records per event (audit entries, CRM commands,
 claims), and encoding was about 15% of its time. A schema compiled once to a function
 that writes each field directly is faster: `make bench` (bench_spine) prints both, and
-measured 1.9-2.1x on events, 2.1-2.6x on CRM commands and 1.2-1.5x on audit entries.
+measured 1.9x on events and CRM commands and 1.1x on audit entries.
 
 The compiled function is the fast path only. Whatever it does not handle (a value of
 the wrong type, a missing field, a union it cannot tell without guessing) raises, and
@@ -22,7 +22,7 @@ from typing import Any
 
 from fastavro.write import LOGICAL_WRITERS
 
-from streams.avro_source import Source, Unsupported, record_schema
+from streams.avro_source import Source, Unsupported
 
 Writer = Callable[[bytearray, dict[str, Any]], None]
 
@@ -66,7 +66,7 @@ def _long(n: int) -> bytes:
 def _int(n: int) -> bytes:
     if type(n) is not int or not -(1 << 31) <= n < (1 << 31):
         raise TypeError(f"expected a 32-bit int, got {n!r}")
-    return _COUNTS[n] if 0 <= n < _SMALL else _varint(n)
+    return _long(n)
 
 
 _FLOAT = struct.Struct("<f").pack
@@ -181,14 +181,6 @@ class _Compiler(Source):
 def compile_writer(schema: Any) -> Writer | None:
     """An encoder of records of the parsed or plain ``schema`` onto a bytearray, or None
     when the schema has a type this module leaves to fastavro."""
-    expanded = record_schema(schema)
-    if expanded is None:
-        return None
-    compiler = _Compiler()
-    try:
-        compiler.record(expanded, "r", 1)
-    except Unsupported:
-        return None
     helpers = {
         "_long": _long,
         "_int": _int,
@@ -197,5 +189,5 @@ def compile_writer(schema: Any) -> Writer | None:
         "_FLOAT": _FLOAT,
         "_DOUBLE": _DOUBLE,
     }
-    writer: Writer = compiler.function("write(o, r)", "    return None", helpers)
+    writer: Writer | None = _Compiler().compiled(schema, "write(o, r)", "    return None", helpers)
     return writer
