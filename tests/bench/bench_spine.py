@@ -55,10 +55,11 @@ def rate(count: int, seconds: float) -> float:
 
 def worker_records(count: int) -> dict[str, list[dict[str, Any]]]:
     """Records of the kinds a worker writes most per event, shaped as it writes them."""
-    at = datetime.now(UTC)
+    start = datetime.now(UTC)
     commands, audits = [], []
     for i in range(count):
         contact = f"c-{i:020x}"
+        at = start + timedelta(milliseconds=i)  # one event's time each, as in a worker
         commands.append(
             crm_command(
                 "UPSERT_CONTACT",
