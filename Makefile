@@ -84,6 +84,7 @@ bench: install infra-up
 	$(BIN)/python -m tests.bench.bench_spine
 	$(BIN)/python -m tests.bench.bench_gateway
 	$(BIN)/python -m tests.bench.bench_core
+	$(BIN)/python -m tests.bench.bench_stages
 	$(BIN)/python -m tests.bench.bench_state
 	$(BIN)/python -m tests.bench.bench_timers
 	$(BIN)/python -m tests.bench.bench_workflows

@@ -303,7 +303,7 @@ class Engine:
                         self._abort()
                         continue
                     for message in batch:
-                        self._process(message)
+                        self.process(message)
                     self._poll_standby()
                     now = time.monotonic()
                     for n, tick in enumerate(self.ticks):
@@ -397,7 +397,9 @@ class Engine:
                     self._keep_membership()
         return producer
 
-    def _process(self, message: Message) -> None:
+    def process(self, message: Message) -> None:
+        """One consumed record, inside the open transaction: its stage's outputs sent, its
+        table writes kept for the checkpoint, or the record set aside as a dead letter."""
         error = message.error()
         if error is not None:
             if error.fatal():
@@ -720,15 +722,15 @@ class Engine:
                     self.checkpoint()
         finally:
             self._in_callback = False
-        self._hold(set())
+        self.hold(set())
 
     def _on_lost(self, consumer: Consumer, lost: list[TopicPartition]) -> None:
         # Another worker may own them already: what the transaction holds must not commit.
         if self._in_transaction and not self._committing:  # a commit decides for itself
             self._doomed = True
-        self._hold(set())
+        self.hold(set())
 
-    def _hold(self, partitions: set[int]) -> None:
+    def hold(self, partitions: set[int]) -> None:
         """The partitions this worker owns now, for itself and its tables."""
         self.partitions = partitions
         for table in self.tables:
@@ -742,7 +744,7 @@ class Engine:
             self._standby.unassign()
         held = sum(len(table.store(p)) for table in self.tables for p in partitions)
         restored = self._restore(partitions)
-        self._hold(partitions)
+        self.hold(partitions)
         self._follow_standby(set(range(self.settings.partitions)) - partitions)
         metrics.REBALANCES.inc()
         for callback in self.assigned_callbacks:
