@@ -150,6 +150,13 @@ def components_at(
     history: ScoringState, profile: dict[str, str], model: ScoringModel, now: datetime
 ) -> dict[str, float]:
     points = [decayed(a, now, model.half_life_days) for a in history.awards]
+    return _components(points, profile, model)
+
+
+def _components(
+    points: list[float], profile: dict[str, str], model: ScoringModel
+) -> dict[str, float]:
+    """The score's components from the awards' points as of now."""
     positive = sum(max(p, 0) for p in points)
     negative = sum(min(p, 0) for p in points)
     firmographic = sum(r.points for r in model.firmographic if r.matches(profile))
@@ -190,13 +197,16 @@ def score(
             Award(rule=rule.name, points=rule.points, at=now, decays=rule.decaying)
         )
         fired.append(rule.name)
-    # Forget what has decayed to nothing, so the history stays small.
-    history.awards = [
-        a
-        for a in history.awards
-        if not a.decays or abs(decayed(a, now, model.half_life_days)) >= 0.01
-    ]
-    components = components_at(history, state.facts(), model, now)
+    # Forget what has decayed to nothing, so the history stays small. Each award's points
+    # are worked out once, for this and for the components.
+    kept, points = [], []
+    for award in history.awards:
+        now_worth = decayed(award, now, model.half_life_days)
+        if not award.decays or abs(now_worth) >= 0.01:
+            kept.append(award)
+            points.append(now_worth)
+    history.awards = kept
+    components = _components(points, state.facts(), model)
     new_score = total(components, model)
     return history, ScoreDecision(
         score=new_score,
