@@ -5,10 +5,11 @@ multi-system feed, and what it writes to its own inputs comes back to it through
 in-process queue instead of Kafka.
 
 bench_core measures the real thing (broker, transactions, librdkafka); its runs spread by
-about 12% on this shared machine, too much to see a change of a few per cent. This one
-spreads by about 2% (process CPU time, no other process involved), so it is the one to
-compare CPU work before and after a change (with `farm-bench --vs`, or alternated runs).
-It also prints the records the worker writes per event, by topic: most of its Kafka work.
+about 12% on this shared machine, too much to see a change of a few per cent. Here the
+rounds of one run agree within about 2% (process CPU time, no other process involved);
+separate runs drift with the machine's load by more, so compare code before and after a
+change in alternated runs (or `farm-bench --vs`). It also prints the records the worker
+writes per event, by topic: most of its Kafka work.
 
     .venv/bin/python -m tests.bench.bench_stages [--events 30000] [--rounds 5]
 """
