@@ -209,4 +209,4 @@ def register(
         return outputs
 
     engine.route(roster, "roster", roster_change, tombstones=True)
-    engine.route(routing, "routing", decide)
+    engine.route(routing, "routing", decide, urgent=True)

@@ -80,6 +80,7 @@ class Route:
     serde: AvroSerde
     handle: Handler
     tombstones: bool = False
+    urgent: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,8 @@ BEHIND_RECORDS = 500
 # Caught up, a checkpoint as soon as the transaction is this old: not at every poll, so
 # a trickle of records does not cost a transaction each.
 CAUGHT_UP_S = 0.02
+# Behind a backlog, how often a worker looks for records waiting on its urgent inputs.
+URGENT_CHECK_S = 0.5
 
 
 class Engine:
@@ -165,6 +168,11 @@ class Engine:
         # Records consumed while a checkpoint waited (see _keep_membership), to read again.
         self._skipped: dict[tuple[str, int], int] = {}
         self._paused = False
+        self._backlog = False  # the last batch read was behind a backlog
+        self._read_ahead = False  # the last batch was read from the urgent partitions only
+        self._urgent_checked = 0.0
+        # Urgent partitions not read since they were assigned: where the group left them.
+        self._committed_at: dict[tuple[str, int], int] = {}
         self._in_callback = False
         # How long a checkpoint retries a coordinator that moves before it gives up.
         self.transaction_retry_s = 10.0
@@ -196,10 +204,12 @@ class Engine:
         stage: str,
         handle: Handler,
         tombstones: bool = False,
+        urgent: bool = False,
     ) -> None:
-        """Hand each record of ``source`` (a topic and its serde) to ``handle``."""
+        """Hand each record of ``source`` (a topic and its serde) to ``handle``. An
+        ``urgent`` source is read ahead of a backlog on the others (see _read)."""
         topic, serde = source
-        self.routes[topic] = Route(stage, serde, handle, tombstones)
+        self.routes[topic] = Route(stage, serde, handle, tombstones, urgent)
         metrics.DEAD_LETTERS.labels(stage=stage, error_type=UndecodableMessage.__name__)
 
     def every(self, seconds: float, run: Callable[[], Sequence[Output]]) -> None:
@@ -310,7 +320,9 @@ class Engine:
                         if now - last_tick[n] >= tick.every_s and self.partitions:
                             last_tick[n] = now
                             self._write(tick.run())
-                    if self._in_transaction and self._due(now, backlog=self._behind(batch)):
+                    if not self._read_ahead:  # a few urgent records say nothing of a backlog
+                        self._backlog = self._behind(batch)
+                    if self._in_transaction and self._due(now, backlog=self._backlog):
                         self.checkpoint()
                 except Rewound:
                     continue
@@ -353,13 +365,78 @@ class Engine:
 
     def _read(self) -> list[Message]:
         """What has arrived (streams.kafka.arrived: consume() alone cost every hop 50 ms
-        of waiting); the wait never runs past when the open transaction is due."""
+        of waiting); the wait never runs past when the open transaction is due.
+
+        Behind a backlog, what the worker wrote to its urgent inputs (a lead's routing
+        request, its assignment, a due notice, a merge step) waits in the fetch queue
+        behind seconds of the backlog: a lead was routed only when the backlog was
+        drained. So every URGENT_CHECK_S the worker looks whether an urgent partition
+        holds records it has not read, and if one does, reads them first."""
         assert self.consumer is not None
         wait = IDLE_WAIT_S
         if self._in_transaction:
             due = self._transaction_started + CAUGHT_UP_S - time.monotonic()
             wait = max(0.0, min(wait, due))
+        now = time.monotonic()
+        self._read_ahead = False
+        if self._backlog and now - self._urgent_checked >= URGENT_CHECK_S:
+            self._urgent_checked = now
+            if self._urgent_waiting():
+                self._read_ahead = True
+                return self._read_urgent(wait)
         return arrived(self.consumer, BATCH, wait)
+
+    def _urgent_waiting(self) -> bool:
+        """Whether an urgent partition has records past where the worker read it, or
+        where the group left it if the worker has not read it yet (as the last fetch
+        told). A committed transaction leaves one marker after its records, so a single
+        offset past that is no record."""
+        assert self.consumer is not None
+        urgent = [tp for tp in self.consumer.assignment() if self.routes[tp.topic].urgent]
+        if not urgent:
+            return False
+        positions = self.consumer.position(urgent)
+        unread = [
+            tp
+            for tp in positions
+            if tp.offset < 0 and (tp.topic, tp.partition) not in self._committed_at
+        ]
+        if unread:
+            try:
+                for tp in self.consumer.committed(unread, timeout=5):
+                    self._committed_at[(tp.topic, tp.partition)] = tp.offset
+            except KafkaException:  # asked again at the next check
+                pass
+        for tp in positions:
+            try:
+                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:  # not fetched yet
+                continue
+            at = tp.offset if tp.offset >= 0 else self._committed_at.get((tp.topic, tp.partition))
+            if at is None:  # asked again at the next check
+                continue
+            if at < 0:  # nothing committed either: read from the start (auto.offset.reset)
+                if low < 0:
+                    continue
+                at = low
+            if high - at > 1:
+                return True
+        return False
+
+    def _read_urgent(self, wait: float) -> list[Message]:
+        """The records waiting on the urgent partitions, ahead of the queue: the others are
+        paused for the read, which drops what librdkafka had fetched of them, and resumed
+        at once; their fetching starts again where the worker read them up to."""
+        assert self.consumer is not None
+        others = [tp for tp in self.consumer.assignment() if not self.routes[tp.topic].urgent]
+        self.consumer.pause(others)
+        try:
+            return arrived(self.consumer, BATCH, max(wait, 0.01))
+        finally:
+            try:
+                self.consumer.resume(others)
+            except KafkaException:  # a rebalance took some: resume what is assigned
+                self._paused = True
 
     def _subscribe(self) -> None:
         assert self.consumer is not None
@@ -740,6 +817,7 @@ class Engine:
         started = time.monotonic()
         partitions = {tp.partition for tp in assigned}
         self._paused = True  # a partition paused before a rebalance may come back paused
+        self._committed_at.clear()
         if self._standby is not None:
             self._standby.unassign()
         held = sum(len(table.store(p)) for table in self.tables for p in partitions)

@@ -112,9 +112,11 @@ def register(
     engine.route((events, serde.leading("identity")), "identity", resolving.on_event)
     engine.route(inputs.claims, "identity", resolving.on_claim)
     engine.route(inputs.by_contact, "contact", by_contact(contact.on_event))
-    engine.route(inputs.merges, "contact", by_contact(merges.on_step))
-    engine.route(inputs.assignments, "contact", by_contact(contact.on_assignment))
-    engine.route(inputs.timers, "contact", by_contact(contact.on_due))
+    # What one stage asks of another (a merge step, an assignment, a due notice) is read
+    # ahead of a backlog of events: the lead it concerns should not wait for the backlog.
+    engine.route(inputs.merges, "contact", by_contact(merges.on_step), urgent=True)
+    engine.route(inputs.assignments, "contact", by_contact(contact.on_assignment), urgent=True)
+    engine.route(inputs.timers, "contact", by_contact(contact.on_due), urgent=True)
 
     def identifier_view(identifier: str) -> dict[str, Any]:
         return {"identifier": identifier, "contact_id": identity.lookup(identifier)}
