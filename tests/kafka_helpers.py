@@ -88,15 +88,15 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def worker_metric(settings: Settings, line_start: str, stage: str = "identity") -> float:
+def worker_metric(settings: Settings, line_start: str, stage: str | None = "identity") -> float:
     """The sum of the worker's /metrics samples whose line starts with ``line_start``, for
-    one stage."""
+    one stage (None: a metric without a stage label)."""
     name = line_start.split("{", 1)[0]  # only its series: cheaper for the worker
     body = get(f"http://127.0.0.1:{settings.web_port}/metrics?name[]={name}")
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in body.splitlines()
-        if line.startswith(line_start) and f'stage="{stage}"' in line
+        if line.startswith(line_start) and (stage is None or f'stage="{stage}"' in line)
     )
 
 

@@ -63,6 +63,11 @@ def contact_events(workers: list[Settings]) -> float:
     return sum(worker_metric(w, "switchboard_events_total{", stage="contact") for w in workers)
 
 
+def routed(workers: list[Settings]) -> float:
+    """Leads the workers' router decided on (assigned, held or unassigned)."""
+    return sum(worker_metric(w, "switchboard_routing_decisions_total{", None) for w in workers)
+
+
 def wait_drained(workers: list[Settings], total: int, timeout: float) -> tuple[float, float]:
     """(seconds, events) from now until the workers' contact stage has taken in ``total``
     distinct events: the events counted are those still to take in now."""
@@ -142,8 +147,11 @@ def sustained(backlog: int, partitions: int, workers: int) -> dict[str, Any]:
         started = time.time()
         cpu_before = sum(cpu_seconds(pid) for pid in pids)
         intake_seconds, timed = wait_drained(each, events, timeout=900)
+        # A lead of the backlog should be routed while the backlog drains, not after it.
+        routed_in_drain = routed(each)
         seconds = wait_done(settings, timeout=900) - started
         cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+        routed_in_all = routed(each)
     floor_seconds = floor.drain(settings, CONTACT_EVENTS.full_name(settings), events)
     return {
         "events": events,
@@ -155,6 +163,8 @@ def sustained(backlog: int, partitions: int, workers: int) -> dict[str, Any]:
         "floor_events_per_s": events / floor_seconds,
         "core_to_floor": (timed / seconds) / (events / floor_seconds),
         "worker_cpu_s_per_100k": cpu / timed * 100_000,
+        "routed_during_drain": routed_in_drain,
+        "routed": routed_in_all,
         "partitions": partitions,
         "workers": workers,
     }
@@ -219,7 +229,9 @@ def main() -> None:
                 f"{row['intake_events_per_s']:,.0f}/s); floor "
                 f"{row['floor_events_per_s']:,.0f} events/s; core/floor "
                 f"{row['core_to_floor']:.3f}; workers' CPU "
-                f"{row['worker_cpu_s_per_100k']:.1f} s per 100k events"
+                f"{row['worker_cpu_s_per_100k']:.1f} s per 100k events; leads routed "
+                f"while the contact stage took in the backlog {row['routed_during_drain']:,.0f}"
+                f" of {row['routed']:,.0f}"
             )
     for partitions in args.partitions:
         row = latency(args.rate, args.seconds, partitions)
