@@ -374,28 +374,27 @@ class Engine:
         an urgent partition holds records it has not read, and if one does, reads them
         first."""
         assert self.consumer is not None
+        now = time.monotonic()
         wait = IDLE_WAIT_S
         if self._in_transaction:
-            due = self._transaction_started + CAUGHT_UP_S - time.monotonic()
-            wait = max(0.0, min(wait, due))
-        now = time.monotonic()
+            wait = max(0.0, min(wait, self._transaction_started + CAUGHT_UP_S - now))
         self._read_ahead = False
         if self._backlog and now - self._urgent_checked >= URGENT_CHECK_S:
             self._urgent_checked = now
-            if self._urgent_waiting():
+            assigned = self.consumer.assignment()
+            urgent = [tp for tp in assigned if self.routes[tp.topic].urgent]
+            if urgent and self._urgent_waiting(urgent):
                 self._read_ahead = True
-                return self._read_urgent(wait)
+                others = [tp for tp in assigned if not self.routes[tp.topic].urgent]
+                return self._read_urgent(others, wait)
         return arrived(self.consumer, BATCH, wait)
 
-    def _urgent_waiting(self) -> bool:
-        """Whether an urgent partition has records past where the worker read it, or
-        where the group left it if the worker has not read it yet (as the last fetch
-        told). A committed transaction leaves one marker after its records, so a single
-        offset past that is no record."""
+    def _urgent_waiting(self, urgent: list[TopicPartition]) -> bool:
+        """Whether one of the ``urgent`` partitions has records past where the worker
+        read it, or where the group left it if the worker has not read it yet (as the
+        last fetch told). A committed transaction leaves one marker after its records,
+        so a single offset past that is no record."""
         assert self.consumer is not None
-        urgent = [tp for tp in self.consumer.assignment() if self.routes[tp.topic].urgent]
-        if not urgent:
-            return False
         positions = self.consumer.position(urgent)
         unread = [
             tp
@@ -424,12 +423,11 @@ class Engine:
                 return True
         return False
 
-    def _read_urgent(self, wait: float) -> list[Message]:
-        """The records waiting on the urgent partitions, ahead of the queue: the others are
-        paused for the read, which drops what librdkafka had fetched of them, and resumed
-        at once; their fetching starts again where the worker read them up to."""
+    def _read_urgent(self, others: list[TopicPartition], wait: float) -> list[Message]:
+        """The records waiting on the urgent partitions, ahead of the queue: the ``others``
+        are paused for the read, which drops what librdkafka had fetched of them, and
+        resumed at once; their fetching starts again where the worker read them up to."""
         assert self.consumer is not None
-        others = [tp for tp in self.consumer.assignment() if not self.routes[tp.topic].urgent]
         self.consumer.pause(others)
         try:
             return arrived(self.consumer, BATCH, max(wait, 0.01))
