@@ -11,7 +11,17 @@ separate runs drift with the machine's load by more, so compare code before and 
 change in alternated runs (or `farm-bench --vs`). It also prints the records the worker
 writes per event, by topic: most of its Kafka work.
 
+With ``--instructions`` it counts instead the instructions the drain takes, under
+valgrind's callgrind (about 50 times slower, so over fewer events): the count repeats
+within 0.1% whatever else the machine does, so a change of 1% shows in one run of each
+side. ``--backlog FILE`` keeps the recorded backlog (the first run) for the next runs
+to replay: the load generator's feed differs a little from one recording to the next.
+Over one backlog the clock stands at the recording's time and the records are stamped
+alike, so the drain writes the same bytes every run; it prints a digest of them per
+topic, which a change meant only to be faster must leave as it was.
+
     .venv/bin/python -m tests.bench.bench_stages [--events 30000] [--rounds 5]
+    .venv/bin/python -m tests.bench.bench_stages --instructions [--events 2000] [--backlog FILE]
 """
 
 from __future__ import annotations
@@ -19,10 +29,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hashlib
+import json
+import os
+import pickle
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import zlib
 from collections import Counter, deque
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,6 +51,7 @@ from confluent_kafka import Consumer, Message, Producer
 from connectors.sources.loadgen import run_load
 from processors.commands import collect_for_a_worker
 from processors.worker import build
+from streams.clock import FileClock
 from streams.settings import Settings
 from streams.topics import CONTACT_EVENTS, REP_ROSTER
 from tests.bench import new_run, run_then_clean, write_results
@@ -47,10 +68,17 @@ class Record:
     __slots__ = ("_key", "_offset", "_partition", "_timestamp", "_topic", "_value")
 
     def __init__(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None = None,
     ) -> None:
         self._topic, self._partition, self._offset = topic, partition, offset
-        self._key, self._value, self._timestamp = key, value, int(time.time() * 1000)
+        self._key, self._value = key, value
+        self._timestamp = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
 
     def error(self) -> None:
         return None
@@ -79,10 +107,12 @@ class Loopback:
     be read again (keyed records partitioned by a hash of the key, like Kafka's); the rest
     is counted. Transactions commit at once."""
 
-    def __init__(self, inputs: set[str]) -> None:
+    def __init__(self, inputs: set[str], stamp_ms: int | None = None) -> None:
         self.inputs = inputs
+        self.stamp_ms = stamp_ms  # the time records read again carry (None: now)
         self.queued: deque[Record] = deque()
         self.written: Counter[str] = Counter()
+        self.digests: dict[str, Any] | None = None  # topic -> sha256 of its records, if kept
         self._next: Counter[tuple[str, int]] = Counter()
 
     def produce(
@@ -94,12 +124,15 @@ class Loopback:
         on_delivery: Any = None,
     ) -> None:
         self.written[topic] += 1
+        if self.digests is not None:
+            digest = self.digests.setdefault(topic, hashlib.sha256())
+            digest.update(repr((key, value, partition)).encode())
         if topic in self.inputs:
             if partition is None:
                 partition = zlib.crc32(key or b"") % PARTITIONS
             offset = self._next[(topic, partition)]
             self._next[(topic, partition)] += 1
-            self.queued.append(Record(topic, partition, offset, key, value))
+            self.queued.append(Record(topic, partition, offset, key, value, self.stamp_ms))
 
     def poll(self, timeout: float = 0) -> int:
         return 0
@@ -136,10 +169,18 @@ def recorded(settings: Settings, events: int) -> list[Record]:
     return found
 
 
-def drain(settings: Settings, backlog: list[Record], events: int) -> dict[str, Any]:
-    """One worker's engine over ``backlog``: CPU seconds, and the records it wrote."""
+def drain(
+    settings: Settings,
+    backlog: list[Record],
+    events: int,
+    loop: Loopback | None = None,
+    timed: Callable[[bool], None] = lambda on: None,
+) -> dict[str, Any]:
+    """One worker's engine over ``backlog``: CPU seconds, and the records it wrote.
+    ``timed`` is told when the drain starts (True) and ends (False)."""
     engine, _ = build(settings)
-    loop = Loopback(set(engine.routes))
+    loop = loop or Loopback(set(engine.routes))
+    loop.inputs = set(engine.routes)
     engine.producer = cast(Producer, loop)
     engine.consumer = cast(Consumer, Group())
     everything = set(range(PARTITIONS))
@@ -152,6 +193,7 @@ def drain(settings: Settings, backlog: list[Record], events: int) -> dict[str, A
     collect_for_a_worker()
     pending = deque(backlog)
     since_checkpoint = 0
+    timed(True)
     started = time.process_time()
     while pending or loop.queued:
         # Each read: what the worker wrote to itself first, then the backlog, as a worker
@@ -168,6 +210,7 @@ def drain(settings: Settings, backlog: list[Record], events: int) -> dict[str, A
             engine.checkpoint()
             since_checkpoint = 0
     cpu = time.process_time() - started
+    timed(False)
     gc.unfreeze()
     return {
         "cpu_s": cpu,
@@ -175,14 +218,91 @@ def drain(settings: Settings, backlog: list[Record], events: int) -> dict[str, A
     }
 
 
+def saved(settings: Settings, events: int, path: Path) -> None:
+    """Keep a recorded backlog in ``path`` for ``--instructions`` runs to share: the
+    settings (its topics' names), its rows, and the time of the recording, at which the
+    replay's clock stands still."""
+    backlog = recorded(settings, events)
+    events = sum(1 for r in backlog if r.topic() == CONTACT_EVENTS.full_name(settings))
+    rows = [(r.topic(), r.partition(), r.offset(), r.key(), r.value()) for r in backlog]
+    path.write_bytes(pickle.dumps((settings, events, rows, datetime.now(UTC))))
+
+
+def counted(path: Path) -> None:
+    """The drain's instructions per event over the backlog kept in ``path``, counted by
+    callgrind in a child process (``--replay``), and the digests of what it wrote."""
+    settings, events, _, _ = pickle.loads(path.read_bytes())
+    print(f"stages without the broker: 1 worker, {events} events of {path}, instructions")
+    with tempfile.TemporaryDirectory() as folder:
+        child = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={Path(folder) / 'callgrind.out'}",
+                sys.executable,
+                "-m",
+                "tests.bench.bench_stages",
+                "--replay",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # sets iterate alike run to run
+            check=True,
+        )
+    found = re.search(r"Collected : (\d+)", child.stderr)
+    assert found is not None, child.stderr[-2000:]
+    print(f"  {int(found.group(1)) / events:,.0f} instructions per event (callgrind)")
+    prefix = settings.topic_prefix
+    print("  what it wrote, a digest per topic (the same bytes: the same digests):")
+    for topic, (digest, n) in json.loads(child.stdout.splitlines()[-1]).items():
+        short = topic.removeprefix(prefix).removeprefix(settings.app_id + "-")
+        print(f"    {digest} {n:6d}  {short}")
+
+
+def replay(path: Path) -> None:
+    """``counted``'s child, under callgrind: instrumentation on for the drain alone."""
+    settings, events, rows, recorded_at = pickle.loads(path.read_bytes())
+    with tempfile.TemporaryDirectory() as folder:
+        clock = Path(folder) / "clock"
+        FileClock.write(clock, recorded_at)
+        fixed = settings.model_copy(update={"clock": f"file:{clock}", "data_dir": Path(folder)})
+        stamp_ms = int(recorded_at.timestamp() * 1000)
+        backlog = [Record(t, p, o, k, v, stamp_ms) for t, p, o, k, v in rows]
+        loop = Loopback(set(), stamp_ms)
+        loop.digests = {}
+
+        def instrument(on: bool) -> None:
+            switch = ["callgrind_control", "--instr=on" if on else "--instr=off", str(os.getpid())]
+            subprocess.run(switch, check=True, capture_output=True)
+
+        drain(fixed, backlog, events, loop, instrument)
+    digests = {t: (d.hexdigest()[:16], loop.written[t]) for t, d in sorted(loop.digests.items())}
+    print(json.dumps(digests))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--events", type=int)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--instructions", action="store_true")
+    parser.add_argument("--backlog", type=Path, help="--instructions: kept here, or reused")
+    parser.add_argument("--replay", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.replay:
+        replay(args.replay)
+        return
+    if args.instructions:
+        with tempfile.TemporaryDirectory() as folder:
+            path = args.backlog or Path(folder) / "backlog"
+            if not path.exists():
+                saved(fresh(new_run(), PARTITIONS), args.events or 2_000, path)
+            counted(path)
+        return
     run = new_run()
     settings = fresh(run, PARTITIONS)
-    backlog = recorded(settings, args.events)
+    backlog = recorded(settings, args.events or 30_000)
     events = sum(1 for r in backlog if r.topic() == CONTACT_EVENTS.full_name(settings))
     print(f"stages without the broker: 1 worker, {events} events, {args.rounds} rounds")
     rounds = []
@@ -205,4 +325,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_then_clean(main)
+    if "--replay" in sys.argv:
+        main()  # the child: it made no topics
+    else:
+        run_then_clean(main)
