@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
-from typing import overload
+from typing import Any, overload
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
@@ -323,8 +323,8 @@ class _Observer:
 
     def __init__(self, child: Histogram) -> None:
         self._bounds: list[float] = child._upper_bounds
-        self._buckets = child._buckets = [_Value(b.get(), b.get_exemplar()) for b in child._buckets]
-        self._sum = child._sum = _Value(child._sum.get())
+        self._buckets = child._buckets = [_lock_free(b) for b in child._buckets]
+        self._sum = child._sum = _lock_free(child._sum)
 
     def observe(self, amount: float) -> None:
         self._sum._value += amount
@@ -356,8 +356,13 @@ def _updater(child: Counter | Histogram) -> _Value | _Observer:
     # Histogram child its buckets' counts in ``_buckets`` and its sum in ``_sum``.
     if isinstance(child, Histogram):
         return _Observer(child)
-    value = child._value = _Value(child._value.get(), child._value.get_exemplar())
+    value = child._value = _lock_free(child._value)
     return value
+
+
+def _lock_free(value: Any) -> _Value:  # a MutexValue, untyped
+    # once per child, even when two label tuples (1 and "1") name the same child
+    return value if isinstance(value, _Value) else _Value(value.get(), value.get_exemplar())
 
 
 def declare(metric: Counter | Gauge | Histogram, label_sets: Iterable[Mapping[str, str]]) -> None:
