@@ -14,12 +14,11 @@ letter would raise no alert."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
-from typing import TypeVar
+from typing import Any, overload
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
-
-_Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
 
 EVENTS = Counter(
     "switchboard_events_total",
@@ -288,18 +287,82 @@ JOURNEY_STEP_SECONDS = Histogram(
 )
 
 
-_CHILDREN: dict[tuple[int, tuple[str, ...]], object] = {}
+class _Value:
+    """A labelled child's number, in place of prometheus_client's MutexValue (a lock per
+    update): only the thread running the stages updates the children :func:`labelled`
+    hands out, and the /metrics thread reads a float whole. Same interface, so the
+    child's own methods and its samples at /metrics go through it unchanged."""
+
+    __slots__ = ("_exemplar", "_value")
+
+    def __init__(self, value: float, exemplar: object = None) -> None:
+        self._value = value
+        self._exemplar = exemplar
+
+    def inc(self, amount: float = 1) -> None:
+        self._value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self._value = value
+
+    def get(self) -> float:
+        return self._value
+
+    def set_exemplar(self, exemplar: object) -> None:
+        self._exemplar = exemplar
+
+    def get_exemplar(self) -> object:
+        return self._exemplar
 
 
-def labelled(metric: _Metric, *values: str) -> _Metric:
-    """``metric.labels(*values)`` (values in the order of its label names), remembered:
-    labels() costs a lock and a tuple per call, and the stages count every event. Label
-    sets are bounded, so is this."""
-    key = (id(metric), values)
+class _Observer:
+    """A labelled histogram child's observe(): its bucket found by bisection rather than
+    prometheus_client's loop over the bounds, and no locks."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self._bounds: list[float] = child._upper_bounds
+        self._buckets = child._buckets = [_lock_free(b) for b in child._buckets]
+        self._sum = child._sum = _lock_free(child._sum)
+
+    def observe(self, amount: float) -> None:
+        self._sum._value += amount
+        # the first bound >= amount, as prometheus_client's `amount <= bound`
+        self._buckets[bisect_left(self._bounds, amount)]._value += 1
+
+
+_CHILDREN: dict[tuple[object, tuple[str, ...]], _Value | _Observer] = {}
+
+
+@overload
+def labelled(metric: Counter, *values: str) -> _Value: ...
+@overload
+def labelled(metric: Histogram, *values: str) -> _Observer: ...
+def labelled(metric: Counter | Histogram, *values: str) -> _Value | _Observer:
+    """``metric.labels(*values)`` (values in the order of its label names), remembered,
+    and its updates made cheap (the stages count every event): an ``inc()`` that is the
+    child's value itself, an ``observe()`` by bisection. Label sets are bounded, so is
+    this."""
+    key = (metric, values)
     child = _CHILDREN.get(key)
     if child is None:
-        child = _CHILDREN[key] = metric.labels(*values)
-    return child  # type: ignore[return-value]
+        child = _CHILDREN[key] = _updater(metric.labels(*values))
+    return child
+
+
+def _updater(child: Counter | Histogram) -> _Value | _Observer:
+    # prometheus_client internals: a Counter child keeps its number in ``_value``, a
+    # Histogram child its buckets' counts in ``_buckets`` and its sum in ``_sum``.
+    if isinstance(child, Histogram):
+        return _Observer(child)
+    value = child._value = _lock_free(child._value)
+    return value
+
+
+def _lock_free(value: Any) -> _Value:  # a MutexValue, untyped
+    # once per child, even when two label tuples (1 and "1") name the same child
+    return value if isinstance(value, _Value) else _Value(value.get(), value.get_exemplar())
 
 
 def declare(metric: Counter | Gauge | Histogram, label_sets: Iterable[Mapping[str, str]]) -> None:
