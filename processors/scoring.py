@@ -181,31 +181,30 @@ def score(
     # A new history, sharing with the state's only its awards (never changed in place):
     # a deep copy validated every award again, on every event.
     before = state.scoring
-    history = ScoringState.model_construct(awards=list(before.awards), matches=dict(before.matches))
+    awards, matches = list(before.awards), dict(before.matches)
     fired = []
     for rule in model.behaviour:
         if not rule.matches(event):
             continue
         if rule.frequency is not None:
             window = timedelta(days=rule.frequency.within_days)
-            recent = [t for t in history.matches.get(rule.name, []) if now - t < window] + [now]
-            history.matches[rule.name] = recent[-rule.frequency.count :]
+            recent = [t for t in matches.get(rule.name, []) if now - t < window] + [now]
+            matches[rule.name] = recent[-rule.frequency.count :]
             if len(recent) < rule.frequency.count:
                 continue
-            history.matches[rule.name] = []  # the next award needs a fresh run of matches
-        history.awards.append(
-            Award(rule=rule.name, points=rule.points, at=now, decays=rule.decaying)
-        )
+            matches[rule.name] = []  # the next award needs a fresh run of matches
+        awards.append(Award(rule=rule.name, points=rule.points, at=now, decays=rule.decaying))
         fired.append(rule.name)
     # Forget what has decayed to nothing, so the history stays small. Each award's points
     # are worked out once, for this and for the components.
     kept, points = [], []
-    for award in history.awards:
+    for award in awards:
         now_worth = decayed(award, now, model.half_life_days)
         if not award.decays or abs(now_worth) >= 0.01:
             kept.append(award)
             points.append(now_worth)
-    history.awards = kept
+    # model_copy, not the constructor: pydantic's model_construct is a loop in Python.
+    history = before.model_copy(update={"awards": kept, "matches": matches})
     components = _components(points, state.facts(), model)
     new_score = total(components, model)
     return history, ScoreDecision(
