@@ -36,6 +36,20 @@ def contact_fields(state: ContactState) -> dict[str, Any]:
     }
 
 
+def changed_fields(before: ContactState | None, state: ContactState) -> dict[str, Any] | None:
+    """``contact_fields(state)`` when they differ from ``before``'s, else None; found
+    without them when what they are made of is the same (most events change none of it)."""
+    if before is not None and (before.identifiers, before.profile, before.band, before.area) == (
+        state.identifiers,
+        state.profile,
+        state.band,
+        state.area,
+    ):
+        return None
+    fields = contact_fields(state)
+    return fields if before is None or contact_fields(before) != fields else None
+
+
 def area_properties(state: ContactState) -> dict[str, str]:
     """The service-area check as CRM properties: service_area (in, out, unknown),
     service_branch, distance_km."""
