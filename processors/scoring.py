@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,15 @@ class ScoringModel(RuleModel):
         unique_names([*self.behaviour, *self.firmographic], "rule")
         return self
 
+    @cached_property
+    def behaviour_by_event(self) -> dict[str, list[BehaviourRule]]:
+        """The behaviour rules of each event type, in their order: an event is tried
+        against its own type's few, not the model's every rule."""
+        found: dict[str, list[BehaviourRule]] = {}
+        for rule in self.behaviour:
+            found.setdefault(rule.event, []).append(rule)
+        return found
+
     def band_rank(self, band: str | None) -> int:
         """0 for no band, then 1, 2, ... from the lowest band up."""
         names = [b.name for b in self.bands]
@@ -183,7 +193,7 @@ def score(
     before = state.scoring
     awards, matches = list(before.awards), dict(before.matches)
     fired = []
-    for rule in model.behaviour:
+    for rule in model.behaviour_by_event.get(event["event_type"], ()):
         if not rule.matches(event):
             continue
         if rule.frequency is not None:
