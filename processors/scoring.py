@@ -169,7 +169,10 @@ def _components(
     """The score's components from the awards' points as of now."""
     positive = sum(max(p, 0) for p in points)
     negative = sum(min(p, 0) for p in points)
-    firmographic = sum(r.points for r in model.firmographic if r.matches(profile))
+    # A rule on a field the profile lacks never matches: tested without a call.
+    firmographic = sum(
+        r.points for r in model.firmographic if r.field in profile and r.matches(profile)
+    )
     if model.behaviour_cap is not None:
         positive = min(positive, model.behaviour_cap)
     if model.firmographic_cap is not None:
