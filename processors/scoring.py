@@ -216,8 +216,12 @@ def score(
         if not award.decays or abs(now_worth) >= 0.01:
             kept.append(award)
             points.append(now_worth)
-    # model_copy, not the constructor: pydantic's model_construct is a loop in Python.
-    history = before.model_copy(update={"awards": kept, "matches": matches})
+    # Most events change nothing of it (no rule of theirs fired, nothing wore off): the
+    # history is kept as it is. Else model_copy, not model_construct (a loop in Python).
+    if kept == before.awards and matches == before.matches:
+        history = before
+    else:
+        history = before.model_copy(update={"awards": kept, "matches": matches})
     components = _components(points, state.facts(), model)
     new_score = total(components, model)
     return history, ScoreDecision(
