@@ -8,7 +8,7 @@ from typing import Any
 
 from processors.area import ServiceAreas, check
 from processors.scoring import ScoreDecision, ScoringModel, score
-from processors.state import ContactState, apply_event
+from processors.state import ContactState, applied
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ def advance(
 ) -> Outcome:
     if state.has_seen(event["event_id"]):
         return Outcome(state, None)
-    state = apply_event(state, event)
+    state = applied(state, event)  # not seen: checked just above
     if areas is not None:
         state = placed(state, areas)
     history, decision = score(state, event, model)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from string import Template
 from typing import Any, Literal
@@ -111,6 +112,14 @@ class PipelineRules(RuleModel):
         unique_names(rules, "rule")
         return rules
 
+    @cached_property
+    def rules_by_event(self) -> dict[str, list[Rule]]:
+        """The rules each event type triggers, in file order (most events trigger none)."""
+        found: dict[str, list[Rule]] = {}
+        for rule in self.rules:
+            found.setdefault(rule.trigger.event, []).append(rule)
+        return found
+
     @model_validator(mode="after")
     def _known_stages(self) -> PipelineRules:
         # Raised as a ValidationError so the error names rules.N.move_to and its line.
@@ -198,8 +207,9 @@ def apply_rules(
     tasks: list[TaskToCreate] = []
     messages: list[ContactMessage] = []
     skipped: list[str] = []
-    payload = scalars(event["payload"])
-    for rule in rules.rules:
+    triggered = rules.rules_by_event.get(event["event_type"], [])
+    payload = scalars(event["payload"]) if triggered else {}
+    for rule in triggered:
         if not rule.trigger.matches(event):
             continue
         if rule.move_to is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,15 @@ class ScoringModel(RuleModel):
         unique_names([*self.behaviour, *self.firmographic], "rule")
         return self
 
+    @cached_property
+    def behaviour_by_event(self) -> dict[str, list[BehaviourRule]]:
+        """The behaviour rules of each event type, in their order: an event is tried
+        against its own type's few, not the model's every rule."""
+        found: dict[str, list[BehaviourRule]] = {}
+        for rule in self.behaviour:
+            found.setdefault(rule.event, []).append(rule)
+        return found
+
     def band_rank(self, band: str | None) -> int:
         """0 for no band, then 1, 2, ... from the lowest band up."""
         names = [b.name for b in self.bands]
@@ -159,7 +169,10 @@ def _components(
     """The score's components from the awards' points as of now."""
     positive = sum(max(p, 0) for p in points)
     negative = sum(min(p, 0) for p in points)
-    firmographic = sum(r.points for r in model.firmographic if r.matches(profile))
+    # A rule on a field the profile lacks never matches: tested without a call.
+    firmographic = sum(
+        r.points for r in model.firmographic if r.field in profile and r.matches(profile)
+    )
     if model.behaviour_cap is not None:
         positive = min(positive, model.behaviour_cap)
     if model.firmographic_cap is not None:
@@ -181,31 +194,34 @@ def score(
     # A new history, sharing with the state's only its awards (never changed in place):
     # a deep copy validated every award again, on every event.
     before = state.scoring
-    history = ScoringState.model_construct(awards=list(before.awards), matches=dict(before.matches))
+    awards, matches = list(before.awards), dict(before.matches)
     fired = []
-    for rule in model.behaviour:
+    for rule in model.behaviour_by_event.get(event["event_type"], ()):
         if not rule.matches(event):
             continue
         if rule.frequency is not None:
             window = timedelta(days=rule.frequency.within_days)
-            recent = [t for t in history.matches.get(rule.name, []) if now - t < window] + [now]
-            history.matches[rule.name] = recent[-rule.frequency.count :]
+            recent = [t for t in matches.get(rule.name, []) if now - t < window] + [now]
+            matches[rule.name] = recent[-rule.frequency.count :]
             if len(recent) < rule.frequency.count:
                 continue
-            history.matches[rule.name] = []  # the next award needs a fresh run of matches
-        history.awards.append(
-            Award(rule=rule.name, points=rule.points, at=now, decays=rule.decaying)
-        )
+            matches[rule.name] = []  # the next award needs a fresh run of matches
+        awards.append(Award(rule=rule.name, points=rule.points, at=now, decays=rule.decaying))
         fired.append(rule.name)
     # Forget what has decayed to nothing, so the history stays small. Each award's points
     # are worked out once, for this and for the components.
     kept, points = [], []
-    for award in history.awards:
+    for award in awards:
         now_worth = decayed(award, now, model.half_life_days)
         if not award.decays or abs(now_worth) >= 0.01:
             kept.append(award)
             points.append(now_worth)
-    history.awards = kept
+    # Most events change nothing of it (no rule of theirs fired, nothing wore off): the
+    # history is kept as it is. Else model_copy, not model_construct (a loop in Python).
+    if kept == before.awards and matches == before.matches:
+        history = before
+    else:
+        history = before.model_copy(update={"awards": kept, "matches": matches})
     components = _components(points, state.facts(), model)
     new_score = total(components, model)
     return history, ScoreDecision(

@@ -322,38 +322,38 @@ def apply_event(state: ContactState, event: dict[str, Any]) -> ContactState:
     """The state after ``event``. An event already seen changes nothing (invariant 2)."""
     if state.has_seen(event["event_id"]):
         return state
-    # A new value, sharing with ``state`` only what this function replaces rather than
-    # changes in place (a deep copy was a twentieth of a worker's time).
-    new = state.model_copy(
-        update={
-            "identifiers": list(state.identifiers),
-            "profile": dict(state.profile),
-            "profile_origin": dict(state.profile_origin),
-            "last_inbound": dict(state.last_inbound),
-            "last_outbound": dict(state.last_outbound),
-            "open_deals": dict(state.open_deals),
-            "consent": state.consent.model_copy(),
-        }
-    )
+    return applied(state, event)
+
+
+def applied(state: ContactState, event: dict[str, Any]) -> ContactState:
+    """apply_event for an event ``state`` has not seen (the caller checked)."""
     at: datetime = event["event_time"]
     payload: dict[str, Any] = event["payload"]
     kind: str = event["event_type"]
-
-    new.recent_event_ids = [*new.recent_event_ids, event["event_id"]][-RECENT_EVENT_IDS:]
+    # The new values are worked out first and the state copied once with them: it shares
+    # with ``state`` only what is not replaced (a deep copy was a twentieth of a worker's
+    # time, and each pydantic attribute set costs about a copy of a small dict).
+    changed: dict[str, Any] = {}
+    recent = state.recent_event_ids[1 - RECENT_EVENT_IDS :]
+    recent.append(event["event_id"])
+    changed["recent_event_ids"] = recent
     if event["source_system"] in UNTIMED_SOURCES:
-        new.untimed_event_ids = kept_untimed(
-            {**new.untimed_event_ids, event["event_id"]: event["received_time"]}
+        changed["untimed_event_ids"] = kept_untimed(
+            {**state.untimed_event_ids, event["event_id"]: event["received_time"]}
         )
+    identifiers = list(state.identifiers)
     for identifier in identifiers_of(event["identity"]):
-        if identifier not in new.identifiers:
-            new.identifiers.append(identifier)
-    new.identifiers = bounded_identifiers(new.identifiers)
+        if identifier not in identifiers:
+            identifiers.append(identifier)
+    changed["identifiers"] = bounded_identifiers(identifiers)
+    profile, profile_origin = dict(state.profile), dict(state.profile_origin)
     email = event["identity"].get("email")
-    if email and "email_domain" not in new.profile:
-        new.profile["email_domain"] = email.rpartition("@")[2]
-    new.first_seen = min(filter(None, (new.first_seen, at)))
-    new.last_event_time = max(filter(None, (new.last_event_time, at)))
+    if email and "email_domain" not in profile:
+        profile["email_domain"] = email.rpartition("@")[2]
+    changed["first_seen"] = min(filter(None, (state.first_seen, at)))
+    changed["last_event_time"] = max(filter(None, (state.last_event_time, at)))
 
+    last_inbound, last_outbound = dict(state.last_inbound), dict(state.last_outbound)
     channel_direction = _TOUCH.get(kind)
     if kind == "CALL_COMPLETED":
         channel_direction = ("phone", "in" if payload["direction"] == "INBOUND" else "out")
@@ -361,27 +361,28 @@ def apply_event(state: ContactState, event: dict[str, Any]) -> ContactState:
         channel_direction = (payload["activity_type"], "out")
     if channel_direction is not None:
         channel, direction = channel_direction
-        touches = new.last_inbound if direction == "in" else new.last_outbound
+        touches = last_inbound if direction == "in" else last_outbound
         if channel not in touches or touches[channel] < at:
             touches[channel] = at
 
+    open_deals = dict(state.open_deals)
     for field, known in (event.get("profile") or {}).items():
-        profiles.take(new.profile, new.profile_origin, {field: known["value"]}, known["origin"])
+        profiles.take(profile, profile_origin, {field: known["value"]}, known["origin"])
     if kind == "CONTACT_UPDATED":
         properties = payload["properties"]
         if "lifecyclestage" in properties:
-            new.lifecycle_stage = properties["lifecyclestage"]
+            changed["lifecycle_stage"] = properties["lifecyclestage"]
         edited = {k: v for k, v in properties.items() if k not in _NOT_PROFILE}
-        profiles.take(new.profile, new.profile_origin, edited, "crm")
+        profiles.take(profile, profile_origin, edited, "crm")
     elif kind == "FORM_SUBMITTED":
         answers = {k: v for k, v in payload["fields"].items() if k in _PROFILE_FIELDS}
-        profiles.take(new.profile, new.profile_origin, answers, "self")
+        profiles.take(profile, profile_origin, answers, "self")
     elif kind == "DEAL_STAGE_CHANGED":
         deal_id = payload["deal_id"]
         if payload["stage"] in CLOSED_STAGES:
-            new.open_deals.pop(deal_id, None)
+            open_deals.pop(deal_id, None)
         else:
-            new.open_deals[deal_id] = Deal(
+            open_deals[deal_id] = Deal(
                 deal_id=deal_id,
                 stage=payload["stage"],
                 updated_at=at,
@@ -389,9 +390,9 @@ def apply_event(state: ContactState, event: dict[str, Any]) -> ContactState:
                 currency=payload.get("currency"),
             )
     elif kind == "CALL_COMPLETED":
-        if new.last_call is None or new.last_call.at <= at:
+        if state.last_call is None or state.last_call.at <= at:
             # .get: events built by hand (tests, replays of old records) may lack fields.
-            new.last_call = LastCall(
+            changed["last_call"] = LastCall(
                 call_id=payload.get("call_id") or event["event_id"],
                 at=at,
                 direction=payload["direction"].lower(),
@@ -401,12 +402,19 @@ def apply_event(state: ContactState, event: dict[str, Any]) -> ContactState:
                 handled_by=payload.get("handled_by"),
             )
     elif kind in _MEETING_STATUS:
-        new.meetings = kept_meetings(_met(new.meetings, kind, payload, at))
+        changed["meetings"] = kept_meetings(_met(state.meetings, kind, payload, at))
     elif kind == "EMAIL_UNSUBSCRIBED":
-        new.consent.email_opt_out = True
+        changed["consent"] = state.consent.model_copy(update={"email_opt_out": True})
     elif kind == "EMAIL_BOUNCED" and payload["bounce_type"] == "hard":
-        new.consent.email_bounced = True
-    return new
+        changed["consent"] = state.consent.model_copy(update={"email_bounced": True})
+    changed |= {
+        "profile": profile,
+        "profile_origin": profile_origin,
+        "last_inbound": last_inbound,
+        "last_outbound": last_outbound,
+        "open_deals": open_deals,
+    }
+    return state.model_copy(update=changed)
 
 
 _MEETING_STATUS = {

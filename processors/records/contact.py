@@ -20,20 +20,36 @@ def contact_fields(state: ContactState) -> dict[str, Any]:
     """What the CRM contact shows of the state, but the score (which moves with nearly
     every event, so it rides along with the changes that matter instead)."""
     strongest = state.identifiers_by_kind()
+    profile = state.profile
+    properties = {k: profile[k] for k in CRM_PROPERTIES if k in profile}
+    if state.band:
+        properties["lead_band"] = state.band
+    if state.area is not None:
+        properties |= area_properties(state)
     return {
         "email": strongest.get("email"),
         "phone": strongest.get("phone"),
         "crm_id": strongest.get("crm"),
-        "first_name": state.profile.get("first_name"),
-        "last_name": state.profile.get("last_name"),
-        "company": state.profile.get("company"),
-        "title": state.profile.get("title"),
-        "properties": {
-            **{k: state.profile[k] for k in CRM_PROPERTIES if k in state.profile},
-            **({"lead_band": state.band} if state.band else {}),
-            **area_properties(state),
-        },
+        "first_name": profile.get("first_name"),
+        "last_name": profile.get("last_name"),
+        "company": profile.get("company"),
+        "title": profile.get("title"),
+        "properties": properties,
     }
+
+
+def changed_fields(before: ContactState | None, state: ContactState) -> dict[str, Any] | None:
+    """``contact_fields(state)`` when they differ from ``before``'s, else None; found
+    without them when what they are made of is the same (most events change none of it)."""
+    if before is not None and (before.identifiers, before.profile, before.band, before.area) == (
+        state.identifiers,
+        state.profile,
+        state.band,
+        state.area,
+    ):
+        return None
+    fields = contact_fields(state)
+    return fields if before is None or contact_fields(before) != fields else None
 
 
 def area_properties(state: ContactState) -> dict[str, str]:

@@ -20,7 +20,7 @@ from processors.pipeline import PipelineRules, apply_rules
 from processors.records.base import audit_entry
 from processors.records.billing import invoice_outputs
 from processors.records.contact import (
-    contact_fields,
+    changed_fields,
     qualification_audit,
     upsert_of,
     with_tasks,
@@ -102,8 +102,8 @@ class ContactStage:
                 at,
             )
             out.append(("audit", contact_id, created))
-        fields = contact_fields(state)
-        if before is None or contact_fields(before) != fields:
+        fields = changed_fields(before, state)
+        if fields is not None:
             command_id = decision_id("upsert", state.contact_id, event["event_id"])
             upsert = upsert_of(state, fields, command_id, event["event_id"], at)
             out.append(("commands", contact_id, upsert))
