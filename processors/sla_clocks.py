@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from processors import sla, timers
+from processors.matching import EventMatch
 from processors.records.base import audit_entry
 from processors.records.sla import firing_outputs, timer_change_audit
 from processors.state import ContactState
@@ -131,20 +132,27 @@ class SlaClocks(timers.TimerTable[sla.TimerBook]):
 
 
 def by_event_type(policies: sla.SlaPolicies) -> dict[str, sla.SlaPolicies]:
-    """Event type -> the policies that start or stop on it, in the file's order. The
-    others change no clock for an event of that type, and matching every policy at every
-    event was most of sla.on_event's time."""
+    """Event type -> the policies that start or stop on it, in the file's order, each
+    with only its matches of that type. The others change no clock for an event of that
+    type, and matching every policy at every event was most of sla.on_event's time."""
 
-    def names(policy: sla.Policy, event_type: str) -> bool:
-        return any(m.event == event_type for m in [*policy.starts_on, *policy.stops_on])
+    def of_type(matches: list[EventMatch], event_type: str) -> list[EventMatch]:
+        return [m for m in matches if m.event == event_type]
+
+    def narrowed(event_type: str) -> list[sla.Policy]:
+        return [
+            p.model_copy(
+                update={
+                    "starts_on": of_type(p.starts_on, event_type),
+                    "stops_on": of_type(p.stops_on, event_type),
+                }
+            )
+            for p in policies.policies
+            if of_type([*p.starts_on, *p.stops_on], event_type)
+        ]
 
     types = {m.event for p in policies.policies for m in [*p.starts_on, *p.stops_on]}
-    return {
-        event_type: policies.model_copy(
-            update={"policies": [p for p in policies.policies if names(p, event_type)]}
-        )
-        for event_type in types
-    }
+    return {t: policies.model_copy(update={"policies": narrowed(t)}) for t in types}
 
 
 def declare_policies(policies: sla.SlaPolicies) -> None:

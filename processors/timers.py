@@ -221,6 +221,9 @@ class TimerTable(Generic[B]):
         self.schedule = Schedule()
         self.clock = clock
         self._book = book
+        # The book of a contact without one: shared like every book ``load`` hands out
+        # (never changed in place), rather than one validated at each of their events.
+        self._empty = book()
         attach(runtime, self.table, self.schedule, clock, settings.timer_tick_s, stored, kind)
 
     def timers_of(self, book: B) -> dict[str, tuple[datetime, int]]:
@@ -234,7 +237,7 @@ class TimerTable(Generic[B]):
     def load(self, contact_id: str) -> B:
         """The contact's book (shared: a new book is made by copy, never changed in place)."""
         found = self.books.get(contact_id)
-        return self._book() if found is None else found
+        return self._empty if found is None else found
 
     def save(self, contact_id: str, before: B, after: B, partition: int) -> None:
         """Store ``after``, the contact's book that was ``before``, and keep the schedule
@@ -246,6 +249,7 @@ class TimerTable(Generic[B]):
         for key in was:
             if key not in now:
                 self.schedule.discard(contact_id, key)
+        assert after is not self._empty  # shared by every contact without a book
         after.partition = partition
         if self.kept(after):
             self.books[contact_id] = after

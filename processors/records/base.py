@@ -21,10 +21,11 @@ def audit_entry(
     inputs: dict[str, Any],
     causes: list[str],
     at: datetime,
+    audit_id: str | None = None,
 ) -> dict[str, Any]:
     return {
         # The reason tells apart two decisions of one kind without a causing event (merges).
-        "audit_id": decision_id(contact_id, stage, decision, reason, *causes),
+        "audit_id": audit_id or decision_id(contact_id, stage, decision, reason, *causes),
         "contact_id": contact_id,
         "recorded_at": at,
         "stage": stage,

@@ -135,8 +135,8 @@ def firing_outputs(state: ContactState, firing: Firing, now: datetime) -> list[O
         "final": firing.final,
         **timer.context,
     }
-    audit = audit_entry(contact_id, "sla", decision, reason, inputs, [timer.cause], now)
-    audit["audit_id"] = _step_id("sla-audit", contact_id, timer, level)
+    audit_id = _step_id("sla-audit", contact_id, timer, level)
+    audit = audit_entry(contact_id, "sla", decision, reason, inputs, [timer.cause], now, audit_id)
     outputs.append(("audit", contact_id, audit))
     return outputs
 

@@ -27,8 +27,8 @@ def workflow_outputs(state: ContactState, effects: list[Effect], now: datetime) 
                 effect.inputs,
                 [effect.cause],
                 now,
+                effect.audit_id,  # the engine's: hashing another one here was wasted
             )
-            entry["audit_id"] = effect.audit_id
             outputs.append(("audit", contact_id, entry))
         elif isinstance(effect, Message):
             outputs.append(
