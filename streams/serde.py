@@ -153,10 +153,10 @@ class AvroSerde:
         if self._compiled is not None:
             # The compiled writer's fast path; whatever it refuses, fastavro writes or
             # refuses with its own words (streams.avro_writer).
-            out = bytearray(header)
+            parts = [header]
             try:  # not contextlib.suppress: entering it cost 2% of a worker
-                self._compiled(out, prepared)
-                return bytes(out)
+                self._compiled(parts, prepared)
+                return b"".join(parts)  # refuses a part that is no bytes, as += did
             except Exception:
                 pass
         body = io.BytesIO()
