@@ -487,7 +487,7 @@ class Engine:
         route = self.routes[topic]
         self._begin()
         for table in self.tables:
-            table.focus(partition)
+            table.partition = partition  # focus(), without a call per table and record
         value = message.value()
         encoded: list[tuple[str, bytes, bytes]] = []
         letter: dict[str, Any] | None = None

@@ -149,7 +149,7 @@ class AvroSerde:
         header = self._header
         if header is None:
             header = self._header = bytes([MAGIC_BYTE]) + self.schema_id().to_bytes(4, "big")
-        prepared = self._with_branch(record)
+        prepared = record if self.discriminator is None else self._with_branch(record)
         if self._compiled is not None:
             # The compiled writer's fast path; whatever it refuses, fastavro writes or
             # refuses with its own words (streams.avro_writer).
@@ -179,7 +179,9 @@ class AvroSerde:
             )
         schema_id = int.from_bytes(data[1:5], "big")
         try:
-            writer = self._writer_schema(schema_id)
+            writer = self._writers.get(schema_id)
+            if writer is None:
+                writer = self._writer_schema(schema_id)
             # Schema resolution costs a third of the decode; skip it when the writer
             # used the contract itself.
             if writer is self._parsed:
