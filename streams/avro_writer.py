@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from fastavro.write import LOGICAL_WRITERS
@@ -71,6 +72,22 @@ def _int(n: int) -> bytes:
     return _long(n)
 
 
+# Per logical type of a long (timestamps): a datetime -> its encoded long. Equal
+# datetimes are the same instant, written as the same long whatever their time zone.
+_MEMOS: dict[str, dict[datetime, bytes]] = {}
+
+
+def _prepared(memo: dict[datetime, bytes], value: Any, prepare: Any, schema: Any) -> bytes:
+    """``value`` as a logical long, remembered when it is a plain datetime (an int is
+    written as it is, and may be a bool, equal to 1 but refused)."""
+    written = _long(prepare(value, schema))
+    if type(value) is datetime:
+        if len(memo) >= 4096:
+            memo.clear()
+        memo[value] = written
+    return written
+
+
 _FLOAT = struct.Struct("<f").pack
 _DOUBLE = struct.Struct("<d").pack
 
@@ -85,6 +102,9 @@ class _Compiler(Source):
             schema = {"type": schema}
         kind = schema["type"]
         logical = schema.get("logicalType")
+        if kind == "long" and logical is not None and LOGICAL_WRITERS.get(f"long-{logical}"):
+            self.timestamp(f"long-{logical}", schema, expr, indent)
+            return
         if logical is not None and kind in ("int", "long", "bytes", "string", "fixed"):
             prepare = LOGICAL_WRITERS.get(f"{kind}-{logical}")
             if prepare is not None:
@@ -142,6 +162,17 @@ class _Compiler(Source):
         else:  # fixed, a named reference left unexpanded
             raise Unsupported(str(kind))
 
+    def timestamp(self, name: str, schema: dict[str, Any], expr: str, indent: int) -> None:
+        """A timestamp, converted and encoded once per datetime: the records an event
+        causes carry the same instant, and the conversion costs far more than a lookup."""
+        memo = self.constant(_MEMOS.setdefault(name, {}))
+        prepare, own = self.constant(LOGICAL_WRITERS[name]), self.constant(schema)
+        written = self.name("t")
+        self.emit(indent, f"{written} = {memo}.get({expr})")
+        self.emit(indent, f"if {written} is None:")
+        self.emit(indent + 1, f"{written} = _prepared({memo}, {expr}, {prepare}, {own})")
+        self.emit(indent, f"o.append({written})")
+
     def record(self, schema: dict[str, Any], expr: str, indent: int) -> None:
         self.emit(indent, f"if type({expr}) is not dict: raise TypeError('not a dict')")
         for field in schema["fields"]:
@@ -186,6 +217,7 @@ def compile_writer(schema: Any) -> Writer | None:
     when the schema has a type this module leaves to fastavro."""
     helpers = {
         "_long": _long,
+        "_prepared": _prepared,
         "_int": _int,
         "_COUNTS": _COUNTS,
         "_varint": _varint,
