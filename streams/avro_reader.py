@@ -48,6 +48,17 @@ def _long(data: bytes, position: int) -> tuple[int, int]:
             raise Unreadable("a long of more than 10 bytes")
 
 
+# The size a one-byte long holds, by its byte: -1 for a negative one, or a longer long.
+_SIZES = tuple(-1 if c >= 0x80 or c & 1 else c >> 1 for c in range(256))
+
+
+def _size(data: bytes, position: int) -> tuple[int, int]:
+    size, position = _long(data, position)
+    if size < 0:
+        raise Unreadable("a negative size")
+    return size, position
+
+
 # Per logical type of an int or long (dates, times, timestamps: their conversion takes
 # nothing from the schema): the first 10 bytes a value was read from -> the value
 # converted (immutable: a datetime, date or time) and the size of its long.
@@ -75,9 +86,10 @@ class _Compiler(Source):
 
     def size(self, target: str, indent: int) -> None:
         """A length or block count: not negative (fastavro reads negative block counts,
-        which carry a byte size, itself)."""
-        self.long(target, indent)
-        self.emit(indent, f"if {target} < 0: raise Unreadable('a negative size')")
+        which carry a byte size, itself). A one-byte size from a table: fewer steps."""
+        self.emit(indent, f"{target} = _SIZES[b[p]]")
+        self.emit(indent, f"if {target} < 0: {target}, p = _size(b, p)")
+        self.emit(indent, "else: p += 1")
 
     def value(self, schema: Any, target: str, indent: int) -> None:
         """Lines that read a ``schema`` value into the local ``target``."""
@@ -161,7 +173,7 @@ class _Compiler(Source):
 
     def union(self, branches: list[Any], target: str, indent: int) -> None:
         index = self.name("u")
-        self.long(index, indent)
+        self.size(index, indent)  # never negative either
         for n, branch in enumerate(branches):
             self.emit(indent, f"{'if' if n == 0 else 'elif'} {index} == {n}:")
             self.value(branch, target, indent + 1)
@@ -175,6 +187,8 @@ def compile_reader(schema: Any) -> Reader | None:
     helpers = {
         "_long": _long,
         "_converted": _converted,
+        "_SIZES": _SIZES,
+        "_size": _size,
         "_FLOAT": _FLOAT,
         "_DOUBLE": _DOUBLE,
         "_BOOLEAN": {0: False, 1: True},
