@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from fastavro.write import LOGICAL_WRITERS
 
 from streams.avro_source import Source, Unsupported
 
-Writer = Callable[[bytearray, dict[str, Any]], None]
+# Writes a record's parts onto a list, for b"".join: a list append is far cheaper than
+# ``bytearray +=`` (the buffer protocol and a resize per part), and a record has dozens.
+Writer = Callable[[list[bytes], dict[str, Any]], None]
 
 _SMALL = 1 << 14  # zig-zag values below this come from a table
 
@@ -69,6 +72,22 @@ def _int(n: int) -> bytes:
     return _long(n)
 
 
+# Per logical type of a long (timestamps): a datetime -> its encoded long. Equal
+# datetimes are the same instant, written as the same long whatever their time zone.
+_MEMOS: dict[str, dict[datetime, bytes]] = {}
+
+
+def _prepared(memo: dict[datetime, bytes], value: Any, prepare: Any, schema: Any) -> bytes:
+    """``value`` as a logical long, remembered when it is a plain datetime (an int is
+    written as it is, and may be a bool, equal to 1 but refused)."""
+    written = _long(prepare(value, schema))
+    if type(value) is datetime:
+        if len(memo) >= 4096:
+            memo.clear()
+        memo[value] = written
+    return written
+
+
 _FLOAT = struct.Struct("<f").pack
 _DOUBLE = struct.Struct("<d").pack
 
@@ -83,6 +102,9 @@ class _Compiler(Source):
             schema = {"type": schema}
         kind = schema["type"]
         logical = schema.get("logicalType")
+        if kind == "long" and logical is not None and LOGICAL_WRITERS.get(f"long-{logical}"):
+            self.timestamp(f"long-{logical}", schema, expr, indent)
+            return
         if logical is not None and kind in ("int", "long", "bytes", "string", "fixed"):
             prepare = LOGICAL_WRITERS.get(f"{kind}-{logical}")
             if prepare is not None:
@@ -95,49 +117,61 @@ class _Compiler(Source):
             self.emit(indent, f"if {expr} is not None: raise TypeError('not null')")
         elif kind == "boolean":
             self.emit(indent, f"if type({expr}) is not bool: raise TypeError('not a bool')")
-            self.emit(indent, f"o += b'\\x01' if {expr} else b'\\x00'")
+            self.emit(indent, f"o.append(b'\\x01' if {expr} else b'\\x00')")
         elif kind == "int":
-            self.emit(indent, f"o += _int({expr})")
+            self.emit(indent, f"o.append(_int({expr}))")
         elif kind == "long":
-            self.emit(indent, f"o += _long({expr})")
+            self.emit(indent, f"o.append(_long({expr}))")
         elif kind in ("float", "double"):
             pack = "_FLOAT" if kind == "float" else "_DOUBLE"
             self.emit(indent, f"if type({expr}) is not float: raise TypeError('not a float')")
-            self.emit(indent, f"o += {pack}({expr})")
+            self.emit(indent, f"o.append({pack}({expr}))")
         elif kind == "string":
             # Only a str has .encode() that returns bytes; fastavro takes any str.
             encoded, size = self.name("s"), self.name("n")
             self.emit(indent, f"{encoded} = {expr}.encode()")
             self.emit(indent, f"{size} = len({encoded})")
-            self.emit(indent, f"o += _COUNTS[{size}] if {size} < {_SMALL} else _varint({size})")
-            self.emit(indent, f"o += {encoded}")
+            count = f"_COUNTS[{size}] if {size} < {_SMALL} else _varint({size})"
+            self.emit(indent, f"o.append({count})")
+            self.emit(indent, f"o.append({encoded})")
         elif kind == "bytes":
             self.emit(indent, f"if type({expr}) is not bytes: raise TypeError('not bytes')")
-            self.emit(indent, f"o += _long(len({expr})); o += {expr}")
+            self.emit(indent, f"o.append(_long(len({expr}))); o.append({expr})")
         elif kind == "enum":
             index = self.constant({s: _long(i) for i, s in enumerate(schema["symbols"])})
-            self.emit(indent, f"o += {index}[{expr}]")
+            self.emit(indent, f"o.append({index}[{expr}])")
         elif kind == "array":
             item = self.name("i")
             self.emit(indent, f"if type({expr}) is not list: raise TypeError('not a list')")
             self.emit(indent, f"if {expr}:")
-            self.emit(indent + 1, f"o += _long(len({expr}))")
+            self.emit(indent + 1, f"o.append(_long(len({expr})))")
             self.emit(indent + 1, f"for {item} in {expr}:")
             self.value(schema["items"], item, indent + 2)
-            self.emit(indent, "o += b'\\x00'")
+            self.emit(indent, "o.append(b'\\x00')")
         elif kind == "map":
             key, item = self.name("k"), self.name("i")
             self.emit(indent, f"if type({expr}) is not dict: raise TypeError('not a dict')")
             self.emit(indent, f"if {expr}:")
-            self.emit(indent + 1, f"o += _long(len({expr}))")
+            self.emit(indent + 1, f"o.append(_long(len({expr})))")
             self.emit(indent + 1, f"for {key}, {item} in {expr}.items():")
             self.value("string", key, indent + 2)
             self.value(schema["values"], item, indent + 2)
-            self.emit(indent, "o += b'\\x00'")
+            self.emit(indent, "o.append(b'\\x00')")
         elif kind == "record":
             self.record(schema, expr, indent)
         else:  # fixed, a named reference left unexpanded
             raise Unsupported(str(kind))
+
+    def timestamp(self, name: str, schema: dict[str, Any], expr: str, indent: int) -> None:
+        """A timestamp, converted and encoded once per datetime: the records an event
+        causes carry the same instant, and the conversion costs far more than a lookup."""
+        memo = self.constant(_MEMOS.setdefault(name, {}))
+        prepare, own = self.constant(LOGICAL_WRITERS[name]), self.constant(schema)
+        written = self.name("t")
+        self.emit(indent, f"{written} = {memo}.get({expr})")
+        self.emit(indent, f"if {written} is None:")
+        self.emit(indent + 1, f"{written} = _prepared({memo}, {expr}, {prepare}, {own})")
+        self.emit(indent, f"o.append({written})")
 
     def record(self, schema: dict[str, Any], expr: str, indent: int) -> None:
         self.emit(indent, f"if type({expr}) is not dict: raise TypeError('not a dict')")
@@ -158,9 +192,9 @@ class _Compiler(Source):
         if len(branches) == 2 and "null" in branches:
             other = branches[1 - branches.index("null")]
             self.emit(indent, f"if {expr} is None:")
-            self.emit(indent + 1, f"o += {_long(branches.index('null'))!r}")
+            self.emit(indent + 1, f"o.append({_long(branches.index('null'))!r})")
             self.emit(indent, "else:")
-            self.emit(indent + 1, f"o += {_long(branches.index(other))!r}")
+            self.emit(indent + 1, f"o.append({_long(branches.index(other))!r})")
             self.value(other, expr, indent + 1)
             return
         # Named branches, chosen by tuple notation ("name", value): the only unions the
@@ -171,7 +205,7 @@ class _Compiler(Source):
         for index, branch in enumerate(branches):
             keyword = "if" if index == 0 else "elif"
             self.emit(indent, f"{keyword} {expr}[0] == {branch['name']!r}:")
-            self.emit(indent + 1, f"o += {_long(index)!r}")
+            self.emit(indent + 1, f"o.append({_long(index)!r})")
             inner = self.name("u")
             self.emit(indent + 1, f"{inner} = {expr}[1]")
             self.record(branch, inner, indent + 1)
@@ -179,10 +213,11 @@ class _Compiler(Source):
 
 
 def compile_writer(schema: Any) -> Writer | None:
-    """An encoder of records of the parsed or plain ``schema`` onto a bytearray, or None
+    """An encoder of records of the parsed or plain ``schema`` onto a list of parts, or None
     when the schema has a type this module leaves to fastavro."""
     helpers = {
         "_long": _long,
+        "_prepared": _prepared,
         "_int": _int,
         "_COUNTS": _COUNTS,
         "_varint": _varint,

@@ -149,14 +149,14 @@ class AvroSerde:
         header = self._header
         if header is None:
             header = self._header = bytes([MAGIC_BYTE]) + self.schema_id().to_bytes(4, "big")
-        prepared = self._with_branch(record)
+        prepared = record if self.discriminator is None else self._with_branch(record)
         if self._compiled is not None:
             # The compiled writer's fast path; whatever it refuses, fastavro writes or
             # refuses with its own words (streams.avro_writer).
-            out = bytearray(header)
+            parts = [header]
             try:  # not contextlib.suppress: entering it cost 2% of a worker
-                self._compiled(out, prepared)
-                return bytes(out)
+                self._compiled(parts, prepared)
+                return b"".join(parts)  # refuses a part that is no bytes, as += did
             except Exception:
                 pass
         body = io.BytesIO()
@@ -179,7 +179,9 @@ class AvroSerde:
             )
         schema_id = int.from_bytes(data[1:5], "big")
         try:
-            writer = self._writer_schema(schema_id)
+            writer = self._writers.get(schema_id)
+            if writer is None:
+                writer = self._writer_schema(schema_id)
             # Schema resolution costs a third of the decode; skip it when the writer
             # used the contract itself.
             if writer is self._parsed:

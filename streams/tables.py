@@ -220,7 +220,10 @@ class Table:
     def settle(self) -> dict[int, dict[str, str | None]]:
         """The checkpoint's changes per partition, as text: each object is dumped now."""
         return {
-            partition: {key: _text(value) for key, value in changes.items()}
+            partition: {
+                key: value.text() if isinstance(value, Deferred) else value  # _text(value)
+                for key, value in changes.items()
+            }
             for partition, changes in self.dirty.items()
         }
 

@@ -33,12 +33,12 @@ def fastavro_bytes(parsed: Any, record: Any) -> bytes | Exception:
 def compiled_bytes(name: str, record: Any) -> bytes | None:
     writer = compile_writer(schemas.parsed(name))
     assert writer is not None, f"{name} is not compiled"
-    out = bytearray()
+    parts: list[bytes] = []
     try:
-        writer(out, record)
+        writer(parts, record)
+        return b"".join(parts)
     except Exception:
         return None
-    return bytes(out)
 
 
 @pytest.mark.parametrize("name", schemas.names())
