@@ -156,6 +156,13 @@ class Workflow(RuleModel):
     def _by_id(self) -> dict[str, Step]:
         return {s.id: s for s in self.steps}
 
+    @cached_property
+    def heard(self) -> frozenset[str]:
+        """The event types its goal or any of its steps' waits names: the only ones that
+        may move a run through it, besides its goal's state."""
+        matches = [*self.goal.events, *(m for s in self.steps for m in s.wait_for or [])]
+        return frozenset(m.event for m in matches)
+
     def successor(self, step_id: str) -> str | None:
         """The step after ``step_id`` when it does not choose: ``next``, else the next in
         the file (None past the last: lint refuses that)."""

@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from processors.journeys import DIVERTED
+from processors.matching import payload_matches
 from processors.pipeline import PipelineRules
 from processors.sla import EPOCH, to_ms
 from processors.state import ContactState
@@ -49,15 +50,21 @@ class Engine:
         self.library = library
         self.pipeline = pipeline  # the deal stage order; None: any move is forward
         self.triggered = triggered  # the workflows events may start (None: all)
-        # Event type -> the workflows whose trigger names it, in the library's order.
-        self._by_type: dict[str, list[Workflow]] = {}
+        # Event type -> the workflows whose trigger names it, in the library's order, with
+        # the payload conditions of its matches of that type (none: any payload).
+        self._by_type: dict[str, list[tuple[Workflow, list[dict[str, Any]]]]] = {}
 
     def on_event(
         self, book: RunBook, state: ContactState, event: dict[str, Any], now: datetime
     ) -> Outcome:
         """``event`` happened to the contact (``state`` is after it): goals, waits for
         events, and the workflows it triggers."""
-        triggered = [w for w in self._may_trigger(event["event_type"]) if w.triggered_by(event)]
+        payload = event["payload"]
+        triggered = [
+            w
+            for w, whens in self._may_trigger(event["event_type"])
+            if not whens or any(payload_matches(payload, when) for when in whens)
+        ]
         if not triggered and not any(self._concerns(r, event) for r in book.runs.values()):
             return Outcome(book, state)  # most events: nothing to copy, nothing to do
         run = _Pass(self.library, self.pipeline, book, state, now, event["event_id"])
@@ -69,18 +76,19 @@ class Engine:
             run.enrol(workflow, event["event_time"], event)
         return run.finish()
 
-    def _may_trigger(self, event_type: str) -> list[Workflow]:
-        """The workflows an event of ``event_type`` may start (most types start none):
+    def _may_trigger(self, event_type: str) -> list[tuple[Workflow, list[dict[str, Any]]]]:
+        """The workflows an event of ``event_type`` may start (most types start none), each
+        with the payload conditions one of which it must meet (none: it starts them all):
         sorting the library and matching every trigger at every event was a measurable
         part of a worker's time."""
         found = self._by_type.get(event_type)
         if found is None:
-            found = self._by_type[event_type] = [
-                w
-                for w in self.library.workflows()
-                if (self.triggered is None or w.name in self.triggered)
-                and any(match.event == event_type for match in w.trigger)
-            ]
+            found = self._by_type[event_type] = []
+            for w in self.library.workflows():
+                whens = [m.when for m in w.trigger if m.event == event_type]
+                if whens and (self.triggered is None or w.name in self.triggered):
+                    # A match without conditions starts it whatever the payload.
+                    found.append((w, [] if not all(whens) else whens))
         return found
 
     def _concerns(self, run: Run, event: dict[str, Any]) -> bool:
@@ -89,6 +97,8 @@ class Engine:
         flow = self.library.of(run)
         if flow is None or flow.goal.state is not None:
             return True
+        if event["event_type"] not in flow.heard:
+            return False  # most events: neither its goal nor any of its waits names them
         if any(m.matches(event) for m in flow.goal.events):
             return True
         step = flow.step(run.step)
