@@ -116,9 +116,9 @@ def handle(
     }
     outputs.append(("assignments", contact_id, assignment))
     outcome = "assigned" if decision.rep_id else ("held" if decision.held else "unassigned")
-    metrics.ROUTING_DECISIONS.labels(rule=decision.rule or "none", outcome=outcome).inc()
+    metrics.labelled(metrics.ROUTING_DECISIONS, decision.rule or "none", outcome).inc()
     if decision.rep_id:
-        metrics.ASSIGNMENTS.labels(rep=decision.rep_id).inc()
+        metrics.labelled(metrics.ASSIGNMENTS, decision.rep_id).inc()
     inputs = {
         "rule": decision.rule or "",
         "rep_id": decision.rep_id or "",
@@ -200,10 +200,14 @@ def register(
         }
         return [("routing", ROUTER_KEY, change)]
 
+    declared: set[str] = set()  # reps whose assignment count is exported
+
     def decide(item: Decoded) -> list[Output]:
         assert item.record is not None
         state = states.get(ROUTER_KEY) or RouterState()
-        metrics.declare(metrics.ASSIGNMENTS, ({"rep": rep} for rep in state.roster))
+        if not declared.issuperset(state.roster):  # once per rep, not per lead
+            metrics.declare(metrics.ASSIGNMENTS, ({"rep": rep} for rep in state.roster))
+            declared.update(state.roster)
         state, outputs = handle(item.record, state, rules)
         states[ROUTER_KEY] = state
         return outputs

@@ -19,6 +19,19 @@ NEXT_STEP_DUE = timedelta(hours=1)
 # Outcomes after which the caller expects to hear back soon.
 URGENT_OUTCOMES = {"qualified", "callback_requested", "booked", "interested"}
 
+# The event types activity() logs: the rest (most events) need no record made and hashed.
+ACTIVITY_TYPES = frozenset(
+    {
+        "CALL_COMPLETED",
+        "EMAIL_REPLIED",
+        "MEETING_BOOKED",
+        "MEETING_COMPLETED",
+        "FORM_SUBMITTED",
+        "PAYMENT_RECEIVED",
+        "INVOICE_PAID",
+    }
+)
+
 
 def _money(amount_minor: int, currency: str) -> str:
     return f"{amount_minor / 100:,.2f} {currency.upper()}"
@@ -39,6 +52,8 @@ def activity(event: dict[str, Any]) -> dict[str, Any] | None:
     calls, e-mail replies, meetings booked and held, forms and payments; None for the
     rest (opens and clicks are scoring's, not the rep's timeline)."""
     kind, p = event["event_type"], event["payload"]
+    if kind not in ACTIVITY_TYPES:
+        return None
     record: dict[str, Any] = {
         "activity_id": decision_id("activity", event["event_id"]),
         "occurred_at": event["event_time"],

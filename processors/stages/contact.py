@@ -68,6 +68,14 @@ class ContactStage:
         self.routing_rules = routing_rules
         self.pipeline = pipeline
         self.areas = areas
+        # The bands a lead without an owner is routed from (None: any band, or none),
+        # ranked once here rather than twice per event.
+        floor = model.band_rank(routing_rules.route_from_band)
+        self.routed_bands = (
+            frozenset(b.name for b in model.bands if model.band_rank(b.name) >= floor)
+            if floor
+            else None
+        )
 
     def on_event(self, contact_id: str, event: dict[str, Any], partition: int) -> list[Output]:
         event["contact_id"] = contact_id  # forwarded as it came: the key names it
@@ -181,8 +189,7 @@ class ContactStage:
         again = state.routing == "unassigned" and event["event_type"] == "CONTACT_ENRICHED"
         if state.routing is not None and not again:
             return False
-        wanted = self.routing_rules.route_from_band
-        return wanted is None or self.model.band_rank(state.band) >= self.model.band_rank(wanted)
+        return self.routed_bands is None or state.band in self.routed_bands
 
     def on_assignment(
         self, contact_id: str, assignment: dict[str, Any], partition: int

@@ -3,8 +3,8 @@ observe how old the event is when the stage takes it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from streams import metrics
@@ -17,8 +17,9 @@ def record_of(item: Decoded) -> dict[str, Any]:
 
 
 def observe_age(stage: str, event: dict[str, Any]) -> None:
-    age = datetime.now(UTC) - event["received_time"]
-    metrics.labelled(metrics.EVENT_AGE, stage).observe(max(age.total_seconds(), 0.0))
+    # time.time(), not datetime.now(UTC) and a timedelta: two objects fewer per event
+    age = time.time() - event["received_time"].timestamp()
+    metrics.labelled(metrics.EVENT_AGE, stage).observe(max(age, 0.0))
 
 
 def by_contact(

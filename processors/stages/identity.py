@@ -69,10 +69,12 @@ class IdentityStage:
             recent.popitem(last=False)
         # Each identifier is claimed once with the key it came with: a claim answered
         # before (linked, or merged) gives the same answer again.
-        before = json.loads(self.claimed.get(key) or "[]")
-        new = [i for i in found.claims if i not in before]
-        if new:
-            self.claimed[key] = json.dumps([*before, *new][-CLAIMED_PER_KEY:])
+        new: list[str] = []
+        if found.claims:  # an event with one identifier (many) claims nothing: no JSON read
+            before = json.loads(self.claimed.get(key) or "[]")
+            new = [i for i in found.claims if i not in before]
+            if new:
+                self.claimed[key] = json.dumps([*before, *new][-CLAIMED_PER_KEY:])
         outputs: list[Output | Forwarded] = [
             (
                 "claims",
