@@ -266,6 +266,17 @@ class ContactState(PlainModel):
         )
 
 
+# What a contact without a state starts from: copied, not validated, at each first event.
+_NEW_CONTACT = ContactState(contact_id="")
+
+
+def new_contact(contact_id: str) -> ContactState:
+    """ContactState(contact_id=contact_id), a shallow copy of a shared template: like
+    every state handed out, its lists, dicts and models are changed by copy, never in
+    place."""
+    return _NEW_CONTACT.model_copy(update={"contact_id": contact_id})
+
+
 CLOSED_STAGES = {"closedwon", "closedlost", "closed_won", "closed_lost"}
 
 # (channel, direction) of each event type; CALL_COMPLETED depends on its direction.

@@ -38,7 +38,7 @@ from processors.routing import RoutingRules
 from processors.scoring import ScoringModel, is_meaningful
 from processors.sla_clocks import SlaClocks
 from processors.stages.decoded import observe_age
-from processors.state import PENDING_TASKS, ContactState, OwnerTask, kept_tasks
+from processors.state import PENDING_TASKS, ContactState, OwnerTask, kept_tasks, new_contact
 from processors.workflows.runs import WorkflowRuns
 from streams import metrics
 from streams.engine import Output
@@ -84,7 +84,7 @@ class ContactStage:
             return [("by_contact", survivor, {**event, "contact_id": survivor})]
         model = self.model
         before = self.contacts.get(contact_id)
-        outcome = advance(before or ContactState(contact_id=contact_id), event, model, self.areas)
+        outcome = advance(before or new_contact(contact_id), event, model, self.areas)
         decision = outcome.score
         if decision is None:
             return []  # seen before: nothing changes, nothing is sent again
