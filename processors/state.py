@@ -364,7 +364,6 @@ def applied(state: ContactState, event: dict[str, Any]) -> ContactState:
     changed["first_seen"] = min(filter(None, (state.first_seen, at)))
     changed["last_event_time"] = max(filter(None, (state.last_event_time, at)))
 
-    last_inbound, last_outbound = dict(state.last_inbound), dict(state.last_outbound)
     channel_direction = _TOUCH.get(kind)
     if kind == "CALL_COMPLETED":
         channel_direction = ("phone", "in" if payload["direction"] == "INBOUND" else "out")
@@ -372,11 +371,11 @@ def applied(state: ContactState, event: dict[str, Any]) -> ContactState:
         channel_direction = (payload["activity_type"], "out")
     if channel_direction is not None:
         channel, direction = channel_direction
-        touches = last_inbound if direction == "in" else last_outbound
+        touched = "last_inbound" if direction == "in" else "last_outbound"
+        touches: dict[str, datetime] = getattr(state, touched)
         if channel not in touches or touches[channel] < at:
-            touches[channel] = at
+            changed[touched] = {**touches, channel: at}  # shared with ``state`` unless changed
 
-    open_deals = dict(state.open_deals)
     for field, known in (event.get("profile") or {}).items():
         profiles.take(profile, profile_origin, {field: known["value"]}, known["origin"])
     if kind == "CONTACT_UPDATED":
@@ -390,6 +389,7 @@ def applied(state: ContactState, event: dict[str, Any]) -> ContactState:
         profiles.take(profile, profile_origin, answers, "self")
     elif kind == "DEAL_STAGE_CHANGED":
         deal_id = payload["deal_id"]
+        open_deals = changed["open_deals"] = dict(state.open_deals)
         if payload["stage"] in CLOSED_STAGES:
             open_deals.pop(deal_id, None)
         else:
@@ -418,13 +418,7 @@ def applied(state: ContactState, event: dict[str, Any]) -> ContactState:
         changed["consent"] = state.consent.model_copy(update={"email_opt_out": True})
     elif kind == "EMAIL_BOUNCED" and payload["bounce_type"] == "hard":
         changed["consent"] = state.consent.model_copy(update={"email_bounced": True})
-    changed |= {
-        "profile": profile,
-        "profile_origin": profile_origin,
-        "last_inbound": last_inbound,
-        "last_outbound": last_outbound,
-        "open_deals": open_deals,
-    }
+    changed["profile"], changed["profile_origin"] = profile, profile_origin
     return state.model_copy(update=changed)
 
 
