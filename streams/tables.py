@@ -221,7 +221,8 @@ class Table:
         """The checkpoint's changes per partition, as text: each object is dumped now."""
         return {
             partition: {
-                key: value.text() if isinstance(value, Deferred) else value  # _text(value)
+                # _text(value) inlined: a call per dirty key at every checkpoint
+                key: value.text() if isinstance(value, Deferred) else value
                 for key, value in changes.items()
             }
             for partition, changes in self.dirty.items()

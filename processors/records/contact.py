@@ -18,7 +18,8 @@ from streams.engine import Output
 
 def contact_fields(state: ContactState) -> dict[str, Any]:
     """What the CRM contact shows of the state, but the score (which moves with nearly
-    every event, so it rides along with the changes that matter instead)."""
+    every event, so it rides along with the changes that matter instead). Made of the
+    identifiers, profile, band and area alone: ``changed_fields`` relies on it."""
     strongest = state.identifiers_by_kind()
     profile = state.profile
     properties = {k: profile[k] for k in CRM_PROPERTIES if k in profile}
