@@ -107,8 +107,8 @@ class Loopback:
     be read again (keyed records partitioned by a hash of the key, like Kafka's); the rest
     is counted. Transactions commit at once."""
 
-    def __init__(self, inputs: set[str], stamp_ms: int | None = None) -> None:
-        self.inputs = inputs
+    def __init__(self, stamp_ms: int | None = None) -> None:
+        self.inputs: set[str] = set()  # the engine's (drain sets them)
         self.stamp_ms = stamp_ms  # the time records read again carry (None: now)
         self.queued: deque[Record] = deque()
         self.written: Counter[str] = Counter()
@@ -179,7 +179,7 @@ def drain(
     """One worker's engine over ``backlog``: CPU seconds, and the records it wrote.
     ``timed`` is told when the drain starts (True) and ends (False)."""
     engine, _ = build(settings)
-    loop = loop or Loopback(set(engine.routes))
+    loop = loop or Loopback()
     loop.inputs = set(engine.routes)
     engine.producer = cast(Producer, loop)
     engine.consumer = cast(Consumer, Group())
@@ -270,7 +270,7 @@ def replay(path: Path) -> None:
         fixed = settings.model_copy(update={"clock": f"file:{clock}", "data_dir": Path(folder)})
         stamp_ms = int(recorded_at.timestamp() * 1000)
         backlog = [Record(t, p, o, k, v, stamp_ms) for t, p, o, k, v in rows]
-        loop = Loopback(set(), stamp_ms)
+        loop = Loopback(stamp_ms)
         loop.digests = {}
 
         def instrument(on: bool) -> None:
