@@ -140,16 +140,12 @@ def by_event_type(policies: sla.SlaPolicies) -> dict[str, sla.SlaPolicies]:
         return [m for m in matches if m.event == event_type]
 
     def narrowed(event_type: str) -> list[sla.Policy]:
-        return [
-            p.model_copy(
-                update={
-                    "starts_on": of_type(p.starts_on, event_type),
-                    "stops_on": of_type(p.stops_on, event_type),
-                }
-            )
-            for p in policies.policies
-            if of_type([*p.starts_on, *p.stops_on], event_type)
-        ]
+        found = []
+        for p in policies.policies:
+            starts, stops = of_type(p.starts_on, event_type), of_type(p.stops_on, event_type)
+            if starts or stops:
+                found.append(p.model_copy(update={"starts_on": starts, "stops_on": stops}))
+        return found
 
     types = {m.event for p in policies.policies for m in [*p.starts_on, *p.stops_on]}
     return {t: policies.model_copy(update={"policies": narrowed(t)}) for t in types}
